@@ -1,0 +1,46 @@
+"""What every loader backend agrees on: preprocessing constants, the augmentation spec, the batch type.
+
+DALI and torchvision loaders both read these, so one change here changes every backend.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+
+DEFAULT_IMAGE_SIZE = 128  # the report's
+# ImageNet statistics: the report normalized with fixed statistics, and these let ImageNet weights
+# passed with --weights work unchanged.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+CLASS_NAMES = ("real", "fake")  # label index = position; positive class = fake
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """The report's training augmentation (Model 2.2), applied to the train split only.
+
+    Order follows the report: rotate, flip, brightness/contrast, blur at decoded resolution, then
+    resize. `blur_p` is torchvision's RandomApply default, which the report used.
+    """
+
+    rotation_deg: float = 15.0
+    hflip_p: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.2
+    blur_p: float = 0.5
+    blur_kernel: tuple[int, int] = (7, 13)
+    blur_sigma: tuple[float, float] = (6.0, 7.0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Batch(NamedTuple):
+    """One batch from any loader: float images (N,3,H,W) normalized, labels (N,), manifest row indices (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
