@@ -31,6 +31,8 @@ class AugmentSpec:
     brightness: float = 0.2
     contrast: float = 0.2
     blur_p: float = 0.5
+    # (width, height) of the Gaussian kernel, as the report's GaussianBlur(kernel_size=(7, 13)): a
+    # fixed 7x13 kernel, with sigma drawn uniformly from blur_sigma and used on both axes.
     blur_kernel: tuple[int, int] = (7, 13)
     blur_sigma: tuple[float, float] = (6.0, 7.0)
 
@@ -39,8 +41,14 @@ class AugmentSpec:
 
 
 class Batch(NamedTuple):
-    """One batch from any loader: float images (N,3,H,W) normalized, labels (N,), manifest row indices (N,)."""
+    """One batch from any loader.
+
+    images: float (N,3,H,W), normalized with MEAN/STD; labels: (N,) int64 (-1 where unknown);
+    indices: (N,) int64 positions in the loader's file list; errors: (index, reason) for files of this
+    batch that could not be decoded: they are left out of the tensors, never silently dropped.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     indices: torch.Tensor
+    errors: tuple[tuple[int, str], ...] = ()
