@@ -1,0 +1,1 @@
+"""One inference backend per file behind the interface of engines/inference.py."""

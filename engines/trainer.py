@@ -1,0 +1,237 @@
+"""The training loop, after torchvision's references/classification/train.py: `train_one_epoch`,
+`evaluate`, checkpoints that hold model, optimizer, scheduler, epoch, args and RNG state, and `fit`,
+which runs epochs with history, best/last checkpoints, early stopping and exact resume."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("sgd", "adam", "adadelta")
+HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr")
+
+
+def make_optimizer(name: str, params, *, lr: float, momentum: float, weight_decay: float):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adadelta":
+        return torch.optim.Adadelta(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+
+
+def make_scheduler(optimizer, *, step_size: int, gamma: float):
+    # step_size 0 keeps the learning rate constant (the report's runs); StepLR otherwise.
+    if step_size <= 0:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _epoch: 1.0)
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
+
+
+def autocast(device: torch.device, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    # fp16 on GPUs (with a GradScaler); bf16 on CPUs, which have no fp16 matmul units.
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _to_device(batch, device, channels_last: bool):
+    images = batch.images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, batch.labels.to(device, non_blocking=True)
+
+
+def _check_errors(batch) -> None:
+    # Prepared data is validated; a file that fails now (deleted or changed since prepare) must not
+    # silently shrink the epoch.
+    if batch.errors:
+        index, reason = batch.errors[0]
+        raise ValueError(f"file #{index} of the data set could not be decoded ({reason}): "
+                         "run `realfake data prepare` again")
+
+
+def train_one_epoch(model, criterion, optimizer, loader, device, epoch: int, *, scaler=None, amp=False,
+                    channels_last=False, progress=True) -> tuple[float, float]:
+    """One pass over the training loader; returns (mean loss, accuracy)."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=None if progress else True, unit="batch")
+    for batch in bar:
+        _check_errors(batch)
+        images, labels = _to_device(batch, device, channels_last)
+        with autocast(device, amp):
+            logits = model(images)
+            loss = criterion(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        n = labels.numel()
+        total_loss += loss.item() * n
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += n
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.2%}")
+    if seen == 0:
+        raise ValueError("the training split has no batches: use a smaller --batch-size or more data")
+    return total_loss / seen, correct / seen
+
+
+@torch.inference_mode()
+def predict(model, loader, device, *, amp=False, channels_last=False, progress=False, desc="predict"):
+    """Probabilities of class 1 (fake), labels and file indices for every file of an eval loader."""
+    model.eval()
+    probs, labels, indices, logits_all = [], [], [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress else True, unit="batch"):
+        _check_errors(batch)
+        images, y = _to_device(batch, device, channels_last)
+        with autocast(device, amp):
+            logits = model(images)
+        logits = logits.float()
+        logits_all.append(logits.cpu())
+        probs.append(torch.softmax(logits, 1)[:, 1].cpu())
+        labels.append(y.cpu())
+        indices.append(batch.indices.cpu())
+    if not probs:
+        return torch.empty(0), torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64), torch.empty(0, 2)
+    return torch.cat(probs), torch.cat(labels), torch.cat(indices), torch.cat(logits_all)
+
+
+def evaluate(model, criterion, loader, device, *, amp=False, channels_last=False, progress=False):
+    """Mean loss and accuracy over an eval loader (every file once)."""
+    _, labels, _, logits = predict(model, loader, device, amp=amp, channels_last=channels_last,
+                                   progress=progress, desc="valid")
+    if labels.numel() == 0:
+        raise ValueError("the validation split is empty: prepare the data with a non-zero valid fraction")
+    loss = criterion(logits, labels).item()
+    acc = (logits.argmax(1) == labels).float().mean().item()
+    return loss, acc
+
+
+@dataclass
+class TrainState:
+    """Everything `--resume` needs besides model/optimizer/scheduler weights."""
+
+    epoch: int = 0  # last completed epoch (1-based); 0 = not started
+    best_valid_loss: float = math.inf
+    best_epoch: int = 0
+    epochs_without_improvement: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState, args: dict,
+                    scaler=None) -> None:
+    checkpoint = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": state.epoch,
+        "best_valid_loss": state.best_valid_loss,
+        "best_epoch": state.best_epoch,
+        "epochs_without_improvement": state.epochs_without_improvement,
+        "history": state.history,
+        "args": args,
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    tmp = Path(path).with_suffix(".tmp")
+    torch.save(checkpoint, tmp)
+    tmp.replace(path)  # a crash mid-save never leaves a half-written checkpoint
+
+
+def save_weights(path: Path, model, state: TrainState, args: dict) -> None:
+    """The best checkpoint: weights and args only (what evaluation and engines need); the optimizer
+    state would triple its size for nothing."""
+    tmp = Path(path).with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "epoch": state.epoch, "valid_loss": state.best_valid_loss,
+                "args": args}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found: is this a run directory of `realfake train`?")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise ValueError(f"{path} is not a readable realfake checkpoint ({exc.__class__.__name__}): "
+                         "train again or point at another run") from exc
+
+
+def restore(checkpoint: dict, model, optimizer, scheduler, scaler=None) -> TrainState:
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    if scaler is not None and checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    torch.set_rng_state(checkpoint["rng_cpu"])
+    if checkpoint.get("rng_cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(checkpoint["rng_cuda"])
+    return TrainState(
+        epoch=checkpoint["epoch"], best_valid_loss=checkpoint["best_valid_loss"],
+        best_epoch=checkpoint["best_epoch"], epochs_without_improvement=checkpoint["epochs_without_improvement"],
+        history=list(checkpoint["history"]),
+    )
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    (run_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    with open(run_dir / "history.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def fit(model, *, train_loader, valid_loader, optimizer, scheduler, device, run_dir: Path, epochs: int,
+        args: dict, state: TrainState | None = None, compiled_model=None, patience: int | None = None,
+        amp=False, channels_last=False, scaler=None, progress=True, echo=print) -> TrainState:
+    """Train from `state.epoch + 1` to `epochs`. `model` is the eager module whose weights are saved;
+    `compiled_model` (torch.compile of it, sharing weights) runs the steps when given."""
+    run_dir = Path(run_dir)
+    state = state or TrainState()
+    criterion = nn.CrossEntropyLoss()
+    runner = compiled_model if compiled_model is not None else model
+    for epoch in range(state.epoch + 1, epochs + 1):
+        train_loader.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = train_one_epoch(runner, criterion, optimizer, train_loader, device, epoch,
+                                                scaler=scaler, amp=amp, channels_last=channels_last,
+                                                progress=progress)
+        valid_loss, valid_acc = evaluate(runner, criterion, valid_loader, device, amp=amp,
+                                         channels_last=channels_last)
+        scheduler.step()
+        # The report's epoch line.
+        echo(f"Epoch [{epoch}/{epochs}], Train Loss: {train_loss:.4f}, Train Acc: {train_acc:.2%}, "
+             f"Valid Loss: {valid_loss:.4f}, Valid Acc: {valid_acc:.2%}")
+        state.history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                              "valid_loss": valid_loss, "valid_acc": valid_acc, "lr": lr})
+        state.epoch = epoch
+        if valid_loss < state.best_valid_loss:
+            state.best_valid_loss, state.best_epoch, state.epochs_without_improvement = valid_loss, epoch, 0
+            save_weights(run_dir / "best.pt", model, state, args)
+        else:
+            state.epochs_without_improvement += 1
+        save_checkpoint(run_dir / "last.pt", model, optimizer, scheduler, state, args, scaler)
+        write_history(run_dir, state.history)
+        if patience and state.epochs_without_improvement >= patience:
+            echo(f"Early stopping: valid loss has not improved for {patience} epochs "
+                 f"(best {state.best_valid_loss:.4f} at epoch {state.best_epoch}).")
+            break
+    return state

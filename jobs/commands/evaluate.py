@@ -1,0 +1,28 @@
+"""`realfake evaluate`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--threshold", default=0.5, show_default=True, help="p_fake at or above it is called fake.")
+@click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), default="auto", show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--num-workers", default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def evaluate(run_dir, **options):
+    """Evaluate RUN_DIR on a split of its data: accuracy, per-class precision/recall/F1, confusion
+    matrix, ROC AUC, average precision, EER, recall per difficulty group.
+
+    Writes report.json, report.md, confusion.png and roc.png into RUN_DIR.
+    """
+    from realfake.jobs.evaluate import run_evaluate
+
+    summary = run_evaluate(run_dir=run_dir, **options)
+    click.echo(Path(summary["report"]).read_text())
+    click.echo(f"Report: {summary['report']} (and report.json, confusion.png, roc.png beside it)")

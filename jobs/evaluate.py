@@ -1,0 +1,86 @@
+"""`realfake evaluate`: score a run's checkpoint on a split and write the evaluation report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from realfake.jobs.params import InputPath
+
+
+def load_run_model(run_dir: Path, checkpoint: str = "best"):
+    """The run's model in eval mode on the CPU, with its config."""
+    from realfake.engines.trainer import load_checkpoint
+    from realfake.jobs.train import read_run_config
+    from realfake.models import build_model
+
+    if checkpoint not in ("best", "last"):
+        raise ValueError(f"unknown checkpoint {checkpoint!r}: choose best or last")
+    config = read_run_config(run_dir)
+    state = load_checkpoint(Path(run_dir) / f"{checkpoint}.pt")
+    model = build_model(config["model"], image_size=config["image_size"], dropout=config["dropout"])
+    model.load_state_dict(state["model"])
+    return model.eval(), config, state
+
+
+def run_evaluate(
+    run_dir: InputPath,
+    split: str = "test",
+    checkpoint: str = "best",
+    threshold: float = 0.5,
+    loader: str = "auto",
+    batch_size: int = 64,
+    num_workers: int = 2,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """Evaluate RUN_DIR's checkpoint on a split of the data it was trained on; writes report.json,
+    report.md, confusion.png and roc.png into the run directory (suffixed by split when not test)."""
+    import torch
+    from realfake.engines.metrics import (
+        classification_metrics,
+        format_report_md,
+        save_confusion_png,
+        save_roc_png,
+    )
+    from realfake.engines.trainer import predict
+    from realfake.jobs.train import resolve_device
+    from realfake.pipelines.loaders import get_loader
+    from realfake.pipelines.manifest import manifest_sha256, read_manifest
+
+    run_dir = Path(run_dir)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"--threshold {threshold} must be between 0 and 1")
+    model, config, state = load_run_model(run_dir, checkpoint)
+    data_dir = Path(config["data_dir"])
+    rows = read_manifest(data_dir, split)
+    if not rows:
+        raise ValueError(f"split {split!r} of {data_dir} is empty: evaluate another --split")
+    if manifest_sha256(data_dir) != config["manifest_sha256"]:
+        raise ValueError(f"the manifest in {data_dir} changed since {run_dir} was trained: "
+                         "its splits may overlap the training data; train again on the new data")
+    run_device = resolve_device(device)
+    model = model.to(run_device)
+    data = get_loader([r.path for r in rows], [r.label for r in rows], train=False, backend=loader,
+                      image_size=config["image_size"], batch_size=batch_size, num_workers=num_workers,
+                      device=run_device)
+    p_fake, labels, indices, _ = predict(model, data, torch.device(run_device), progress=progress,
+                                         desc=f"evaluate {split}")
+    if len(indices) != len(rows) or sorted(indices.tolist()) != list(range(len(rows))):
+        raise RuntimeError(f"loader {data.backend} delivered {len(indices)} of {len(rows)} files")
+    order = indices.argsort()
+    p_fake, labels = p_fake[order].numpy(), labels[order].numpy()
+    metrics = classification_metrics(labels, p_fake, threshold=threshold, groups=[r.group for r in rows])
+    suffix = "" if split == "test" else f"_{split}"
+    title = f"{config['model']} @ {config['image_size']}px — {split} split ({checkpoint} checkpoint, epoch {state['epoch']})"
+    report = {"run_dir": str(run_dir), "split": split, "checkpoint": checkpoint, "epoch": state["epoch"],
+              "model": config["model"], "loader": data.backend, "metrics": metrics,
+              "predictions": [{"path": r.path, "label": r.label, "group": r.group, "p_fake": float(p)}
+                              for r, p in zip(rows, p_fake)]}
+    (run_dir / f"report{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (run_dir / f"report{suffix}.md").write_text(format_report_md(metrics, title=title))
+    save_confusion_png(metrics, run_dir / f"confusion{suffix}.png")
+    if metrics["roc_auc"] is not None:
+        save_roc_png(labels, p_fake, run_dir / f"roc{suffix}.png")
+    return {"run_dir": str(run_dir), "split": split, "n": metrics["n"], "accuracy": metrics["accuracy"],
+            "f1_fake": metrics["f1_fake"], "roc_auc": metrics["roc_auc"], "eer": metrics["eer"],
+            "report": str(run_dir / f"report{suffix}.md"), "loader": data.backend}

@@ -1,0 +1,67 @@
+"""One factory, one signature, every backend (compare DeepLearningExamples' `get_dali_train_loader` /
+`get_pytorch_train_loader`). `auto` picks the best available: DALI GPU > DALI CPU > torchvision.
+
+A loader is iterable over `Batch`, has `.backend`, `len()` (batches) and `set_epoch(epoch)`.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Sequence
+
+from realfake.pipelines.spec import DEFAULT_IMAGE_SIZE, AugmentSpec
+
+log = logging.getLogger(__name__)
+
+LOADER_CHOICES = ("auto", "dali", "torch")
+
+
+def dali_installed() -> bool:
+    return importlib.util.find_spec("nvidia.dali") is not None
+
+
+def cuda_device_present() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_backend(backend: str = "auto", device: str = "cpu") -> str:
+    """Map a user choice to the backend that will run: "torch", "dali-cpu" or "dali-gpu"."""
+    if backend not in LOADER_CHOICES:
+        raise ValueError(f"unknown loader {backend!r}: choose one of {', '.join(LOADER_CHOICES)}")
+    wants_gpu = str(device).startswith("cuda")
+    if backend == "torch":
+        return "torch"
+    if backend == "dali" and not dali_installed():
+        raise ValueError("--loader dali needs NVIDIA DALI: pip install 'realfake[dali]' (or use --loader torch)")
+    if backend == "auto" and not dali_installed():
+        return "torch"
+    return "dali-gpu" if wants_gpu and cuda_device_present() else "dali-cpu"
+
+
+def get_loader(files: Sequence[str], labels: Sequence[int] | None, *, train: bool, backend: str = "auto",
+               image_size: int = DEFAULT_IMAGE_SIZE, batch_size: int = 32, augment: AugmentSpec | None = None,
+               num_workers: int = 2, seed: int = 0, shard_id: int = 0, num_shards: int = 1,
+               device: str = "cpu", draft: bool = False, hw_decoder_load: float | None = None):
+    """Build a loader over `files`. Train loaders shuffle and augment (when `augment` is given); eval
+    loaders keep order and deliver every file of the shard exactly once."""
+    if batch_size < 1:
+        raise ValueError(f"batch size {batch_size} must be at least 1")
+    if image_size < 8:
+        raise ValueError(f"image size {image_size} is too small: use at least 8")
+    resolved = resolve_backend(backend, device)
+    common = dict(train=train, image_size=image_size, batch_size=batch_size, augment=augment,
+                  num_workers=num_workers, seed=seed, shard_id=shard_id, num_shards=num_shards, device=device)
+    if resolved == "torch":
+        from realfake.pipelines.torch_loader import make_torch_loader
+
+        loader = make_torch_loader(files, labels, draft=draft, **common)
+    else:
+        from realfake.pipelines.dali_loader import make_dali_loader
+
+        extra = {} if hw_decoder_load is None else {"hw_decoder_load": hw_decoder_load}
+        loader = make_dali_loader(files, labels, **common, **extra)
+    log.info("loader: %s (%s, %d files, batch %d)", loader.backend, "train" if train else "eval",
+             len(files), batch_size)
+    return loader

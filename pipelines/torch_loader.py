@@ -1,0 +1,125 @@
+"""torchvision (PIL) loader: the fallback backend, and the reference the DALI backend is compared to.
+
+Compare torchvision `references/classification` (`load_data`) and DeepLearningExamples'
+`get_pytorch_train_loader`: a Dataset over files, PIL transforms, a DataLoader with workers.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+
+import torch
+from realfake.pipelines.images import InvalidImageError, load_rgb
+from realfake.pipelines.spec import MEAN, STD, AugmentSpec, Batch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+
+def build_transform(image_size: int, augment: AugmentSpec | None) -> T.Compose:
+    """The report's preprocessing; with `augment`, its Model 2.2 augmentation in the report's order
+    (at decoded resolution, before the resize)."""
+    steps = []
+    if augment is not None:
+        steps += [
+            T.RandomRotation(augment.rotation_deg),
+            T.RandomHorizontalFlip(augment.hflip_p),
+            T.ColorJitter(brightness=augment.brightness, contrast=augment.contrast),
+            T.RandomApply([T.GaussianBlur(kernel_size=augment.blur_kernel, sigma=augment.blur_sigma)],
+                          p=augment.blur_p),
+        ]
+    # PIL's bilinear resize is antialiased; DALI's resize uses the same filter (parity is tested).
+    steps += [T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+              T.ToTensor(), T.Normalize(MEAN, STD)]
+    return T.Compose(steps)
+
+
+def shard_range(n_files: int, shard_id: int, num_shards: int) -> range:
+    """Contiguous shard like DALI's file reader, so both backends split a list the same way."""
+    if not 0 <= shard_id < num_shards:
+        raise ValueError(f"shard {shard_id} out of range for {num_shards} shards: use 0 <= shard_id < num_shards")
+    return range(n_files * shard_id // num_shards, n_files * (shard_id + 1) // num_shards)
+
+
+class ImageFileDataset(Dataset):
+    """Decodes one file per item. A file that fails to decode becomes an error entry, not an exception,
+    so one bad file never costs the rest of its batch."""
+
+    def __init__(self, files, labels, positions, transform, draft_size, seed):
+        self.files, self.labels, self.positions = files, labels, positions
+        self.transform, self.draft_size = transform, draft_size
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int):
+        index = self.positions[i]
+        label = -1 if self.labels is None else int(self.labels[index])
+        try:
+            image = load_rgb(self.files[index], draft_size=self.draft_size)
+        except InvalidImageError as exc:
+            return None, label, index, exc.reason
+        # Augmentation is a pure function of (seed, epoch, file): the same with any worker count,
+        # and exact after --resume.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(zlib.crc32(f"{self.seed}:{self.epoch}:{index}".encode()))
+            tensor = self.transform(image)
+        return tensor, label, index, None
+
+
+def collate(items) -> Batch:
+    good = [it for it in items if it[0] is not None]
+    errors = tuple((index, reason) for image, _, index, reason in items if image is None)
+    if good:
+        images = torch.stack([it[0] for it in good])
+    else:
+        images = torch.empty(0)
+    return Batch(
+        images=images,
+        labels=torch.tensor([it[1] for it in good], dtype=torch.int64),
+        indices=torch.tensor([it[2] for it in good], dtype=torch.int64),
+        errors=errors,
+    )
+
+
+class TorchLoader:
+    backend = "torch"
+
+    def __init__(self, files: Sequence[str], labels: Sequence[int] | None, *, train: bool, image_size: int,
+                 batch_size: int, augment: AugmentSpec | None, num_workers: int, seed: int, shard_id: int,
+                 num_shards: int, device: str, draft: bool):
+        positions = list(shard_range(len(files), shard_id, num_shards))
+        # Draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale: much cheaper when the target is small.
+        draft_size = (image_size, image_size) if draft else None
+        transform = build_transform(image_size, augment if train else None)
+        self.dataset = ImageFileDataset(list(files), labels, positions, transform, draft_size, seed)
+        self.train, self.batch_size, self.seed = train, batch_size, seed
+        # Train drops a ragged last batch (a batch of one breaks BatchNorm; the shuffle changes each epoch).
+        self.drop_last = train and len(positions) > batch_size
+        self.num_workers, self.pin_memory = num_workers, str(device).startswith("cuda")
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.dataset.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        loader = DataLoader(
+            self.dataset, batch_size=self.batch_size, shuffle=self.train, drop_last=self.drop_last,
+            num_workers=self.num_workers, collate_fn=collate, pin_memory=self.pin_memory,
+            generator=generator, persistent_workers=False,
+        )
+        yield from loader
+
+
+def make_torch_loader(files, labels, *, train, image_size, batch_size, augment, num_workers, seed, shard_id,
+                      num_shards, device, draft=False) -> TorchLoader:
+    return TorchLoader(files, labels, train=train, image_size=image_size, batch_size=batch_size,
+                       augment=augment, num_workers=num_workers, seed=seed, shard_id=shard_id,
+                       num_shards=num_shards, device=device, draft=draft)
