@@ -75,7 +75,7 @@ def run_evaluate(
     report = {"run_dir": str(run_dir), "split": split, "checkpoint": checkpoint, "epoch": state["epoch"],
               "model": config["model"], "loader": data.backend, "metrics": metrics,
               "predictions": [{"path": r.path, "label": r.label, "group": r.group, "p_fake": float(p)}
-                              for r, p in zip(rows, p_fake)]}
+                              for r, p in zip(rows, p_fake, strict=True)]}
     (run_dir / f"report{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
     (run_dir / f"report{suffix}.md").write_text(format_report_md(metrics, title=title))
     save_confusion_png(metrics, run_dir / f"confusion{suffix}.png")
