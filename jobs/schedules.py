@@ -9,7 +9,8 @@ Rules (documented in docs/jobs.md):
 - Cron times are read in the schedule's time zone (IANA name, default the machine's own).
 - A scheduled `score` job must resume where the last run stopped, so it needs one fixed output: when the
   spec names no `out`, the schedule gets $REALFAKE_HOME/schedules/<name>/out, and each run scores only
-  the files not scored before. Other kinds without `out` write to their job's own directory.
+  the files not scored before. `bench` is treated the same (its history.jsonl collects every run).
+  Other kinds without `out` write to their job's own directory (a nightly train keeps every run).
 - The spec is validated when the schedule is added and again at each due time; if it no longer holds
   (its input folder was removed, ...), the run is recorded as a failed job with the reason, never skipped.
 """
@@ -30,8 +31,10 @@ from croniter import croniter
 from realfake.jobs.spec import DEFAULT_OUT_PARAM, JobSpec, SpecError, validate_spec
 from realfake.jobs.store import DEFAULT_MAX_ATTEMPTS, JobStore, iso
 
-# Kinds that resume from their output: a schedule gives them one stable `out` (see the module docstring).
-RESUMABLE_KINDS = frozenset({"score"})
+# Kinds whose output carries over from run to run, so a schedule gives them one fixed `out` (see the
+# module docstring): score resumes from its output (only new files are scored); bench appends to the
+# history.jsonl that `realfake bench compare` reads.
+FIXED_OUT_KINDS = frozenset({"score", "bench"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -70,7 +73,7 @@ class Schedule:
 
 
 def schedule_out(store: JobStore, name: str) -> Path:
-    """The fixed output of a resumable kind's schedule whose spec names no `out`."""
+    """The fixed output of a FIXED_OUT_KINDS schedule whose spec names no `out`."""
     return store.home / "schedules" / name / "out"
 
 
@@ -130,7 +133,7 @@ def add_schedule(store: JobStore, name: str, cron: str, spec: JobSpec, *, tz: st
     _zone(tz)
     now = time.time() if now is None else now
     args, default_out = dict(spec.args), spec.default_out is not None
-    if spec.kind in RESUMABLE_KINDS and DEFAULT_OUT_PARAM not in args:
+    if spec.kind in FIXED_OUT_KINDS and DEFAULT_OUT_PARAM not in args:
         args[DEFAULT_OUT_PARAM] = str(schedule_out(store, name))
         default_out = False
     try:

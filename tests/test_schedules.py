@@ -1,7 +1,8 @@
 """Cron schedules under an injected clock: one job per due time whoever looks, missed runs collapse,
-pause/resume, the fixed output of resumable (score) schedules, and the CLI."""
+pause/resume, the fixed output of score schedules (the scoring resume), and the CLI."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -138,10 +139,10 @@ def test_a_due_run_whose_spec_no_longer_holds_is_recorded_as_failed(store, tmp_p
     assert job.state == "failed" and "incoming does not exist" in job.error  # never silently skipped
 
 
-def test_resumable_schedule_runs_handle_only_new_files(store, tmp_path, monkeypatch):
-    # `resume` stands in for score (its resume is score's own business): a resumable kind's schedule
-    # gets one fixed output, so every run sees what the earlier runs did.
-    monkeypatch.setattr(schedules, "RESUMABLE_KINDS", frozenset({"resume"}))
+def test_fixed_out_schedule_runs_handle_only_new_files(store, tmp_path, monkeypatch):
+    # `resume` stands in for score (whose resume is score's own business): such a kind's schedule gets
+    # one fixed output, so every run sees what the earlier runs did.
+    monkeypatch.setattr(schedules, "FIXED_OUT_KINDS", frozenset({"resume"}))
     incoming = tmp_path / "incoming"
     incoming.mkdir()
     (incoming / "a.jpg").touch()
@@ -163,11 +164,28 @@ def test_resumable_schedule_runs_handle_only_new_files(store, tmp_path, monkeypa
     assert second.result == {"new": ["c.jpg"], "skipped": 2}
 
 
-def test_score_schedules_get_a_fixed_output(store):
-    assert "score" in schedules.RESUMABLE_KINDS
-    # Other kinds keep one output folder per job: a nightly training run must not overwrite the last.
+@pytest.mark.parametrize("kind, args", [("score", {"folders": ["incoming"]}), ("bench", {"suites": ["train"]})])
+def test_score_and_bench_schedules_get_a_fixed_output(store, tmp_path, kind, args):
+    assert kind in schedules.FIXED_OUT_KINDS
+    if importlib.util.find_spec(f"realfake.jobs.{kind}") is None:
+        pytest.skip(f"realfake.jobs.{kind} is not in the repository yet")
+    (tmp_path / "incoming").mkdir()
+    spec = validate_spec(kind, args, base_dir=tmp_path)
+    added = add_schedule(store, f"{kind}-nightly", NIGHTLY, spec, tz="UTC", now=T0)
+    assert added.spec["out"] == str(store.home / "schedules" / f"{kind}-nightly" / "out")
+    (first,) = queue_due(store, now=utc("2031-05-02 02:00:00"))
+    (second,) = queue_due(store, now=utc("2031-05-03 02:00:00"))
+    assert store.get(first).out == store.get(second).out == added.spec["out"]
+    assert store.get(first).state == store.get(second).state == "queued"
+
+
+def test_other_kinds_keep_one_output_per_job(store):
+    # A nightly training run must not overwrite the last one.
     added = add_schedule(store, "nightly", NIGHTLY, sleep_spec(), tz="UTC", now=T0)
     assert "out" not in added.spec and added.default_out
+    (first,) = queue_due(store, now=utc("2031-05-02 02:00:00"))
+    (second,) = queue_due(store, now=utc("2031-05-03 02:00:00"))
+    assert store.get(first).out != store.get(second).out
 
 
 def test_schedule_cli(home, tmp_path):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import json
 import subprocess
 import sys
@@ -195,7 +194,7 @@ def test_invalid_specs_of_each_real_kind(home, tmp_path, kind):
     if required:
         with pytest.raises(SpecError, match=f"missing key '{required[0].name}'"):
             validate_spec(kind, {})
-    typed = next((p for p in params if path_role(p.annotation) is None and p.annotation is not inspect._empty), None)
+    typed = next((p for p in params if path_role(p.annotation) is None and p.annotation is not typing.Any), None)
     if typed is not None:
         with pytest.raises(SpecError, match=f"key '{typed.name}' of kind '{kind}' must be"):
             validate_spec(kind, {typed.name: _wrong_value(typed.annotation)})

@@ -237,7 +237,7 @@ def jobs_list(state: str | None, schedule_name: str | None, limit: int, as_json:
     now = time.time()
     rows = [[str(j.id), j.kind, j.state + ("*" if j.cancel_requested and not j.terminal else ""),
              f"{j.attempts}/{j.max_attempts}", _local(j.created_at), _duration(j.duration_s(now)),
-             (j.error or "")[:70]] for j in found]
+             (j.error or "").split("\n")[0][:70]] for j in found]
     click.echo(_table(["ID", "KIND", "STATE", "ATTEMPTS", "CREATED", "DURATION", "ERROR"], rows))
     if any(j.cancel_requested and not j.terminal for j in found):
         click.echo("* cancel requested", err=True)
