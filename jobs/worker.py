@@ -116,8 +116,6 @@ class Worker:
             self.store.requeue(job.id, attempt, note=f"worker {self.id} shutting down before the job started")
             return
         log.info("job %d (%s) attempt %d/%d started", job.id, job.kind, attempt, job.max_attempts)
-        job.job_dir.mkdir(parents=True, exist_ok=True)
-        (job.job_dir / "result.json").unlink(missing_ok=True)
         env = dict(os.environ)
         env.update({
             HOME_ENV: str(self.store.home),
@@ -125,12 +123,19 @@ class Worker:
             "PYTHONUNBUFFERED": "1",  # log lines reach the file (and `jobs logs --follow`) as they happen
             "TQDM_MININTERVAL": env.get("TQDM_MININTERVAL", "5"),  # progress bars: a line every 5 s, not 10/s
         })
-        with open(job.log_path, "ab") as log_file:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "realfake.jobs.runner", str(job.id), str(attempt)],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True,  # its own process group: signals reach the job and its loaders
-            )
+        try:
+            job.job_dir.mkdir(parents=True, exist_ok=True)
+            (job.job_dir / "result.json").unlink(missing_ok=True)  # a retry's result is its own
+            with open(job.log_path, "ab") as log_file:
+                child = subprocess.Popen(
+                    [sys.executable, "-m", "realfake.jobs.runner", str(job.id), str(attempt)],
+                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                    start_new_session=True,  # its own process group: signals reach the job and its loaders
+                )
+        except OSError as exc:  # e.g. the job's folder is not writable: fail the job, keep the worker
+            self.store.finish(job.id, attempt, "failed", error=f"could not start the job: {exc}")
+            log.error("job %d: could not start: %s", job.id, exc)
+            return
         self.store.set_child_pid(job.id, attempt, child.pid)
         started = time.monotonic()
         reason, term_sent_at, killed = None, None, False

@@ -221,7 +221,7 @@ def jobs() -> None:
     """List, inspect, follow, cancel and retry queued jobs."""
 
 
-@jobs.command("list")
+@jobs.command("list", short_help="List jobs (table or --json).")
 @click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]),
               help="Only jobs in this state.")
 @click.option("--schedule", "schedule_name", metavar="NAME", help="Only jobs queued by this schedule.")
@@ -243,7 +243,7 @@ def jobs_list(state: str | None, schedule_name: str | None, limit: int, as_json:
         click.echo("* cancel requested", err=True)
 
 
-@jobs.command("show")
+@jobs.command("show", short_help="Show one job: spec, state, result, error.")
 @click.argument("job_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 def jobs_show(job_id: int, as_json: bool) -> None:
@@ -270,7 +270,7 @@ def jobs_show(job_id: int, as_json: bool) -> None:
         click.echo("result:    " + json.dumps(job.result, indent=2).replace("\n", "\n           "))
 
 
-@jobs.command("logs")
+@jobs.command("logs", short_help="Print or follow a job's log.")
 @click.argument("job_id", type=int)
 @click.option("-f", "--follow", is_flag=True,
               help="Keep printing until the job ends; exit 0 succeeded, 1 failed, 3 cancelled.")
@@ -284,7 +284,7 @@ def jobs_logs(job_id: int, follow: bool) -> None:
     follow_log(store, job_id, lambda text: click.echo(text, nl=False), follow=False)
 
 
-@jobs.command("cancel")
+@jobs.command("cancel", short_help="Cancel a queued or running job.")
 @click.argument("job_id", type=int)
 def jobs_cancel(job_id: int) -> None:
     """Cancel a job: a queued one at once, a running one within seconds (SIGTERM, then SIGKILL)."""
@@ -296,7 +296,7 @@ def jobs_cancel(job_id: int) -> None:
                    f"(watch: realfake jobs show {job.id})")
 
 
-@jobs.command("retry")
+@jobs.command("retry", short_help="Queue a failed or cancelled job again.")
 @click.argument("job_id", type=int)
 def jobs_retry(job_id: int) -> None:
     """Queue a failed or cancelled job again (same id, spec and output folder; attempts from zero)."""
@@ -315,7 +315,7 @@ def jobs_retry(job_id: int) -> None:
               help="Seconds between looks at the queue, the running job's cancel flag and the schedules.")
 @click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Seconds between SIGTERM and SIGKILL when a job is cancelled or the worker stops.")
-@click.option("--stale-after", "stale_after_s", type=click.FloatRange(min=1), default=60.0, show_default=True,
+@click.option("--stale-after", "stale_after_s", type=click.FloatRange(min=10), default=60.0, show_default=True,
               help="A worker silent this long is dead and its jobs are recovered (on this host, a worker "
                    "whose process is gone is dead at once).")
 def worker(once: bool, max_jobs: int | None, poll_s: float, grace_s: float, stale_after_s: float) -> None:
@@ -348,8 +348,9 @@ def schedule() -> None:
 def schedule_add(name: str, spec_file: str, cron: str, tz: str | None) -> None:
     """Queue SPEC.toml at every due time of --cron.
 
-    A score schedule without `out` gets a fixed one ($REALFAKE_HOME/schedules/NAME/out) so that each
-    run scores only the files not scored before. Runs missed while no worker ran collapse into one.
+    A score (or bench) schedule without `out` gets a fixed one ($REALFAKE_HOME/schedules/NAME/out), so
+    each run scores only the files not scored before. Runs missed while no worker ran collapse into
+    one; a worker must be running for anything to be queued.
     """
     from realfake.jobs.schedules import add_schedule
     from realfake.jobs.spec import load_spec_file
