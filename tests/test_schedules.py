@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -212,3 +213,42 @@ def test_schedule_cli(home, tmp_path):
     assert runner.invoke(cli, ["schedule", "remove", "nightly"]).exit_code == 0
     gone = runner.invoke(cli, ["schedule", "remove", "nightly"])
     assert gone.exit_code == 2 and "no schedule 'nightly'" in gone.stderr
+
+
+@pytest.mark.slow
+def test_a_scheduled_score_job_scores_only_new_files(store, tmp_path):
+    """The real chain: train -> engine (in this process), then two scheduled score runs via the worker."""
+    for module in ("train", "engine", "score"):
+        if importlib.util.find_spec(f"realfake.jobs.{module}") is None:
+            pytest.skip(f"realfake.jobs.{module} is not in the repository yet")
+
+
+    from _train_helpers import make_prepared
+    from realfake.jobs.engine import run_engine_build
+    from realfake.jobs.train import run_train
+
+    data_dir = make_prepared(tmp_path / "set", n_per_class=12, size=32)
+    trained = run_train(data_dir, model="simple_cnn", epochs=1, image_size=32, batch_size=8, device="cpu",
+                        loader="torch", num_workers=0, compile=False, progress=False, out=tmp_path / "runs")
+    engine = run_engine_build(trained["run_dir"], tmp_path / "engine", backend="eager", device="cpu")
+    images = sorted((tmp_path / "set" / "images").glob("*.jpg"))
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    for image in images[:4]:
+        shutil.copy(image, incoming)
+    spec = validate_spec("score", {"folders": [str(incoming)], "engine": engine["engine_dir"], "loader": "torch",
+                                   "num_workers": 0, "device": "cpu", "progress": False})
+    add_schedule(store, "incoming", NIGHTLY, spec, tz="UTC", now=T0)
+
+    clock = {"now": utc("2031-05-02 02:00:00")}
+    options = WorkerOptions(once=True, poll_s=0.1)
+    assert Worker(JobStore(), options, clock=lambda: clock["now"]).run() == 1
+    for image in images[-2:]:
+        shutil.copy(image, incoming)
+    clock["now"] = utc("2031-05-03 02:00:00")
+    assert Worker(JobStore(), options, clock=lambda: clock["now"]).run() == 1
+    first, second = store.list_jobs(schedule="incoming")
+    assert first.state == "succeeded", open(first.log_path).read()[-2000:]
+    assert second.state == "succeeded", open(second.log_path).read()[-2000:]
+    assert first.out == second.out == str(store.home / "schedules" / "incoming" / "out")
+    assert (first.result["scored"], second.result["scored"], second.result["skipped"]) == (4, 2, 4)
