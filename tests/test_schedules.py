@@ -221,8 +221,6 @@ def test_a_scheduled_score_job_scores_only_new_files(store, tmp_path):
     for module in ("train", "engine", "score"):
         if importlib.util.find_spec(f"realfake.jobs.{module}") is None:
             pytest.skip(f"realfake.jobs.{module} is not in the repository yet")
-
-
     from _train_helpers import make_prepared
     from realfake.jobs.engine import run_engine_build
     from realfake.jobs.train import run_train
