@@ -1,0 +1,106 @@
+"""aot backend: torch.export with a dynamic batch dimension, compiled and packaged by AOTInductor.
+
+    ep = torch.export.export(model, (example,), dynamic_shapes=({0: Dim("batch", min=MIN, max=MAX)},))
+    torch._inductor.aoti_compile_and_package(ep, package_path="model.pt2")   # at build
+    runner = torch._inductor.aoti_load_package("model.pt2")                  # at load: ~0.1 s
+
+The compiled path that runs on CPU and GPU without compiling at load time. The package holds
+machine code for one device type and one torch version (engine.json records both; load_engine
+refuses a mismatch). Build on the device the engine is for.
+
+Batch 1: torch.export specializes a dimension whose *example* size is 0 or 1 (the "0/1
+specialization"), so the example batch is at least 2; Dim(min=1) itself is accepted (torch >= 2.3).
+A range with MAX 1 is exported static.
+
+Precision: fp16/bf16 engines export the model with its weights converted to that dtype, wrapped so
+that the graph takes float32 images and returns float32 logits (CastInput). Weight conversion, not
+autocast, because the exported graph then holds only the reduced-precision kernels; the parity
+check at build measures what that costs (bf16 on CPU: about 1e-3 on p for the report's Model 1).
+
+On the CPU, inductor's `freezing` folds the weights into constants and pre-packs them for oneDNN.
+The input stays NCHW-contiguous (channels_last is off): inductor picks its own layouts inside, and
+an AOTInductor package assumes the strides it was traced with, so one fixed layout is safest.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from realfake.engines.inference import PRECISION_DTYPES, CastInput
+
+NAME = "aot"
+ARTIFACT = "model.pt2"
+CHANNELS_LAST = False
+
+
+def compiler_missing(device: str) -> str | None:
+    """Why inductor cannot generate code for `device` here (no C++ compiler / no Triton), or None."""
+    if str(device).startswith("cuda"):
+        if importlib.util.find_spec("triton") is None:
+            return "inductor needs Triton for CUDA code (pip install triton)"
+        return None
+    compilers = [os.environ.get("CXX"), "g++", "c++", "clang++"]
+    if not any(c and shutil.which(c) for c in compilers):
+        return "inductor needs a C++ compiler for CPU code (install g++, or set CXX)"
+    return None
+
+
+def unavailable_reason(device: str) -> str | None:
+    if not hasattr(torch._inductor, "aoti_compile_and_package"):
+        return f"torch {torch.__version__} has no AOTInductor packaging (needs torch >= 2.6)"
+    return compiler_missing(device)
+
+
+def example_batch_size(batch) -> int:
+    """An example batch inside the range that torch.export does not specialize (>= 2 when MAX allows)."""
+    return min(max(2, batch.opt), batch.max)
+
+
+def dynamic_shapes(batch) -> tuple[dict[int, Any]] | None:
+    """torch.export's dynamic_shapes for the one positional input: batch dimension dynamic within
+    [MIN, MAX]; None (static) when the range is a single size."""
+    if batch.min == batch.max:
+        return None
+    return ({0: torch.export.Dim("batch", min=batch.min, max=batch.max)},)
+
+
+def exportable(model: torch.nn.Module, precision: str, device: str) -> torch.nn.Module:
+    """A copy of `model` on `device` in eval mode, converted to `precision` behind a float32 interface."""
+    model = copy.deepcopy(model).to(device).eval()
+    if precision == "fp32":
+        return model
+    dtype = PRECISION_DTYPES[precision]
+    return CastInput(model.to(dtype), dtype).eval()
+
+
+def inductor_configs(device: str) -> dict[str, Any]:
+    return {"freezing": True} if not str(device).startswith("cuda") else {}
+
+
+def export(model: torch.nn.Module, example: torch.Tensor, batch, precision: str, device: str):
+    """The ExportedProgram of the engine: float32 (N, 3, S, S) -> float32 logits, N in the batch range."""
+    n = example_batch_size(batch)
+    images = torch.randn(n, *example.shape[1:], device=device, dtype=torch.float32)
+    return torch.export.export(exportable(model, precision, device), (images,), dynamic_shapes=dynamic_shapes(batch))
+
+
+def build(model: torch.nn.Module, example: torch.Tensor, batch, precision: str, out_dir: Path, *,
+          device: str) -> str:
+    program = export(model, example, batch, precision, device)
+    torch._inductor.aoti_compile_and_package(program, package_path=str(Path(out_dir) / ARTIFACT),
+                                             inductor_configs=inductor_configs(device))
+    return ARTIFACT
+
+
+def load(engine_dir: Path, meta: Mapping[str, Any], device: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    index = torch.device(device).index
+    package = str(Path(engine_dir) / meta["artifact"]["file"])
+    if index is not None:
+        return torch._inductor.aoti_load_package(package, device_index=index)
+    return torch._inductor.aoti_load_package(package)
