@@ -238,6 +238,52 @@ def find_undecodable(paths: Sequence[str], chunk_size: int = 64) -> list[tuple[i
     return []
 
 
+def screen_headers(paths: Sequence[str], num_threads: int = 2, batch_size: int = 256) -> list[tuple[int, str]]:
+    """(position in `paths`, reason) of the files whose header DALI cannot parse.
+
+    Why a screen before decoding: DALI 2.4's `decoders.image` (nvImageCodec) can kill the process with
+    SIGSEGV in a worker thread, instead of raising, when a file of a multi-image batch fails at format
+    detection or header parsing (text saved as .jpg; a JPEG or PNG signature followed by garbage).
+    `fn.peek_image_shape` parses the same headers and raises cleanly, so it runs first, once per
+    loader, without decoding (about one file read per image). Files whose header parses but whose data
+    is bad (truncated, corrupt scan) make the decoder raise normally: `DaliLoader.__iter__` handles those.
+    """
+    from nvidia.dali import fn, pipeline_def
+
+    bad: list[tuple[int, str]] = []
+    start = 0
+    while start < len(paths):
+        rest = list(paths[start:])
+        size = min(batch_size, len(rest))
+
+        # Synchronous, unpipelined execution: when run() number k raises, batch k holds the bad file.
+        @pipeline_def(batch_size=size, num_threads=num_threads, device_id=None, prefetch_queue_depth=1,
+                      exec_async=False, exec_pipelined=False, exec_dynamic=False)
+        def peek(rest=rest):
+            encoded, _ = fn.readers.file(files=rest, pad_last_batch=True)
+            return fn.peek_image_shape(encoded)
+
+        pipe = peek()
+        pipe.build()
+        done = 0
+        try:
+            while done < len(rest):
+                pipe.run()
+                done += size
+            break
+        except RuntimeError as exc:
+            first = start + done
+            found = find_undecodable(paths[first:first + size])
+            if not found:
+                raise RuntimeError(f"DALI could not parse a header among {paths[first]}... but every file of "
+                                   f"that batch decodes alone: {exc}") from exc
+            bad += [(first + pos, reason) for pos, reason in found]
+            start = first + max(pos for pos, _ in found) + 1  # files before it were checked by find_undecodable
+        finally:
+            del pipe
+    return bad
+
+
 # --------------------------------------------------------------------------- the loader
 
 # Operators whose failure can be caused by one input file (as named in DALI's error message).
@@ -249,7 +295,8 @@ class DaliLoader:
 
     def __init__(self, files: Sequence[str], labels: Sequence[int] | None, *, train: bool, image_size: int,
                  batch_size: int, augment: AugmentSpec | None, num_workers: int, seed: int, shard_id: int,
-                 num_shards: int, device: str, hw_decoder_load: float = DEFAULT_HW_DECODER_LOAD):
+                 num_shards: int, device: str, hw_decoder_load: float = DEFAULT_HW_DECODER_LOAD,
+                 screen: bool = True):
         if labels is not None and len(labels) != len(files):
             raise ValueError(f"{len(files)} files but {len(labels)} labels: pass one label per file")
         if not 0.0 <= hw_decoder_load <= 1.0:
@@ -269,6 +316,9 @@ class DaliLoader:
         # Train drops a ragged last batch like the torchvision loader (a batch of one breaks BatchNorm).
         self.drop_last = train and len(self.positions) > batch_size
         self.errors: list[tuple[int, str]] = []  # undecodable files met during the current pass
+        # Header screen (see screen_headers): once per loader, its result kept for every pass. `screen=False`
+        # skips it for files already validated (a manifest from `data prepare` checked every file).
+        self.screened: list[tuple[int, str]] | None = None if screen else []
 
     def set_epoch(self, epoch: int) -> None:
         """Shuffle and augmentation of a pass are a pure function of (seed, epoch, shard)."""
@@ -301,13 +351,25 @@ class DaliLoader:
         return DALIGenericIterator([pipe], ["images", "index"], reader_name=READER, last_batch_policy=policy)
 
     def __iter__(self) -> Iterator[Batch]:
-        self.errors = []
+        if not self.positions:  # an empty shard (fewer files than shards)
+            return
+        if self.screened is None:
+            shard = [self.files[p] for p in self.positions]
+            self.screened = [(self.positions[i], reason)
+                             for i, reason in screen_headers(shard, num_threads=self.num_threads)]
+            for index, reason in self.screened:
+                log.warning("skipping %s: %s", self.files[index], reason)
+        self.errors = list(self.screened)
+        unreported = list(self.screened)  # reported with the first batch of every pass
         delivered: set[int] = set()
-        unreported: list[tuple[int, str]] = []
-        # First pass: the reader shards the whole list itself (as on a multi-GPU job); after an
-        # undecodable file, the rest of this shard is read again as a list of its own.
+        # The reader shards the whole list itself (as on a multi-GPU job); once a file is known to be
+        # bad, the rest of this shard is read as a list of its own.
         files, labels = self.files, list(range(len(self.files)))
         shard_id, num_shards = self.shard_id, self.num_shards
+        if self.screened:
+            bad_set = {i for i, _ in self.screened}
+            labels = [p for p in self.positions if p not in bad_set]
+            files, shard_id, num_shards = [self.files[p] for p in labels], 0, 1
         attempt = 0
         while files:
             try:
@@ -345,14 +407,16 @@ class DaliLoader:
 
 def make_dali_loader(files: Sequence[str], labels: Sequence[int] | None, *, train: bool, image_size: int,
                      batch_size: int, augment: AugmentSpec | None, num_workers: int, seed: int, shard_id: int,
-                     num_shards: int, device: str, hw_decoder_load: float = DEFAULT_HW_DECODER_LOAD) -> DaliLoader:
+                     num_shards: int, device: str, hw_decoder_load: float = DEFAULT_HW_DECODER_LOAD,
+                     screen: bool = True) -> DaliLoader:
     """DALI loader over `files` (the factory `loaders.get_loader(..., backend="dali")` calls this).
 
     device "cpu" runs DALI's CPU-only mode; "cuda[:N]" decodes with `mixed` on that GPU and returns
     CUDA images. Train loaders shuffle (and augment when `augment` is given), eval loaders keep file
     order; each pass delivers every readable file of the shard exactly once (train: minus a ragged
-    last batch). `num_workers` is DALI's CPU thread count.
+    last batch). `num_workers` is DALI's CPU thread count. `screen=False` skips the header screen
+    (`screen_headers`) for files known to be valid.
     """
     return DaliLoader(files, labels, train=train, image_size=image_size, batch_size=batch_size, augment=augment,
                       num_workers=num_workers, seed=seed, shard_id=shard_id, num_shards=num_shards, device=device,
-                      hw_decoder_load=hw_decoder_load)
+                      hw_decoder_load=hw_decoder_load, screen=screen)

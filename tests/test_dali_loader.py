@@ -3,6 +3,9 @@ backend, each augmentation applied on train only, 3-channel output for any input
 
 Images are tiny (64x64) and batches small so that the file runs in well under a minute on 2 cores.
 """
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +18,7 @@ from realfake.pipelines.dali_loader import (  # noqa: E402
     cuda_available_for_dali,
     dali_available,
     make_dali_loader,
+    screen_headers,
     shard_range,
 )
 from realfake.pipelines.spec import MEAN, STD, AugmentSpec  # noqa: E402
@@ -22,6 +26,7 @@ from realfake.pipelines.spec import MEAN, STD, AugmentSpec  # noqa: E402
 pytestmark = pytest.mark.dali
 
 SIZE = 64
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_and_fake_face"
 NO_AUGMENT = dict(rotation_deg=0.0, hflip_p=0.0, brightness=0.0, contrast=0.0, blur_p=0.0)
 # Parity tolerance with the torchvision loader, in normalized units (one uint8 level is ~0.017):
 # decoding is bit-exact (both libjpeg-turbo) and the resize filters agree to a level inside the image;
@@ -327,6 +332,53 @@ def test_bad_file_is_recorded_and_the_rest_delivered(with_bad_file):
     assert labels == [i % 2 for i in delivered]
     loader.set_epoch(1)  # the next pass finds it again (nothing is remembered between passes)
     assert [e for b in loader for e in b.errors] == errors
+
+
+def test_a_file_that_fails_while_decoding_is_found_and_skipped(files, tmp_path):
+    """A truncated JPEG passes the header screen and makes the decoder raise mid-pass: the loader finds
+    it, records it and rebuilds over the files not delivered yet."""
+    truncated = tmp_path / "truncated.jpg"
+    data = open(files[0], "rb").read()
+    truncated.write_bytes(data[: len(data) // 2])
+    paths = files[:12] + [str(truncated)] + files[12:]
+    loader = dali(paths, batch_size=4)
+    batches = list(loader)
+    delivered = torch.cat([b.indices for b in batches]).tolist()
+    assert loader.screened == []  # not the screen's doing
+    assert [e for b in batches for e in b.errors] == [(12, "truncated")]
+    assert sorted(delivered) == [i for i in range(24) if i != 12] and len(set(delivered)) == 23
+    assert delivered[:12] == list(range(12))  # batches before the bad one came out before it was met
+
+
+def test_screen_finds_every_unparsable_header(files, tmp_path):
+    bad = {
+        "text.jpg": b"this is a text file, not a JPEG" * 4,
+        "jpeg-garbage.jpg": b"\xff\xd8\xff\xe0 this is no JPEG" * 8,
+        "png-garbage.png": b"\x89PNG\r\n\x1a\n" + b"garbage" * 20,
+        "empty.jpg": b"",
+    }
+    paths = list(files[:6])
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+        paths.insert(2 * len(paths) // 3, str(tmp_path / name))
+    found = dict(screen_headers(paths, batch_size=4))
+    expected = {paths.index(str(tmp_path / name)) for name in bad}
+    assert set(found) == expected
+    assert found[paths.index(str(tmp_path / "empty.jpg"))] == "empty file"
+    assert found[paths.index(str(tmp_path / "text.jpg"))] == "not an image"
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"{REAL_DATA} not present")
+def test_garbage_among_real_progressive_jpegs_does_not_crash():
+    """On the CIPLAB files (progressive JPEGs), a JPEG signature followed by garbage in a batch of 32
+    made DALI 2.4's decoder segfault most of the time; the header screen keeps it out."""
+    real = sorted(str(p) for p in REAL_DATA.glob("training_real/*.jpg"))[:48]
+    bad = Path(tempfile.mkdtemp()) / "garbage.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is no JPEG" * 8)
+    loader = dali(real[:40] + [str(bad)] + real[40:], batch_size=32, image_size=32, labels=None)
+    for _ in range(2):
+        assert sum(len(b.indices) for b in loader) == 48
+        assert loader.errors == [(40, "corrupt")]
 
 
 def test_bad_file_in_a_train_shard(with_bad_file):
