@@ -1,6 +1,10 @@
 """The training loop, after torchvision's references/classification/train.py: `train_one_epoch`,
 `evaluate`, checkpoints that hold model, optimizer, scheduler, epoch, args and RNG state, and `fit`,
-which runs epochs with history, best/last checkpoints, early stopping and exact resume."""
+which runs epochs with history, best/last checkpoints, early stopping and exact resume.
+
+Optional recipe pieces (see `engines/recipes.py`): a batch transform applied on the device after the
+loader (pseudo-fakes, training crops), a per-batch LR schedule, label smoothing, and a weight EMA
+that is what gets validated and saved (the raw weights stay in last.pt for resume)."""
 from __future__ import annotations
 
 import contextlib
@@ -46,11 +50,14 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _to_device(batch, device, channels_last: bool):
+def _to_device(batch, device, channels_last: bool, transform=None):
     images = batch.images.to(device, non_blocking=True)
+    labels = batch.labels.to(device, non_blocking=True)
+    if transform is not None:
+        images, labels = transform(images, labels)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    return images, batch.labels.to(device, non_blocking=True)
+    return images, labels
 
 
 def _check_errors(batch) -> None:
@@ -63,14 +70,24 @@ def _check_errors(batch) -> None:
 
 
 def train_one_epoch(model, criterion, optimizer, loader, device, epoch: int, *, scaler=None, amp=False,
-                    channels_last=False, progress=True) -> tuple[float, float]:
-    """One pass over the training loader; returns (mean loss, accuracy)."""
+                    channels_last=False, progress=True, batch_transform=None, scheduler=None,
+                    ema=None) -> tuple[float, float]:
+    """One pass over the training loader; returns (mean loss, accuracy).
+
+    batch_transform(images, labels, epoch, step) -> (images, labels) runs on the device after the
+    loader (pseudo-fakes, crops); `scheduler` is stepped after every batch when given (per-batch
+    schedules); `ema` (an AveragedModel) is updated after every optimizer step.
+    """
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=None if progress else True, unit="batch")
-    for batch in bar:
+    for step, batch in enumerate(bar):
         _check_errors(batch)
-        images, labels = _to_device(batch, device, channels_last)
+        transform = None
+        if batch_transform is not None:
+            def transform(x, y, step=step):
+                return batch_transform(x, y, epoch, step)
+        images, labels = _to_device(batch, device, channels_last, transform)
         with autocast(device, amp):
             logits = model(images)
             loss = criterion(logits, labels)
@@ -82,6 +99,10 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch: int, *, 
         else:
             loss.backward()
             optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update_parameters(_unwrap(model))
         n = labels.numel()
         total_loss += loss.item() * n
         correct += (logits.argmax(1) == labels).sum().item()
@@ -92,16 +113,38 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch: int, *, 
     return total_loss / seen, correct / seen
 
 
+def _unwrap(model):
+    """The eager module behind torch.compile's wrapper (its weights are the same tensors)."""
+    return getattr(model, "_orig_mod", model)
+
+
 @torch.inference_mode()
-def predict(model, loader, device, *, amp=False, channels_last=False, progress=False, desc="predict"):
-    """Probabilities of class 1 (fake), labels and file indices for every file of an eval loader."""
+def predict(model, loader, device, *, amp=False, channels_last=False, progress=False, desc="predict",
+            tta: str = "none"):
+    """Probabilities of class 1 (fake), labels and file indices for every file of an eval loader.
+
+    tta: "none", "flip" or "crops" (see `recipes.tta_views`): p_fake is the mean over the views and
+    the returned logits are log-probabilities of that mean (so a cross-entropy on them stays right).
+    """
+    from realfake.engines.recipes import tta_views
+
     model.eval()
     probs, labels, indices, logits_all = [], [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress else True, unit="batch"):
         _check_errors(batch)
         images, y = _to_device(batch, device, channels_last)
-        with autocast(device, amp):
-            logits = model(images)
+        if tta == "none":
+            with autocast(device, amp):
+                logits = model(images)
+        else:
+            mean_prob = 0
+            views = tta_views(images, tta)
+            for view in views:
+                if channels_last:
+                    view = view.contiguous(memory_format=torch.channels_last)
+                with autocast(device, amp):
+                    mean_prob = mean_prob + torch.softmax(model(view).float(), 1)
+            logits = torch.log((mean_prob / len(views)).clamp_min(1e-12))
         logits = logits.float()
         logits_all.append(logits.cpu())
         probs.append(torch.softmax(logits, 1)[:, 1].cpu())
@@ -135,9 +178,13 @@ class TrainState:
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState, args: dict,
-                    scaler=None) -> None:
+                    scaler=None, ema=None) -> None:
+    """The resume checkpoint. With an EMA, "model" holds the EMA weights (what is evaluated and built
+    into engines), "train_model" the raw weights and "ema" the averager's state."""
     checkpoint = {
-        "model": model.state_dict(),
+        "model": (ema.module if ema is not None else model).state_dict(),
+        "train_model": model.state_dict() if ema is not None else None,
+        "ema": ema.state_dict() if ema is not None else None,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -175,8 +222,13 @@ def load_checkpoint(path: Path) -> dict:
                          "train again or point at another run") from exc
 
 
-def restore(checkpoint: dict, model, optimizer, scheduler, scaler=None) -> TrainState:
-    model.load_state_dict(checkpoint["model"])
+def restore(checkpoint: dict, model, optimizer, scheduler, scaler=None, ema=None) -> TrainState:
+    if (ema is not None) != (checkpoint.get("ema") is not None):
+        raise ValueError("the checkpoint was saved " + ("without" if ema is not None else "with")
+                         + " an EMA of the weights: resume with the run's own options")
+    model.load_state_dict(checkpoint["train_model"] if ema is not None else checkpoint["model"])
+    if ema is not None:
+        ema.load_state_dict(checkpoint["ema"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
     if scaler is not None and checkpoint.get("scaler"):
@@ -201,22 +253,30 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
 
 def fit(model, *, train_loader, valid_loader, optimizer, scheduler, device, run_dir: Path, epochs: int,
         args: dict, state: TrainState | None = None, compiled_model=None, patience: int | None = None,
-        amp=False, channels_last=False, scaler=None, progress=True, echo=print) -> TrainState:
+        amp=False, channels_last=False, scaler=None, progress=True, echo=print, per_batch_scheduler=False,
+        label_smoothing: float = 0.0, ema=None, batch_transform=None) -> TrainState:
     """Train from `state.epoch + 1` to `epochs`. `model` is the eager module whose weights are saved;
-    `compiled_model` (torch.compile of it, sharing weights) runs the steps when given."""
+    `compiled_model` (torch.compile of it, sharing weights) runs the steps when given.
+
+    label_smoothing applies to the training loss only (validation loss stays the plain cross-entropy,
+    comparable across runs); with `ema` the EMA weights are validated and saved as best/last "model".
+    """
     run_dir = Path(run_dir)
     state = state or TrainState()
     criterion = nn.CrossEntropyLoss()
+    train_criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing) if label_smoothing else criterion
     runner = compiled_model if compiled_model is not None else model
     for epoch in range(state.epoch + 1, epochs + 1):
         train_loader.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc = train_one_epoch(runner, criterion, optimizer, train_loader, device, epoch,
+        train_loss, train_acc = train_one_epoch(runner, train_criterion, optimizer, train_loader, device, epoch,
                                                 scaler=scaler, amp=amp, channels_last=channels_last,
-                                                progress=progress)
-        valid_loss, valid_acc = evaluate(runner, criterion, valid_loader, device, amp=amp,
-                                         channels_last=channels_last)
-        scheduler.step()
+                                                progress=progress, batch_transform=batch_transform,
+                                                scheduler=scheduler if per_batch_scheduler else None, ema=ema)
+        valid_loss, valid_acc = evaluate(ema.module if ema is not None else runner, criterion, valid_loader,
+                                         device, amp=amp, channels_last=channels_last)
+        if not per_batch_scheduler:
+            scheduler.step()
         # The report's epoch line.
         echo(f"Epoch [{epoch}/{epochs}], Train Loss: {train_loss:.4f}, Train Acc: {train_acc:.2%}, "
              f"Valid Loss: {valid_loss:.4f}, Valid Acc: {valid_acc:.2%}")
@@ -225,10 +285,10 @@ def fit(model, *, train_loader, valid_loader, optimizer, scheduler, device, run_
         state.epoch = epoch
         if valid_loss < state.best_valid_loss:
             state.best_valid_loss, state.best_epoch, state.epochs_without_improvement = valid_loss, epoch, 0
-            save_weights(run_dir / "best.pt", model, state, args)
+            save_weights(run_dir / "best.pt", ema.module if ema is not None else model, state, args)
         else:
             state.epochs_without_improvement += 1
-        save_checkpoint(run_dir / "last.pt", model, optimizer, scheduler, state, args, scaler)
+        save_checkpoint(run_dir / "last.pt", model, optimizer, scheduler, state, args, scaler, ema)
         write_history(run_dir, state.history)
         if patience and state.epochs_without_improvement >= patience:
             echo(f"Early stopping: valid loss has not improved for {patience} epochs "

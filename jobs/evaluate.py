@@ -32,9 +32,14 @@ def run_evaluate(
     num_workers: int = 2,
     device: str = "auto",
     progress: bool = True,
+    tta: str = "none",
 ) -> dict:
     """Evaluate RUN_DIR's checkpoint on a split of the data it was trained on; writes report.json,
-    report.md, confusion.png and roc.png into the run directory (suffixed by split when not test)."""
+    report.md, confusion.png and roc.png into the run directory (suffixed by split when not test).
+
+    Args:
+        tta: Test-time augmentation, p_fake averaged over views: none, flip (image + mirror) or crops (image and 5 crops of 7/8 side resized back, each also mirrored: 12 views).
+    """
     import torch
     from realfake.engines.metrics import (
         classification_metrics,
@@ -42,6 +47,7 @@ def run_evaluate(
         save_confusion_png,
         save_roc_png,
     )
+    from realfake.engines.recipes import TTA_MODES
     from realfake.engines.trainer import predict
     from realfake.jobs.train import resolve_device
     from realfake.pipelines.loaders import get_loader
@@ -50,6 +56,8 @@ def run_evaluate(
     run_dir = Path(run_dir)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"--threshold {threshold} must be between 0 and 1")
+    if tta not in TTA_MODES:
+        raise ValueError(f"unknown --tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
     model, config, state = load_run_model(run_dir, checkpoint)
     data_dir = Path(config["data_dir"])
     rows = read_manifest(data_dir, split)
@@ -64,7 +72,7 @@ def run_evaluate(
                       image_size=config["image_size"], batch_size=batch_size, num_workers=num_workers,
                       device=run_device)
     p_fake, labels, indices, _ = predict(model, data, torch.device(run_device), progress=progress,
-                                         desc=f"evaluate {split}")
+                                         desc=f"evaluate {split}", tta=tta)
     if len(indices) != len(rows) or sorted(indices.tolist()) != list(range(len(rows))):
         raise RuntimeError(f"loader {data.backend} delivered {len(indices)} of {len(rows)} files")
     order = indices.argsort()
@@ -72,8 +80,10 @@ def run_evaluate(
     metrics = classification_metrics(labels, p_fake, threshold=threshold, groups=[r.group for r in rows])
     suffix = "" if split == "test" else f"_{split}"
     title = f"{config['model']} @ {config['image_size']}px — {split} split ({checkpoint} checkpoint, epoch {state['epoch']})"
+    if tta != "none":
+        title += f", test-time augmentation: {tta}"
     report = {"run_dir": str(run_dir), "split": split, "checkpoint": checkpoint, "epoch": state["epoch"],
-              "model": config["model"], "loader": data.backend, "metrics": metrics,
+              "model": config["model"], "loader": data.backend, "tta": tta, "metrics": metrics,
               "predictions": [{"path": r.path, "label": r.label, "group": r.group, "p_fake": float(p)}
                               for r, p in zip(rows, p_fake, strict=True)]}
     (run_dir / f"report{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -83,4 +93,4 @@ def run_evaluate(
         save_roc_png(labels, p_fake, run_dir / f"roc{suffix}.png")
     return {"run_dir": str(run_dir), "split": split, "n": metrics["n"], "accuracy": metrics["accuracy"],
             "f1_fake": metrics["f1_fake"], "roc_auc": metrics["roc_auc"], "eer": metrics["eer"],
-            "report": str(run_dir / f"report{suffix}.md"), "loader": data.backend}
+            "report": str(run_dir / f"report{suffix}.md"), "loader": data.backend, "tta": tta}

@@ -17,6 +17,10 @@ from realfake.jobs.params import InputPath, OutputPath
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
+# Options added after the first runs were saved: a resumed older run gets these (the old behaviour).
+RECIPE_DEFAULTS = dict(pseudo_fakes=0.0, real_only=False, schedule=None, warmup_epochs=0.0, label_smoothing=0.0,
+                       ema=0.0, blur=True, train_crop=0, cache="none")
+CACHE_CHOICES = ("none", "memory", "gpu")
 
 
 def resolve_device(device: str) -> str:
@@ -67,6 +71,44 @@ def _new_run_dir(out: Path, name: str | None, model: str) -> Path:
     return run_dir
 
 
+def _resolved_schedule(args: dict) -> str:
+    """--schedule, defaulting as before it existed: StepLR when --step-size is given, else constant."""
+    return args.get("schedule") or ("step" if args.get("step_size", 0) > 0 else "constant")
+
+
+def _check_recipe(args: dict) -> None:
+    """One-line errors for recipe options out of range, before any data is read."""
+    from realfake.engines.recipes import SCHEDULES
+
+    if not 0.0 <= args["pseudo_fakes"] <= 1.0:
+        raise ValueError(f"--pseudo-fakes {args['pseudo_fakes']} must be a fraction between 0 and 1 (e.g. 0.5)")
+    if args["real_only"] and not args["pseudo_fakes"]:
+        raise ValueError("--real-only trains on real images alone: give --pseudo-fakes RATE to make the fakes")
+    if args["schedule"] is not None and args["schedule"] not in SCHEDULES:
+        raise ValueError(f"unknown schedule {args['schedule']!r}: choose one of {', '.join(SCHEDULES)}")
+    if not 0.0 <= args["label_smoothing"] < 1.0:
+        raise ValueError(f"--label-smoothing {args['label_smoothing']} must be in [0, 1) (e.g. 0.1)")
+    if args["ema"] and not 0.0 < args["ema"] < 1.0:
+        raise ValueError(f"--ema {args['ema']} must be a decay between 0 and 1 (e.g. 0.999), or 0 for off")
+    if args["cache"] not in CACHE_CHOICES:
+        raise ValueError(f"unknown cache {args['cache']!r}: choose one of {', '.join(CACHE_CHOICES)}")
+    if args["train_crop"] < 0 or args["train_crop"] > args["image_size"]:
+        raise ValueError(f"--train-crop {args['train_crop']} must be between 1 and --image-size "
+                         f"{args['image_size']} (0 = off)")
+
+
+def _check_any_size(model: str, image_size: int, crop: int, build_model) -> None:
+    """Crops need a model that takes any input size: one whose weights do not depend on it."""
+    full = {k: v.shape for k, v in build_model(model, image_size=image_size).state_dict().items()}
+    try:
+        cropped = {k: v.shape for k, v in build_model(model, image_size=crop).state_dict().items()}
+    except ValueError:
+        cropped = None
+    if full != cropped:
+        raise ValueError(f"{model} is built for one input size, so it cannot train on {crop} px crops and "
+                         f"evaluate at {image_size}: use --train-crop with resnet18 or another torchvision net")
+
+
 def run_train(
     data_dir: InputPath,
     model: str = "simple_cnn",
@@ -95,14 +137,38 @@ def run_train(
     freeze_backbone: bool = False,
     device: str = "auto",
     progress: bool = True,
+    pseudo_fakes: float = 0.0,
+    real_only: bool = False,
+    schedule: str | None = None,
+    warmup_epochs: float = 0.0,
+    label_smoothing: float = 0.0,
+    ema: float = 0.0,
+    blur: bool = True,
+    train_crop: int = 0,
+    cache: str = "none",
 ) -> dict:
-    """Train `model` on DATA_DIR's train split, validating on its valid split each epoch."""
+    """Train `model` on DATA_DIR's train split, validating on its valid split each epoch.
+
+    Recipe options (all off by default, so the default run is the report's):
+
+    Args:
+        pseudo_fakes: Fraction of each train batch's real images turned into extra self-blended fakes (label fake), made on the device after the loader.
+        real_only: Train on the real images only; pseudo-fakes are the fake class (what `realfake pretrain` runs).
+        schedule: LR schedule: constant, step, cosine or onecycle (default: step when step_size > 0, else constant).
+        warmup_epochs: Linear LR warm-up length in epochs (fractions allowed).
+        label_smoothing: Label smoothing of the training loss (validation loss stays plain cross-entropy).
+        ema: Decay of an exponential moving average of the weights (e.g. 0.999); the EMA is validated and saved. 0 = off.
+        blur: Keep the report's Gaussian blur in the augmentation (False = AugmentSpec(blur_p=0)).
+        train_crop: Train on random crops of this size of the image_size images; validate and evaluate on the full image (any-size models only). 0 = off.
+        cache: Decode the data once into a uint8 cache: none, memory (host) or gpu; augmentation then runs on that device.
+    """
     import torch
-    from realfake.engines import trainer
+    from realfake.engines import recipes, trainer
     from realfake.engines.metrics import save_curves_png
     from realfake.models import build_model
     from realfake.pipelines.loaders import get_loader
     from realfake.pipelines.manifest import manifest_sha256, read_manifest
+    from realfake.pipelines.pseudo_fakes import DEFAULT_SPEC, train_batch_transform
     from realfake.pipelines.spec import CLASS_NAMES, MEAN, STD, AugmentSpec
 
     data_dir = Path(data_dir).resolve()
@@ -110,14 +176,19 @@ def run_train(
                 weight_decay=weight_decay, step_size=step_size, gamma=gamma, dropout=dropout,
                 image_size=image_size, augment=augment, compile=compile, amp=amp, channels_last=channels_last,
                 patience=patience, seed=seed, loader=loader, num_workers=num_workers,
-                weights=str(weights) if weights else None, freeze_backbone=freeze_backbone, device=device)
+                weights=str(weights) if weights else None, freeze_backbone=freeze_backbone, device=device,
+                pseudo_fakes=pseudo_fakes, real_only=real_only, schedule=schedule, warmup_epochs=warmup_epochs,
+                label_smoothing=label_smoothing, ema=ema, blur=blur, train_crop=train_crop, cache=cache)
     checkpoint = None
     if resume is not None:
         run_dir = Path(resume)
         checkpoint = trainer.load_checkpoint(run_dir / "last.pt")
         saved = checkpoint["args"]
         # Resume continues the saved run exactly: only the epoch budget may grow.
-        args = {**saved, "epochs": max(epochs, checkpoint["epoch"])}
+        args = {**RECIPE_DEFAULTS, **saved, "epochs": max(epochs, checkpoint["epoch"])}
+        if _resolved_schedule(args) in ("cosine", "onecycle") and args["epochs"] != saved["epochs"]:
+            raise ValueError(f"{run_dir} uses a {_resolved_schedule(args)} schedule fixed to {saved['epochs']} "
+                             f"epochs: resume with --epochs {saved['epochs']}, or train a new run")
         config = read_run_config(run_dir)
         if config["manifest_sha256"] != manifest_sha256(data_dir):
             raise ValueError(f"{data_dir} is not the data set {run_dir} was trained on (manifest differs): "
@@ -126,8 +197,11 @@ def run_train(
         raise ValueError(f"unknown optimizer {args['optimizer']!r}: choose one of {', '.join(trainer.OPTIMIZERS)}")
     if args["epochs"] < 1:
         raise ValueError("--epochs must be at least 1")
+    _check_recipe(args)
 
     train_rows = read_manifest(data_dir, "train")
+    if args["real_only"]:
+        train_rows = [r for r in train_rows if r.label == CLASS_NAMES.index("real")]
     valid_rows = read_manifest(data_dir, "valid")
     if not train_rows or not valid_rows:
         raise ValueError(f"{data_dir} has {len(train_rows)} train and {len(valid_rows)} valid files: "
@@ -144,21 +218,44 @@ def run_train(
                       freeze_backbone=args["freeze_backbone"]).to(device_obj)
     if args["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
+    if args["train_crop"]:
+        _check_any_size(args["model"], args["image_size"], args["train_crop"], build_model)
     opt = trainer.make_optimizer(args["optimizer"], [p for p in net.parameters() if p.requires_grad],
                                  lr=args["lr"], momentum=args["momentum"], weight_decay=args["weight_decay"])
-    sched = trainer.make_scheduler(opt, step_size=args["step_size"], gamma=args["gamma"])
     scaler = torch.amp.GradScaler("cuda") if args["amp"] and run_device.startswith("cuda") else None
+    ema_model = recipes.make_ema(net, args["ema"]) if args["ema"] else None
 
-    augment_spec = AugmentSpec() if args["augment"] else None
-    loader_kw = dict(backend=args["loader"], image_size=args["image_size"], batch_size=args["batch_size"],
-                     num_workers=args["num_workers"], seed=args["seed"], device=run_device)
-    train_loader = get_loader([r.path for r in train_rows], [r.label for r in train_rows], train=True,
-                              augment=augment_spec, **loader_kw)
-    valid_loader = get_loader([r.path for r in valid_rows], [r.label for r in valid_rows], train=False, **loader_kw)
+    augment_spec = (AugmentSpec() if args["blur"] else AugmentSpec(blur_p=0.0)) if args["augment"] else None
+    train_files, valid_files = [r.path for r in train_rows], [r.path for r in valid_rows]
+    if args["cache"] == "none":
+        loader_kw = dict(backend=args["loader"], image_size=args["image_size"], batch_size=args["batch_size"],
+                         num_workers=args["num_workers"], seed=args["seed"], device=run_device)
+        train_loader = get_loader(train_files, [r.label for r in train_rows], train=True, augment=augment_spec,
+                                  **loader_kw)
+        valid_loader = get_loader(valid_files, [r.label for r in valid_rows], train=False, **loader_kw)
+    else:
+        from realfake.pipelines.gpu_cache import make_cached_loader
+
+        if args["cache"] == "gpu" and not run_device.startswith("cuda"):
+            raise ValueError(f"--cache gpu needs a CUDA device but the run is on {run_device}: use --cache memory")
+        # The report's blur was specified for the decoded (600 px) images: scale it to the cache's size.
+        decoded = sorted(r.width for r in train_rows)[len(train_rows) // 2]
+        cache_kw = dict(image_size=args["image_size"], batch_size=args["batch_size"], seed=args["seed"],
+                        device=run_device if args["cache"] == "gpu" else "cpu", decode_backend=args["loader"],
+                        num_workers=args["num_workers"], augment_scale=args["image_size"] / max(decoded, 1),
+                        progress=progress)
+        train_loader = make_cached_loader(train_files, [r.label for r in train_rows], train=True,
+                                          augment=augment_spec, **cache_kw)
+        valid_loader = make_cached_loader(valid_files, [r.label for r in valid_rows], train=False, **cache_kw)
+    sched, per_batch = recipes.make_scheduler(
+        opt, _resolved_schedule(args), epochs=args["epochs"], steps_per_epoch=len(train_loader),
+        warmup_epochs=args["warmup_epochs"], step_size=args["step_size"], gamma=args["gamma"], lr=args["lr"])
+    batch_transform = train_batch_transform(seed=args["seed"], pseudo_fakes=args["pseudo_fakes"],
+                                            train_crop=args["train_crop"])
 
     state = None
     if checkpoint is not None:
-        state = trainer.restore(checkpoint, net, opt, sched, scaler)
+        state = trainer.restore(checkpoint, net, opt, sched, scaler, ema=ema_model)
         config["resumed"] = config.get("resumed", []) + [{"at_epoch": state.epoch,
                                                           "date": dt.datetime.now().isoformat(timespec="seconds")}]
         config["args"] = args
@@ -171,6 +268,8 @@ def run_train(
             "data_dir": str(data_dir), "manifest_sha256": manifest_sha256(data_dir),
             "n_train": len(train_rows), "n_valid": len(valid_rows),
             "augment_spec": augment_spec.to_dict() if augment_spec else None,
+            "schedule": _resolved_schedule(args),
+            "pseudo_fake_spec": DEFAULT_SPEC.to_dict() if args["pseudo_fakes"] else None,
             "args": args, "created": dt.datetime.now().isoformat(timespec="seconds"),
         }
     config.update(loader=train_loader.backend, device=run_device, compiled=use_compile, versions=versions())
@@ -183,7 +282,8 @@ def run_train(
                         device=device_obj, run_dir=run_dir, epochs=args["epochs"], args=args, state=state,
                         compiled_model=compiled, patience=args["patience"], amp=args["amp"],
                         channels_last=args["channels_last"], scaler=scaler, progress=progress,
-                        echo=lambda line: print(line, flush=True))
+                        echo=lambda line: print(line, flush=True), per_batch_scheduler=per_batch,
+                        label_smoothing=args["label_smoothing"], ema=ema_model, batch_transform=batch_transform)
     save_curves_png(state.history, run_dir / "curves.png", title=f"{args['model']} @ {args['image_size']}px")
     last = state.history[-1]
     return {"run_dir": str(run_dir), "model": args["model"], "epochs_run": state.epoch,

@@ -15,6 +15,9 @@ import click
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--num-workers", default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--tta", type=click.Choice(["none", "flip", "crops"]), default="none", show_default=True,
+              help="Test-time augmentation, p_fake averaged over views: flip = image + mirror; crops = the image "
+                   "and its 4 corner + centre crops of 7/8 side resized back, each also mirrored (12 views).")
 def evaluate(run_dir, **options):
     """Evaluate RUN_DIR on a split of its data: accuracy, per-class precision/recall/F1, confusion
     matrix, ROC AUC, average precision, EER, recall per difficulty group.

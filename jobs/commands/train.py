@@ -41,15 +41,42 @@ MODEL_HELP = "simple_cnn (report's Model 1), deep_cnn (Model 2), resnet18, effic
               help="Local state dict to start from (e.g. ImageNet weights for resnet18). Nothing is downloaded.")
 @click.option("--freeze-backbone", is_flag=True, help="Train only the new head (torchvision models).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--pseudo-fakes", "pseudo_fakes", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Self-blended pseudo-fakes: this fraction of each train batch's real images is copied, a face "
+                   "region (eyes/nose/mouth/face/random blob) blended with a colour-, scale- and position-jittered "
+                   "copy of itself or another real face, and added to the batch as an extra fake. Made on the "
+                   "training device from de-normalized images, after the loader. 0 = off.")
+@click.option("--real-only", is_flag=True,
+              help="Train on the real images only; the pseudo-fakes are the fake class (needs --pseudo-fakes).")
+@click.option("--schedule", type=click.Choice(["constant", "step", "cosine", "onecycle"]), default=None,
+              help="LR schedule. Default: step when --step-size is given, else constant (the report's). "
+                   "cosine and onecycle step per batch.")
+@click.option("--warmup-epochs", type=float, default=0.0, show_default=True,
+              help="Linear LR warm-up over this many epochs (fractions allowed); for onecycle, its rising part.")
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True,
+              help="Label smoothing of the training loss (e.g. 0.1); validation loss stays plain cross-entropy.")
+@click.option("--ema", type=float, default=0.0, show_default=True,
+              help="Keep an exponential moving average of the weights with this decay (e.g. 0.999; warmed up "
+                   "on short runs). The EMA is what is validated and saved in best.pt/last.pt. 0 = off.")
+@click.option("--blur/--no-blur", default=True, show_default=True,
+              help="Keep the report's strong Gaussian blur (sigma 6-7) in --augment; it may erase the retouching traces.")
+@click.option("--train-crop", type=int, default=0, show_default=True,
+              help="Train on random SIZE x SIZE crops of the --image-size images, validate and evaluate on the full "
+                   "image (e.g. --image-size 600 --train-crop 384 keeps native resolution). Any-size models only. 0 = off.")
+@click.option("--cache", type=click.Choice(["none", "memory", "gpu"]), default="none", show_default=True,
+              help="Decode the data once into a uint8 cache (host memory or GPU; the --loader backend decodes) and "
+                   "augment each epoch on that device with batched tensor ops: epochs then cost the model, not the decoder.")
 def train(data_dir, compile_, **options):
     """Train a model on a prepared DATA_DIR (see `realfake data prepare`).
 
     Prints the report's line per epoch, keeps best (by valid loss) and last checkpoints, history
-    (JSON, CSV) and curves.png in the run directory.
+    (JSON, CSV) and curves.png in the run directory. Every option is recorded in config.json.
 
     \b
-    Example:
+    Examples:
       realfake train data/ciplab --model resnet18 --epochs 5 --out runs
+      realfake train data/ciplab --model resnet18 --image-size 224 --pseudo-fakes 0.5 \\
+          --schedule cosine --warmup-epochs 2 --label-smoothing 0.1 --ema 0.999 --cache gpu
     """
     from realfake.jobs.train import run_train
 
