@@ -21,6 +21,8 @@ SUBCOMMANDS = {
     "worker": "service:worker",
     "schedule": "service:schedule",
     "bench": "bench:bench",
+    "pretrain": "pretrain:pretrain",
+    "sweep": "sweep:sweep",
 }
 
 

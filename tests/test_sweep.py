@@ -1,0 +1,183 @@
+"""`realfake sweep` and `realfake pretrain`: specs and presets, the commands in the table, aggregation over
+seeds, resume, and a pretrained weights file that `--weights` loads."""
+import json
+import shlex
+
+import pytest
+import torch
+from _train_helpers import make_prepared
+from click.testing import CliRunner
+from realfake.jobs.cli import main
+from realfake.jobs.commands.sweep import preset_toml
+from realfake.jobs.commands.train import train as train_cmd
+from realfake.jobs.pretrain import run_pretrain
+from realfake.jobs.sweep import (
+    PRESETS,
+    load_spec,
+    normalize_spec,
+    parse_set,
+    render_command,
+    run_sweep,
+    summarize,
+)
+from realfake.models import build_model
+
+try:
+    import tomllib
+except ModuleNotFoundError:
+    import tomli as tomllib
+
+SPEC = """
+description = "two tiny configurations"
+seeds = [0, 1]
+[train]
+model = "simple_cnn"
+image_size = 32
+batch_size = 8
+epochs = 1
+loader = "torch"
+num_workers = 0
+[[configs]]
+name = "plain"
+label = "simple_cnn, no augmentation"
+train = { augment = false }
+[[configs]]
+name = "plain-flip"
+label = "simple_cnn, no augmentation, TTA flip"
+train = { augment = false }
+evaluate = { tta = "flip" }
+[[configs]]
+name = "sbi"
+label = "simple_cnn + pseudo-fakes"
+train = { pseudo_fakes = 0.5, blur = false, cache = "memory" }
+"""
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_prepared(tmp_path_factory.mktemp("sweep"), n_per_class=12, size=40)
+
+
+def test_every_preset_is_a_valid_spec_and_round_trips_through_toml():
+    assert {"report-baselines", "pseudo-fakes", "resolution", "cpu-short"} <= set(PRESETS)
+    for name, preset in PRESETS.items():
+        spec = load_spec(preset=name)
+        assert spec["seeds"] == [0, 1, 2] and spec["configs"]
+        again = normalize_spec(tomllib.loads(preset_toml(name, preset)), name)
+        assert again["configs"] == spec["configs"], name
+    baselines = {c["name"]: c["train"] for c in load_spec(preset="report-baselines")["configs"]}
+    assert baselines["model1"]["model"] == "simple_cnn" and baselines["model1"]["augment"] is False
+    assert baselines["model2"]["optimizer"] == "adadelta" and baselines["model2"]["lr"] == 0.1
+    short = load_spec(preset="cpu-short")["configs"]
+    assert all(c["train"]["image_size"] <= 128 for c in short)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("seeds = [0]\n", "no [[configs]]"),
+    ('[[configs]]\nname = "a"\ntrain = { modle = "resnet18" }\n', "did you mean 'model'"),
+    ('[[configs]]\nname = "a"\ntrain = { epochs = "ten" }\n', "'epochs' = 'ten' has the wrong type"),
+    ('[[configs]]\nname = "a"\n[[configs]]\nname = "a"\n', "must be unique"),
+    ('[[configs]]\nname = "a"\nevaluate = { tta = 1 }\n', "'tta' = 1 has the wrong type"),
+    ('[[configs]]\nname = "a"\npretrain = { epochs = 2 }\ntrain = { weights = "w.pt" }\n', "not both"),
+    ('seeds = "0,1"\n[[configs]]\nname = "a"\n', "seeds must be a list"),
+])
+def test_bad_specs_name_the_problem(tmp_path, spec, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(spec)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_spec(path)
+
+
+def test_rendered_train_command_parses_back_to_the_same_options(tmp_path):
+    data = tmp_path / "data dir"
+    data.mkdir()
+    options = {"model": "resnet18", "image_size": 224, "augment": False, "blur": False, "pseudo_fakes": 0.5,
+               "schedule": "cosine", "ema": 0.999, "amp": True, "compile": False, "channels_last": False,
+               "dropout": None, "seed": 3, "out": "/tmp/a b", "name": "x-seed3"}
+    line = render_command("train", train_cmd, [str(data)], options)
+    argv = shlex.split(line)
+    assert argv[:3] == ["realfake", "train", str(data)]
+    ctx = train_cmd.make_context("train", argv[2:])
+    for key, value in options.items():
+        got = ctx.params["compile_" if key == "compile" else key]
+        assert (str(got) if key == "out" else got) == value, key
+    assert "--no-compile" in argv and "--channels-last" not in argv
+    assert render_command("train", train_cmd, ["d"], {"name": "r-seed$SEED"}).endswith("--name r-seed$SEED")
+
+
+def test_summarize_and_parse_set():
+    s = summarize([0.5, 0.7, None, 0.9])
+    assert s["n"] == 3 and s["mean"] == pytest.approx(0.7) and s["std"] == pytest.approx(0.2)
+    assert summarize([0.8]) == {"mean": 0.8, "std": 0.0, "n": 1}
+    assert summarize([None]) == {"mean": None, "std": None, "n": 0}
+    assert parse_set(["amp=true", "lr=0.5", "cache=gpu", 'loader="torch"']) == {
+        "amp": True, "lr": 0.5, "cache": "gpu", "loader": "torch"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_set(["amp"])
+
+
+def test_sweep_trains_each_configuration_per_seed_and_resumes(data_dir, tmp_path):
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SPEC)
+    out = tmp_path / "sweep"
+    summary = run_sweep(out, data_dir=data_dir, spec=spec, device="cpu", progress=False)
+    results = json.loads((out / "results.json").read_text())
+    assert summary["configs"] == 3 and results["seeds"] == [0, 1]
+    by_name = {c["name"]: c for c in results["configs"]}
+    # the TTA row shares the training runs of the plain row: only its evaluation differs
+    assert by_name["plain-flip"]["run"] == "plain"
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["plain-seed0", "plain-seed1", "sbi-seed0",
+                                                                 "sbi-seed1"]
+    for config in results["configs"]:
+        aucs = [r["roc_auc"] for r in config["runs"]]
+        assert len(aucs) == 2
+        assert config["summary"]["roc_auc"]["mean"] == pytest.approx(sum(aucs) / 2)
+        assert set(config["summary"]["recall_per_group"]) == {"easy", "real"}
+        assert config["runs"][0]["recall_per_group"]["easy"]["n"] == 2
+    assert by_name["plain-flip"]["runs"][0]["evaluate"]["tta"] == "flip"
+    assert json.loads((out / "runs" / "sbi-seed0" / "config.json").read_text())["args"]["pseudo_fakes"] == 0.5
+    table = (out / "results.md").read_text()
+    assert "| configuration | test AUC | accuracy | recall easy | recall real | seeds | command |" in table
+    assert "--pseudo-fakes 0.5 --no-blur --cache memory --device cpu --seed $SEED" in table
+    assert results["best"] in by_name and "for SEED in 0 1; do" in table
+    # running it again trains nothing and evaluates nothing
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
+    evals = {p: p.stat().st_mtime_ns for p in (out / "evals").iterdir()}
+    run_sweep(out, data_dir=data_dir, spec=spec, device="cpu", progress=False)
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
+    assert evals == {p: p.stat().st_mtime_ns for p in (out / "evals").iterdir()}
+
+
+def test_sweep_cli_dry_run_only_and_errors(data_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["sweep", "--preset", "pseudo-fakes", "--data", str(data_dir), "--out",
+                                  str(tmp_path / "dry"), "--dry-run", "--only", "r18-224-sbi", "--cache", "gpu",
+                                  "--set", "amp=true"])
+    assert result.exit_code == 0, result.output
+    assert "realfake train" in result.output and "--cache gpu" in result.output and "--amp" in result.output
+    assert not (tmp_path / "dry" / "runs").exists()
+    result = runner.invoke(main, ["sweep", "--data", str(data_dir)])
+    assert result.exit_code == 2 and "SPEC.toml or --preset" in result.output and "Traceback" not in result.output
+    result = runner.invoke(main, ["sweep", "--preset", "cpu-short", "--data", str(data_dir), "--only", "nope",
+                                  "--dry-run", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "not a configuration" in result.output
+    result = runner.invoke(main, ["sweep", "--show-preset", "report-baselines"])
+    assert result.exit_code == 0 and tomllib.loads(result.output)["configs"][0]["name"] == "model1"
+
+
+def test_pretrain_writes_weights_that_build_model_and_train_load(data_dir, tmp_path):
+    weights = tmp_path / "sbi.pt"
+    summary = run_pretrain(data_dir, weights, model="simple_cnn", image_size=32, epochs=1, batch_size=8,
+                           loader="torch", num_workers=0, device="cpu", progress=False)
+    assert summary["weights"] == str(weights) and (tmp_path / "sbi.pt.run" / "pretrain.json").is_file()
+    saved = torch.load(weights, weights_only=True)
+    assert saved["args"]["real_only"] is True and saved["args"]["pseudo_fakes"] == 1.0
+    model = build_model("simple_cnn", image_size=32, weights=weights)
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, saved["model"][key]), key
+    with pytest.raises(ValueError, match="already exists"):
+        run_pretrain(data_dir, weights, model="simple_cnn", image_size=32, epochs=1)
+    result = CliRunner().invoke(main, ["train", str(data_dir), "--model", "simple_cnn", "--image-size", "32",
+                                       "--epochs", "1", "--batch-size", "8", "--loader", "torch", "--num-workers", "0",
+                                       "--weights", str(weights), "--out", str(tmp_path / "runs"), "--name", "ft"])
+    assert result.exit_code == 0, result.output
