@@ -422,3 +422,18 @@ def test_bad_arguments_say_what_to_fix(files):
 def test_gpu_without_a_gpu_says_so(files):
     with pytest.raises(ValueError, match="no CUDA device"):
         dali(files, device="cuda")
+
+
+# ------------------------------------------------------------------ the benchmark suite runs (no timing asserted)
+
+def test_pipelines_suite_reports_dali_torch_and_ratio(files, monkeypatch):
+    suite = pytest.importorskip("realfake.benchmarks.suite_pipelines")
+    monkeypatch.setenv(suite.DATA_ENV, str(Path(files[0]).parent))
+    figures = suite.run(quick=True, device="cpu", n_files=8, repeats=1)
+    names = [f.name for f in figures]
+    for what in ("decode_resize", "train_augment"):
+        for variant in ("dali-cpu", "torch", "dali_vs_torch"):
+            assert f"pipelines/{what}@128/{variant}" in names
+    assert all(f.median > 0 for f in figures)
+    ratio = figures[names.index("pipelines/decode_resize@128/dali_vs_torch")]
+    assert ratio.unit == "x" and ratio.ratio_to == "pipelines/decode_resize@128/torch"
