@@ -18,6 +18,7 @@ Verdict, per figure, with `worse` = the relative change in the bad direction (lo
 """
 from __future__ import annotations
 
+import fnmatch
 import math
 import re
 import statistics
@@ -178,9 +179,14 @@ def compare_runs(new_run: Run, baselines: Mapping[str, Baseline], threshold: flo
 
 
 def compare_history(records: Iterable[Mapping[str, Any]], *, baseline: int | Path = 5,
-                    threshold: float = DEFAULT_THRESHOLD, run_id: str | None = None) -> CompareResult:
-    """Compare run `run_id` (default: the newest) of `records` against `baseline`: last-K (an int) or a file."""
-    runs = group_runs(records)
+                    threshold: float = DEFAULT_THRESHOLD, run_id: str | None = None,
+                    pattern: str = "*") -> CompareResult:
+    """Compare run `run_id` (default: the newest) of `records` against `baseline`: last-K (an int) or a
+    file, on the figures whose name matches the glob `pattern` (e.g. "*_vs_*": the ratio figures)."""
+    records = list(records)
+    runs = group_runs(r for r in records if fnmatch.fnmatchcase(r["name"], pattern))
+    if records and not runs:
+        raise ValueError(f"no figure in the history matches {pattern!r}: widen --figure (e.g. 'train/*')")
     if not runs:
         raise ValueError("the benchmark history holds no runs: run `realfake bench run` first")
     if run_id is None:
@@ -198,7 +204,8 @@ def compare_history(records: Iterable[Mapping[str, Any]], *, baseline: int | Pat
         desc = (f"median of the last {len(chosen)} {new_run.mode} run(s) on this environment "
                 f"(asked for last-{baseline})" if chosen else "")
     else:
-        file_runs = [r for r in group_runs(load_records(baseline)) if r.run_id != new_run.run_id]
+        file_records = [r for r in load_records(baseline) if fnmatch.fnmatchcase(r["name"], pattern)]
+        file_runs = [r for r in group_runs(file_records) if r.run_id != new_run.run_id]
         same_env = comparable_runs(file_runs, new_run)
         chosen = same_env[-1:]
         if not chosen:

@@ -54,6 +54,8 @@ def plot_history(records: Iterable[Mapping[str, Any]], out_dir: Path | str, *, p
             # Error bars span the IQR, centred on the median.
             ax.errorbar(dates, medians, yerr=[s / 2 for s in spreads], marker="o", capsize=3,
                         label=f"{key} ({mode})")
+        if unit == "x":  # a ratio: mark parity (compiled as fast as eager, DALI as fast as torchvision)
+            ax.axhline(1.0, color="grey", linewidth=1, linestyle="--")
         ax.set_title(name)
         ax.set_ylabel(f"{unit} ({'higher' if better_up else 'lower'} is better)")
         ax.set_xlabel("run date (UTC)")

@@ -202,6 +202,16 @@ def test_compare_reports_new_and_missing_figures_without_failing():
     assert verdicts == {"train/a": OK, "train/b": NEW} and result.status == OK
 
 
+def test_compare_can_keep_only_matching_figures():
+    records = helpers.history([100, 100, 60], spread=1.0) + helpers.history(
+        [2.0, 2.0, 2.0], name="train/m@128/compiled_vs_eager", unit="x", spread=0.01)
+    assert compare_history(records).status == REGRESSION
+    result, verdicts = _verdict(records, pattern="*_vs_*")
+    assert verdicts == {"train/m@128/compiled_vs_eager": OK} and result.status == OK
+    with pytest.raises(ValueError, match="no figure in the history matches"):
+        compare_history(records, pattern="pipelines/*")
+
+
 def test_compare_notes_changed_params():
     records = helpers.history([100, 100], params={"batch_size": 8, "steps_per_repeat": 3})
     records.append(helpers.record("run9", "2025-02-01T00:00:00+00:00", "train/m@128/eager", 100,

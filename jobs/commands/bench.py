@@ -63,9 +63,12 @@ def run_cmd(suites, quick, out, device, as_json):
               help="A figure regresses when it is this much worse than the baseline AND outside the noise band "
                    "(the baseline's and the new run's spreads combined).")
 @click.option("--run", "run_id", default=None, help="Run id to judge (default: the newest run in the history).")
+@click.option("--figure", "pattern", default="*", show_default=True,
+              help="Only figures whose name matches this glob; '*_vs_*' keeps the ratio figures, which carry "
+                   "over between machines and busy runs better than absolute img/s.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 @click.pass_context
-def compare_cmd(ctx, out, baseline, threshold, run_id, as_json):
+def compare_cmd(ctx, out, baseline, threshold, run_id, pattern, as_json):
     """Compare the newest run in OUT/history.jsonl against a baseline on the same environment.
 
     Prints per figure the baseline, the new value, their ratio, the noise band and a verdict
@@ -81,7 +84,7 @@ def compare_cmd(ctx, out, baseline, threshold, run_id, as_json):
     from realfake.benchmarks.history import history_path, load_records
 
     result = compare_history(load_records(history_path(out)), baseline=parse_baseline(baseline),
-                             threshold=parse_threshold(threshold), run_id=run_id)
+                             threshold=parse_threshold(threshold), run_id=run_id, pattern=pattern)
     if as_json:
         click.echo(json.dumps({
             "run_id": result.new_run.run_id, "status": result.status, "baseline": result.baseline_desc,
