@@ -126,6 +126,27 @@ def test_kill_9_with_no_attempts_left_fails_the_job_with_the_reason(home, env, w
     assert job.state == "failed" and job.error == "worker died (1 attempts)" and runs(job_id) == []
 
 
+def test_a_worker_taken_for_dead_stops_its_copy_of_a_recovered_job(home, workers):
+    workers()
+    job_id = submit("sleep", seconds=60, retry_seconds=0)
+    first_runner = job_pid(job_id)
+    store = JobStore()
+
+    def recover_as_if_silent():
+        # Make the live worker look like a silent one on another host (as a stalled heartbeat would);
+        # without the child's pid the recovering side cannot kill it: only its own worker can.
+        store.conn.execute("UPDATE workers SET hostname = 'elsewhere', heartbeat_at = 0")
+        store.conn.execute("UPDATE jobs SET child_pid = NULL")
+        return store.recover(stale_after_s=10)
+
+    (recovered,) = wait_for(recover_as_if_silent, what="the recovery")
+    assert recovered.id == job_id and recovered.state == "queued"
+    wait_for(lambda: pid_gone(first_runner), timeout_s=10, what="the worker to stop its stale copy")
+    job = wait_for(lambda: (j := JobStore().get(job_id)).terminal and j, timeout_s=20, what="the rerun")
+    assert job.state == "succeeded" and job.attempts == 2
+    assert len(runs(job_id)) == 1  # the stale copy never finished: the job ran to the end once
+
+
 def test_cancelling_a_running_job_stops_it_within_seconds(home, workers):
     workers()
     job_id = submit("sleep", seconds=60)
