@@ -12,7 +12,8 @@ CPU-only mode against torchvision's DataLoader with the same number of threads (
   pipelines/decode_resize@128/torch           img/s, the same with PIL in a DataLoader
   pipelines/decode_resize@128/dali_vs_torch   x, goal on 2 cores: >= 1.5
   pipelines/train_augment@128/...             the same three with the full train augmentation
-A pass includes building the DALI pipeline / starting the workers: what each epoch costs.
+A pass includes building the DALI pipeline / starting the workers: what each epoch costs. The two
+loaders take turns pass by pass, so that a busy machine slows both alike.
 
 GPU figures (device cuda): steady-state batches of the DALI pipelines on that GPU (`mixed` decode):
   pipelines/decode_resize@128/dali-gpu-{progressive,baseline}-hw{0.0,0.65,1.0}   img/s
@@ -33,6 +34,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,21 +129,26 @@ def baseline_copies(files: Sequence[str], out_dir: Path) -> list[str]:
 
 # --------------------------------------------------------------------------- measuring
 
-def loader_pass_figure(name: str, make_loader: Callable[[], object], n_files: int, cfg: PipelinesSuiteConfig,
-                       params: dict) -> Figure:
-    """img/s of whole passes over a freshly made loader (one pass per step)."""
-    loader = make_loader()
-    delivered = []
+def loader_pass_figures(makers: dict[str, Callable[[], object]], n_files: int, cfg: PipelinesSuiteConfig,
+                        params: dict) -> list[Figure]:
+    """img/s of whole passes (one pass = one sample) over freshly made loaders, one per name.
 
-    def one_pass() -> None:
-        delivered.append(sum(len(batch.indices) for batch in loader))
-
-    measurement = measure_throughput(one_pass, items_per_step=n_files, repeats=cfg.repeats, warmup=cfg.warmup,
-                                     min_repeat_s=0.0, max_steps_per_repeat=1)
-    if set(delivered) != {n_files}:  # a loader that lost files would look fast
-        raise RuntimeError(f"{name}: passes delivered {sorted(set(delivered))} images, expected {n_files}")
-    return Figure.from_samples(SUITE, name, measurement.samples,
-                               params={**params, "n_files": n_files, "passes_per_repeat": 1})
+    The loaders take turns, pass by pass, so that another process slowing the machine for a while
+    slows them alike and their ratio stays fair.
+    """
+    loaders = {name: make() for name, make in makers.items()}
+    samples: dict[str, list[float]] = {name: [] for name in loaders}
+    for repeat in range(cfg.warmup + cfg.repeats):
+        for name, loader in loaders.items():
+            start = time.perf_counter()
+            delivered = sum(len(batch.indices) for batch in loader)
+            elapsed = time.perf_counter() - start
+            if delivered != n_files:  # a loader that lost files would look fast
+                raise RuntimeError(f"{name}: a pass delivered {delivered} images, expected {n_files}")
+            if repeat >= cfg.warmup:
+                samples[name].append(n_files / elapsed)
+    return [Figure.from_samples(SUITE, name, values, params={**params, "n_files": n_files, "passes_per_repeat": 1})
+            for name, values in samples.items()]
 
 
 def dali_pipeline_figure(name: str, files: Sequence[str], *, train: bool, device: str, batch_size: int,
@@ -186,10 +193,10 @@ def cpu_figures(files: Sequence[str], source: str, cfg: PipelinesSuiteConfig) ->
         params = {"image_size": IMAGE_SIZE, "batch_size": cfg.batch_size_cpu, "threads": cfg.threads_cpu,
                   "data": source}
         prefix = f"{SUITE}/{what}@{IMAGE_SIZE}"
-        dali = loader_pass_figure(f"{prefix}/dali-cpu", lambda kw=kw: make_dali_loader(files, None, **kw), n, cfg,
-                                  params)
-        torch_fig = loader_pass_figure(f"{prefix}/torch", lambda kw=kw: make_torch_loader(files, None, **kw), n, cfg,
-                                       params)
+        dali, torch_fig = loader_pass_figures({
+            f"{prefix}/dali-cpu": lambda kw=kw: make_dali_loader(files, None, **kw),
+            f"{prefix}/torch": lambda kw=kw: make_torch_loader(files, None, **kw),
+        }, n, cfg, params)
         figures += [dali, torch_fig, ratio_figure(dali, torch_fig, f"{prefix}/dali_vs_torch")]
     return figures
 
