@@ -1,0 +1,101 @@
+"""`realfake data ...`: prepare a data set (validate, de-duplicate, split) and make a synthetic one.
+
+Only click is imported here; the work happens in realfake.pipelines.prepare / .synth, imported when a
+command runs, so that `realfake --help` stays fast.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+_SHOW_REJECTED = 5  # rejected files listed on screen; rejected.csv has them all
+
+
+@click.group()
+def data() -> None:
+    """Prepare image data sets for training and make a synthetic one.
+
+    \b
+    realfake data synth demo_src                     # 400 synthetic faces, archive layout
+    realfake data prepare demo_src --out demo_data   # validate, de-duplicate, split
+    """
+
+
+@data.command("prepare")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Data directory to write manifest.csv, prepare.json and rejected.csv into "
+                   "(a .zip SRC is extracted into OUT/images).")
+@click.option("--split", "split", default="0.8,0.1,0.1", show_default=True,
+              help="Train,valid,test fractions (sum 1; valid and test may be 0). Drawn per class, by "
+                   "difficulty group where file names carry one, over unique file contents.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the split: same seed, same manifest.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+def prepare_cmd(src: Path, out: Path, split: str, seed: int, no_progress: bool) -> None:
+    """Validate every image of SRC, de-duplicate and split it into OUT/manifest.csv.
+
+    SRC is the public archive's folder (real_and_fake_face/training_real + training_fake, wrapped in
+    any folders), any folder with real/ and fake/ sub-folders, or a .zip of either. Every file is
+    decoded; unusable ones are listed in OUT/rejected.csv with a reason and the rest are kept.
+    Identical files never end up in two splits; identical files under both labels are rejected.
+    """
+    from realfake.pipelines.prepare import prepare
+
+    summary = prepare(src, out, split=split, seed=seed, progress=not no_progress)
+    click.echo(format_summary(summary))
+
+
+def format_summary(summary) -> str:
+    """The short table `data prepare` prints (files, rejections, duplicates, split sizes, manifest)."""
+    classes = list(summary.accepted)
+    lines = [f"source      {summary.source} ({summary.source_kind}); data set in {summary.data_root}"]
+    for path in summary.skipped_copies:
+        lines.append(f"note        another copy of the data set was not used: {path}")
+    for path in summary.ignored_dirs:
+        lines.append(f"note        not a class folder, not read: {path}")
+    lines.append("files       " + ", ".join(f"{c} {summary.files.get(c, 0)}" for c in classes)
+                 + f"  (accepted: {', '.join(f'{c} {summary.accepted[c]}' for c in classes)})")
+    lines.append(f"rejected    {summary.rejected_count}" + (f"  (all listed in {summary.rejected_path})"
+                                                            if summary.rejected_count else ""))
+    for row in summary.rejected[:_SHOW_REJECTED]:
+        lines.append(f"            {row['reason']}: {row['path']}")
+    if summary.rejected_count > _SHOW_REJECTED:
+        lines.append(f"            ... {summary.rejected_count - _SHOW_REJECTED} more")
+    lines.append(f"duplicates  {len(summary.duplicate_groups)} groups of identical files "
+                 f"({summary.duplicate_files} extra copies, kept in one split each; see prepare.json)")
+    width = max(5, *(len(c) for c in classes))
+    header = f"{'split':<10}  {'fraction':>8}  " + "  ".join(f"{c:>{width}}" for c in classes) + f"  {'total':>{width}}"
+    lines += ["", header]
+    for split_name, fraction in summary.split.items():
+        row = summary.counts[split_name]
+        lines.append(f"{split_name:<10}  {fraction:>8g}  " + "  ".join(f"{row[c]:>{width}}" for c in classes)
+                     + f"  {row['total']:>{width}}")
+    strat = ", ".join(f"{c} by {how}" for c, how in summary.stratified_by.items())
+    lines += ["", f"stratified  per class ({strat}); seed {summary.seed}",
+              f"manifest    {summary.manifest_path}",
+              f"summary     {summary.summary_path}"]
+    return "\n".join(lines)
+
+
+@data.command("synth")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--n", "n", default=400, show_default=True, help="Images in all: half real, half fake.")
+@click.option("--size", default=256, show_default=True, help="Image side in pixels.")
+@click.option("--seed", default=0, show_default=True, help="Same seed, same bytes.")
+@click.option("--baseline", is_flag=True,
+              help="Write baseline JPEGs (GPU hardware decoders take only these) instead of progressive "
+                   "ones like the CIPLAB archive.")
+def synth_cmd(out: Path, n: int, size: int, seed: int, baseline: bool) -> None:
+    """Write a synthetic real/fake face set into OUT/real_and_fake_face (the archive's layout).
+
+    Fakes carry a local retouch (an eye, the nose or the mouth pasted from another face or from a
+    colour/scale-jittered copy, blended with a soft mask), named {easy,mid,hard}_NNN_CCCC.jpg like
+    the archive's. For demos and tests: it says nothing about accuracy on real photos.
+    """
+    from realfake.pipelines.synth import synth
+
+    root = synth(out, n=n, size=size, seed=seed, progressive=not baseline, progress=True)
+    n_fake = n // 2
+    click.echo(f"wrote {n - n_fake} real + {n_fake} fake {size}x{size} JPEGs to {root}")
+    click.echo(f"next: realfake data prepare {root} --out DATA_DIR")
