@@ -380,6 +380,12 @@ def read_engine_meta(path: str | Path, *, expected_image_size: int | None = None
     missing = [key for key in REQUIRED_FIELDS if key not in meta]
     if missing:
         raise EngineError(f"{meta_file} is damaged (missing {', '.join(missing)}): {rebuild}")
+    if not isinstance(meta["artifact"], dict) or not isinstance(meta["versions"], dict):
+        raise EngineError(f"{meta_file} is damaged (artifact and versions must be objects): {rebuild}")
+    try:
+        parse_batch(meta["batch"])
+    except ValueError:
+        raise EngineError(f"{meta_file} is damaged (batch {meta['batch']!r} is not a valid range): {rebuild}") from None
     if meta["backend"] not in BACKENDS:
         raise EngineError(f"{meta_file} names unknown backend {meta['backend']!r} (this realfake knows "
                           f"{', '.join(BACKENDS)}): {rebuild}")

@@ -409,11 +409,18 @@ def test_tensorrt_engine_builds_reloads_and_matches_eager(run_dir, tmp_path, ima
 
 
 @pytest.mark.gpu
-def test_fp16_engines_on_the_gpu(run_dir, tmp_path, images):
+def test_fp16_engines_on_the_gpu_reload_in_a_fresh_process(run_dir, tmp_path, images):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    engine_dir = build_engine(run_dir, tmp_path / "eager-fp16", backend="eager", precision="fp16", batch=BATCH,
-                              device="cuda", num_workers=0)
-    with load_engine(engine_dir) as engine:
-        assert engine.device.type == "cuda"
-        assert torch.allclose(engine.predict(images), p_eager(run_dir, images), atol=1e-2)
+    dirs = [build_engine(run_dir, tmp_path / f"{backend}-fp16", backend=backend, precision="fp16", batch=BATCH,
+                         device="cuda", num_workers=0) for backend in ("eager", "compile", "aot")]
+    reference = p_eager(run_dir, images)
+    fresh = predict_in_fresh_process(dirs, images, tmp_path)
+    for engine_dir in dirs:
+        meta = read_engine_meta(engine_dir)
+        assert meta["device"] == "cuda" and meta["parity"]["tolerance"] == inference.PARITY_TOLERANCE["fp16"]
+        for n in SIZES:
+            p = torch.tensor(fresh[str(engine_dir)]["p"][str(n)])
+            assert torch.allclose(p, reference[:n], atol=meta["parity"]["tolerance"]), (meta["backend"], n)
+    with load_engine(dirs[0]) as engine:
+        assert engine.device.type == "cuda" and engine.predict(images.cuda()).device.type == "cpu"

@@ -1,0 +1,174 @@
+"""Standalone GPU check of the inference engines: one table, eager fp16 vs compile vs aot (and
+tensorrt where torch_tensorrt is installed), for simple_cnn@128 and resnet18@224 at batch 256.
+
+    python benchmarks/gpu_engines.py                 # from a checkout; no install needed
+    python benchmarks/gpu_engines.py --json out.json
+
+Each engine is built as `realfake engine build` builds one (from random weights: throughput does
+not depend on them), so every row also shows the build's parity against eager fp32 (max |dp| on 64
+random images) and what the build and the first call cost. The timed call is Engine.predict on a
+batch already on the GPU. Every measurement runs in its own try/except: a failing backend prints its
+error in the table and the others still run. Budget: under 3 minutes on an H200 including compiles.
+
+Needs torch with CUDA; imports `realfake` from the installed package or, failing that, from the
+checkout this file lives in (a temporary `realfake` package of symlinks to its folders).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+CASES = (("simple_cnn", 128), ("resnet18", 224))
+VARIANTS = (("eager", "fp32"), ("eager", "fp16"), ("compile", "fp16"), ("aot", "fp16"), ("tensorrt", "fp16"))
+BASELINE = ("eager", "fp16")
+
+
+def import_realfake() -> str:
+    """Make `realfake` importable: the installed package, else a shim over this checkout."""
+    try:
+        import realfake.engines.inference  # noqa: F401
+
+        return "installed"
+    except ImportError:
+        pass
+    repo = Path(__file__).resolve().parents[1]
+    shim = Path(tempfile.mkdtemp(prefix="realfake-shim-")) / "realfake"
+    shim.mkdir()
+    (shim / "__init__.py").write_text("")
+    for folder in ("pipelines", "models", "engines", "jobs", "benchmarks"):
+        (shim / folder).symlink_to(repo / folder, target_is_directory=True)
+    sys.path.insert(0, str(shim.parent))
+    for name in [m for m in sys.modules if m == "realfake" or m.startswith("realfake.")]:
+        del sys.modules[name]
+    import realfake.engines.inference  # noqa: F401
+
+    return f"shim over {repo}"
+
+
+def throughput(predict, images, *, min_seconds: float, repeats: int) -> float:
+    import torch
+
+    for _ in range(3):
+        predict(images)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    predict(images)
+    torch.cuda.synchronize()
+    steps = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-6)))
+    rates = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            predict(images)
+        torch.cuda.synchronize()
+        rates.append(images.shape[0] * steps / (time.perf_counter() - start))
+    return sorted(rates)[len(rates) // 2]
+
+
+def measure(model_name: str, image_size: int, backend: str, precision: str, *, batch: int, scratch: Path,
+            min_seconds: float, repeats: int) -> dict:
+    import torch
+    from realfake.engines.inference import (
+        backend_module,
+        build_engine_from_model,
+        load_engine,
+        random_validation,
+    )
+    from realfake.models import build_model
+
+    row = {"model": f"{model_name}@{image_size}", "backend": backend, "precision": precision, "batch": batch}
+    reason = backend_module(backend).unavailable_reason("cuda")
+    if reason:
+        return {**row, "error": f"not available: {reason.split(':')[0]}"}
+    torch.manual_seed(0)
+    model = build_model(model_name, image_size=image_size).eval()
+    started = time.perf_counter()
+    engine_dir = build_engine_from_model(
+        model, scratch / f"{model_name}-{image_size}-{backend}-{precision}", architecture=model_name,
+        image_size=image_size, backend=backend, precision=precision, batch=(1, batch, batch), device="cuda",
+        validation=random_validation(image_size, n=64, batch_size=64))
+    row["build_s"] = time.perf_counter() - started
+    torch._dynamo.reset()
+    images = torch.randn(batch, 3, image_size, image_size, device="cuda")
+    started = time.perf_counter()
+    engine = load_engine(engine_dir, device="cuda")
+    engine.predict(images)
+    torch.cuda.synchronize()
+    row["load_first_call_s"] = time.perf_counter() - started
+    meta = engine.meta
+    row["max_abs_diff_p"] = meta["parity"]["max_abs_diff_p"]
+    row["img_s"] = throughput(engine.predict, images, min_seconds=min_seconds, repeats=repeats)
+    engine.close()
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    base = {r["model"]: r["img_s"] for r in rows if (r["backend"], r["precision"]) == BASELINE and "img_s" in r}
+    headers = ["model", "engine", "batch", "img/s", "vs eager fp16", "build s", "load+1st s", "max |dp|", "note"]
+    body = []
+    for r in rows:
+        ok = "img_s" in r
+        ratio = f"{r['img_s'] / base[r['model']]:.2f}x" if ok and r["model"] in base else "-"
+        body.append([r["model"], f"{r['backend']}-{r['precision']}", str(r["batch"]),
+                     f"{r['img_s']:,.0f}" if ok else "-", ratio,
+                     f"{r['build_s']:.1f}" if "build_s" in r else "-",
+                     f"{r['load_first_call_s']:.1f}" if "load_first_call_s" in r else "-",
+                     f"{r['max_abs_diff_p']:.1e}" if "max_abs_diff_p" in r else "-", r.get("error", "")])
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip() for b in body]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--min-seconds", type=float, default=0.5, help="per timed repeat")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+
+    how = import_realfake()
+    import torch
+
+    if not torch.cuda.is_available():
+        print("error: torch sees no CUDA device: this script measures GPU engines", file=sys.stderr)
+        return 2
+    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    print(f"realfake: {how}; torch {torch.__version__}; {torch.cuda.get_device_name()}", flush=True)
+    rows = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="realfake-gpu-engines-") as scratch:
+        for model_name, image_size in CASES:
+            for backend, precision in VARIANTS:
+                t0 = time.perf_counter()
+                try:
+                    row = measure(model_name, image_size, backend, precision, batch=args.batch, scratch=Path(scratch),
+                                  min_seconds=args.min_seconds, repeats=args.repeats)
+                except Exception as exc:  # report and go on: one backend must not hide the others
+                    row = {"model": f"{model_name}@{image_size}", "backend": backend, "precision": precision,
+                           "batch": args.batch, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
+                    traceback.print_exc(limit=3)
+                finally:
+                    torch._dynamo.reset()
+                    torch.cuda.empty_cache()
+                rows.append(row)
+                print(f"  {row['model']} {backend}-{precision}: "
+                      + (f"{row['img_s']:,.0f} img/s" if "img_s" in row else row.get("error", "?"))
+                      + f"  ({time.perf_counter() - t0:.1f} s)", flush=True)
+    print()
+    print(table(rows))
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
