@@ -50,7 +50,7 @@ def ensure_realfake_importable() -> None:
     package = types.ModuleType("realfake")
     package.__path__ = []
     sys.modules["realfake"] = package
-    for name in ("pipelines", "models", "benchmarks"):
+    for name in ("pipelines", "benchmarks"):
         spec = importlib.util.spec_from_file_location(
             f"realfake.{name}", REPO / name / "__init__.py", submodule_search_locations=[str(REPO / name)])
         module = importlib.util.module_from_spec(spec)
