@@ -33,16 +33,19 @@ def run_evaluate(
     device: str = "auto",
     progress: bool = True,
     tta: str = "none",
+    calibrate: bool = False,
 ) -> dict:
     """Evaluate RUN_DIR's checkpoint on a split of the data it was trained on; writes report.json,
     report.md, confusion.png and roc.png into the run directory (suffixed by split when not test).
 
     Args:
         tta: Test-time augmentation, p_fake averaged over views: none, flip (image + mirror) or crops (image and 5 crops of 7/8 side resized back, each also mirrored: 12 views).
+        calibrate: Replace threshold by the valid split's equal-error-rate threshold (same checkpoint and TTA): a decision point chosen without the evaluated split.
     """
     import torch
     from realfake.engines.metrics import (
         classification_metrics,
+        equal_error_rate,
         format_report_md,
         save_confusion_png,
         save_roc_png,
@@ -58,6 +61,8 @@ def run_evaluate(
         raise ValueError(f"--threshold {threshold} must be between 0 and 1")
     if tta not in TTA_MODES:
         raise ValueError(f"unknown --tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
+    if calibrate and split == "valid":
+        raise ValueError("--calibrate picks the threshold on the valid split: evaluate --split test (or train)")
     model, config, state = load_run_model(run_dir, checkpoint)
     data_dir = Path(config["data_dir"])
     rows = read_manifest(data_dir, split)
@@ -68,22 +73,37 @@ def run_evaluate(
                          "its splits may overlap the training data; train again on the new data")
     run_device = resolve_device(device)
     model = model.to(run_device)
-    data = get_loader([r.path for r in rows], [r.label for r in rows], train=False, backend=loader,
-                      image_size=config["image_size"], batch_size=batch_size, num_workers=num_workers,
-                      device=run_device)
-    p_fake, labels, indices, _ = predict(model, data, torch.device(run_device), progress=progress,
-                                         desc=f"evaluate {split}", tta=tta)
-    if len(indices) != len(rows) or sorted(indices.tolist()) != list(range(len(rows))):
-        raise RuntimeError(f"loader {data.backend} delivered {len(indices)} of {len(rows)} files")
-    order = indices.argsort()
-    p_fake, labels = p_fake[order].numpy(), labels[order].numpy()
+
+    def scores(split_rows, name):
+        data = get_loader([r.path for r in split_rows], [r.label for r in split_rows], train=False, backend=loader,
+                          image_size=config["image_size"], batch_size=batch_size, num_workers=num_workers,
+                          device=run_device)
+        p, y, indices, _ = predict(model, data, torch.device(run_device), progress=progress,
+                                   desc=f"evaluate {name}", tta=tta)
+        if len(indices) != len(split_rows) or sorted(indices.tolist()) != list(range(len(split_rows))):
+            raise RuntimeError(f"loader {data.backend} delivered {len(indices)} of {len(split_rows)} files")
+        order = indices.argsort()
+        return p[order].numpy(), y[order].numpy(), data.backend
+
+    threshold_source = "given"
+    if calibrate:
+        valid_rows = read_manifest(data_dir, "valid")
+        p_valid, y_valid, _ = scores(valid_rows, "valid (calibration)")
+        if len(set(y_valid.tolist())) < 2:
+            raise ValueError(f"--calibrate needs both classes in the valid split of {data_dir}")
+        _, threshold = equal_error_rate(y_valid, p_valid)
+        threshold_source = "valid EER"
+    p_fake, labels, backend = scores(rows, split)
     metrics = classification_metrics(labels, p_fake, threshold=threshold, groups=[r.group for r in rows])
     suffix = "" if split == "test" else f"_{split}"
     title = f"{config['model']} @ {config['image_size']}px — {split} split ({checkpoint} checkpoint, epoch {state['epoch']})"
     if tta != "none":
         title += f", test-time augmentation: {tta}"
+    if calibrate:
+        title += ", threshold from the valid split's EER"
     report = {"run_dir": str(run_dir), "split": split, "checkpoint": checkpoint, "epoch": state["epoch"],
-              "model": config["model"], "loader": data.backend, "tta": tta, "metrics": metrics,
+              "model": config["model"], "loader": backend, "tta": tta, "threshold_source": threshold_source,
+              "metrics": metrics,
               "predictions": [{"path": r.path, "label": r.label, "group": r.group, "p_fake": float(p)}
                               for r, p in zip(rows, p_fake, strict=True)]}
     (run_dir / f"report{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -93,4 +113,5 @@ def run_evaluate(
         save_roc_png(labels, p_fake, run_dir / f"roc{suffix}.png")
     return {"run_dir": str(run_dir), "split": split, "n": metrics["n"], "accuracy": metrics["accuracy"],
             "f1_fake": metrics["f1_fake"], "roc_auc": metrics["roc_auc"], "eer": metrics["eer"],
-            "report": str(run_dir / f"report{suffix}.md"), "loader": data.backend, "tta": tta}
+            "report": str(run_dir / f"report{suffix}.md"), "loader": backend, "tta": tta,
+            "threshold": metrics["threshold"], "threshold_source": threshold_source}

@@ -61,17 +61,19 @@ DONE_NAME = "sweep_done.json"
 
 # ---------------------------------------------------------------------------------------------------
 # Presets. Schedules: the report's where it gave them (Model 1: Adam 1e-3, 10 epochs; Model 2.2:
-# Adadelta 0.1, 30 epochs, augmentation); the recipe configurations use 40 epochs, which on a GPU with
-# --cache gpu take about a minute per run at 224 px.
+# Adadelta 0.1, 30 epochs, augmentation); the recipe configurations use 40 epochs. These are sized for
+# a GPU (`--cache gpu --set amp=true --set channels_last=true`); torch.compile is off because a cold
+# compile (and a recompile for every new batch size that pseudo-fakes make) costs more than a
+# 40-epoch run over 1.4k images saves.
 
 _RECIPE = dict(model="resnet18", image_size=224, optimizer="adam", lr=1e-3, weight_decay=5e-5, epochs=40,
-               batch_size=64, schedule="cosine", warmup_epochs=2.0, label_smoothing=0.1, ema=0.999)
+               batch_size=64, schedule="cosine", warmup_epochs=2.0, label_smoothing=0.1, ema=0.999, compile=False)
 
 PRESETS: dict[str, dict] = {
     "report-baselines": {
         "description": "The report's models trained from scratch, split before augmentation.",
         "seeds": [0, 1, 2],
-        "train": {"image_size": 128},
+        "train": {"image_size": 128, "compile": False},
         "configs": [
             {"name": "model1", "label": "Model 1 (simple_cnn@128, Adam 1e-3, no augmentation)",
              "train": {"model": "simple_cnn", "optimizer": "adam", "lr": 1e-3, "epochs": 10, "augment": False}},
@@ -83,9 +85,11 @@ PRESETS: dict[str, dict] = {
     },
     "pseudo-fakes": {
         "description": "ResNet18@224 from scratch with the modern recipe (cosine + warm-up, label smoothing, "
-                       "EMA), with and without self-blended pseudo-fakes and the report's blur, and with TTA.",
+                       "EMA), with and without self-blended pseudo-fakes and the report's blur, and with TTA. "
+                       "Decision threshold: the valid split's EER point (pseudo-fakes shift the class prior).",
         "seeds": [0, 1, 2],
         "train": dict(_RECIPE),
+        "evaluate": {"calibrate": True},
         "configs": [
             {"name": "r18-224-recipe", "label": "ResNet18@224 recipe, report's augmentation (with blur)",
              "train": {}},
@@ -108,6 +112,7 @@ PRESETS: dict[str, dict] = {
                        "resolution (random 320 px crops of the 600 px image, evaluated on the full image).",
         "seeds": [0, 1, 2],
         "train": {**_RECIPE, "pseudo_fakes": 0.5, "blur": False},
+        "evaluate": {"calibrate": True},
         "configs": [
             {"name": "r18-128-sbi", "label": "128 px", "train": {"image_size": 128}},
             {"name": "r18-224-sbi", "label": "224 px", "train": {"image_size": 224}},
@@ -117,33 +122,32 @@ PRESETS: dict[str, dict] = {
     },
 }
 
-# CPU-sized: the same configurations, at 64 px, with schedules short enough that every configuration
-# x 3 seeds fits in about 20 minutes on 2 CPU cores (--cache memory: decode once; measured on the
-# CIPLAB set, see README). Short schedules cannot show what the long ones can: read them as a smoke
-# test of the protocol, not as the answer.
+# CPU-sized: the same configurations at 64 px with short schedules, decoded once (--cache memory).
+# Sized from single-thread CPU seconds per batch of 32 measured here (simple_cnn 0.14, deep_cnn 1.9,
+# resnet18 0.46; pseudo-fakes add 0.013) on the 1387-image train split: every configuration x 3 seeds
+# comes to about 15 minutes of 2 idle CPU cores. Short schedules cannot show what the long ones can:
+# read them as the protocol run end to end, not as the models' ability.
 _CPU = dict(image_size=64, cache="memory", batch_size=32, num_workers=2)
+_CPU_RECIPE = dict(model="resnet18", epochs=5, schedule="cosine", warmup_epochs=0.5, label_smoothing=0.1, ema=0.99,
+                   blur=False)
 PRESETS["cpu-short"] = {
-    "description": "CPU-sized short schedules (64 px, few epochs): the protocol end to end on 2 cores, "
+    "description": "CPU-sized short schedules (64 px, 2-6 epochs): the protocol end to end on 2 cores, "
                    "not the models' real ability.",
     "seeds": [0, 1, 2],
     "train": dict(_CPU),
     "configs": [
-        {"name": "model1", "label": "Model 1 (simple_cnn, Adam 1e-3, no augmentation), 4 epochs",
-         "train": {"model": "simple_cnn", "optimizer": "adam", "lr": 1e-3, "epochs": 4, "augment": False}},
-        {"name": "model2", "label": "Model 2.2 (deep_cnn, Adadelta 0.1, augmentation), 4 epochs",
-         "train": {"model": "deep_cnn", "optimizer": "adadelta", "lr": 0.1, "epochs": 4, "augment": True}},
-        {"name": "resnet18", "label": "ResNet18 (Adam 1e-3, augmentation), 4 epochs",
-         "train": {"model": "resnet18", "optimizer": "adam", "lr": 1e-3, "epochs": 4, "augment": True}},
-        {"name": "r18-recipe-noblur", "label": "ResNet18 recipe (cosine, smoothing, EMA), no blur, 4 epochs",
-         "train": {"model": "resnet18", "epochs": 4, "schedule": "cosine", "warmup_epochs": 0.5,
-                   "label_smoothing": 0.1, "ema": 0.99, "blur": False}},
-        {"name": "r18-sbi-noblur", "label": "ResNet18 recipe + pseudo-fakes 0.5, no blur, 4 epochs",
-         "train": {"model": "resnet18", "epochs": 4, "schedule": "cosine", "warmup_epochs": 0.5,
-                   "label_smoothing": 0.1, "ema": 0.99, "blur": False, "pseudo_fakes": 0.5}},
+        {"name": "model1", "label": "Model 1 (simple_cnn, Adam 1e-3, no augmentation), 6 epochs",
+         "train": {"model": "simple_cnn", "optimizer": "adam", "lr": 1e-3, "epochs": 6, "augment": False}},
+        {"name": "model2", "label": "Model 2.2 (deep_cnn, Adadelta 0.1, augmentation), 2 epochs",
+         "train": {"model": "deep_cnn", "optimizer": "adadelta", "lr": 0.1, "epochs": 2, "augment": True}},
+        {"name": "resnet18", "label": "ResNet18 (Adam 1e-3, augmentation), 5 epochs",
+         "train": {"model": "resnet18", "optimizer": "adam", "lr": 1e-3, "epochs": 5, "augment": True}},
+        {"name": "r18-recipe-noblur", "label": "ResNet18 recipe (cosine, smoothing, EMA), no blur, 5 epochs",
+         "train": dict(_CPU_RECIPE), "evaluate": {"calibrate": True}},
+        {"name": "r18-sbi-noblur", "label": "ResNet18 recipe + pseudo-fakes 0.5, no blur, 5 epochs",
+         "train": {**_CPU_RECIPE, "pseudo_fakes": 0.5}, "evaluate": {"calibrate": True}},
         {"name": "r18-sbi-noblur-flip", "label": "ResNet18 recipe + pseudo-fakes 0.5, no blur, TTA flip",
-         "train": {"model": "resnet18", "epochs": 4, "schedule": "cosine", "warmup_epochs": 0.5,
-                   "label_smoothing": 0.1, "ema": 0.99, "blur": False, "pseudo_fakes": 0.5},
-         "evaluate": {"tta": "flip"}},
+         "train": {**_CPU_RECIPE, "pseudo_fakes": 0.5}, "evaluate": {"tta": "flip", "calibrate": True}},
     ],
 }
 
@@ -372,6 +376,7 @@ def aggregate(runs: list[dict]) -> dict:
         "accuracy": summarize([r["accuracy"] for r in runs]),
         "balanced_accuracy": summarize([r.get("balanced_accuracy") for r in runs]),
         "eer": summarize([r.get("eer") for r in runs]),
+        "threshold": summarize([r.get("threshold") for r in runs]),
         "recall_per_group": {g: summarize([(r.get("recall_per_group") or {}).get(g, {}).get("recall") for r in runs])
                              for g in groups},
         "train_seconds": summarize([r.get("train_seconds") for r in runs]),
@@ -382,6 +387,13 @@ def _pm(stat: dict, digits: int = 3) -> str:
     if stat["mean"] is None:
         return "n/a"
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def _threshold_cell(config: dict) -> str:
+    stat = config["summary"].get("threshold") or {"mean": None}
+    if config["evaluate"].get("calibrate"):
+        return "valid EER" + ("" if stat["mean"] is None else f" ({stat['mean']:.2f})")
+    return f"{config['evaluate'].get('threshold', 0.5):.2f}"
 
 
 def format_results_md(results: dict) -> str:
@@ -398,7 +410,8 @@ def format_results_md(results: dict) -> str:
               f"images called correctly (fakes: caught; real: kept). Device: {results['device']}.", "",
               "Each row's command runs once per seed: `for SEED in " + " ".join(str(s) for s in results["seeds"])
               + "; do ...; done`.", ""]
-    header = ["configuration", "test AUC", "accuracy", *[f"recall {g}" for g in groups], "seeds", "command"]
+    header = ["configuration", "test AUC", "accuracy", *[f"recall {g}" for g in groups], "threshold", "seeds",
+              "command"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     best = results.get("best")
     for c in configs:
@@ -407,7 +420,7 @@ def format_results_md(results: dict) -> str:
         command = " && ".join(c["commands"][k] for k in ("pretrain", "train", "evaluate") if k in c["commands"])
         row = [f"{title} (`{c['name']}`)", _pm(s["roc_auc"]), _pm(s["accuracy"]),
                *[_pm(s["recall_per_group"][g]) if g in s["recall_per_group"] else "n/a" for g in groups],
-               str(s["roc_auc"]["n"]), f"`{command}`"]
+               _threshold_cell(c), str(s["roc_auc"]["n"]), f"`{command}`"]
         lines.append("| " + " | ".join(row) + " |")
     if best:
         c = next(c for c in configs if c["name"] == best)
@@ -470,6 +483,13 @@ def _train_one(config: dict, seed: int, data_dir: Path, out: Path, progress: boo
               "train_seconds": time.perf_counter() - start}
     done.write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _write_results(out: Path, results: dict) -> None:
+    scored = [c for c in results["configs"] if c["summary"]["roc_auc"]["mean"] is not None]
+    results["best"] = max(scored, key=lambda c: c["summary"]["roc_auc"]["mean"])["name"] if scored else None
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out / "results.md").write_text(format_results_md(results))
 
 
 def run_sweep(
@@ -562,7 +582,9 @@ def run_sweep(
                 report = json.loads(Path(summary["report"]).with_suffix(".json").read_text())
                 m = report["metrics"]
                 row = {"config": config["name"], "seed": seed, "train_key": config["key"],
-                       "run_dir": record["run_dir"], "roc_auc": m["roc_auc"], "accuracy": m["accuracy"],
+                       "run_dir": record["run_dir"], "device": record["device"], "threshold": m["threshold"],
+                       "threshold_source": report.get("threshold_source", "given"),
+                       "roc_auc": m["roc_auc"], "accuracy": m["accuracy"],
                        "balanced_accuracy": m["balanced_accuracy"], "eer": m["eer"], "f1_fake": m["f1_fake"],
                        "recall_per_group": m.get("recall_per_group", {}), "n": m["n"],
                        "best_epoch": record["best_epoch"], "train_seconds": record["train_seconds"],
@@ -578,9 +600,10 @@ def run_sweep(
             "name": config["name"], "label": config["label"], "train": config["train"],
             "evaluate": config["evaluate"], "pretrain": config["pretrain"], "run": config["run"],
             "commands": config["commands"], "runs": runs, "summary": aggregate(runs)})
-    scored = [c for c in results["configs"] if c["summary"]["roc_auc"]["mean"] is not None]
-    results["best"] = max(scored, key=lambda c: c["summary"]["roc_auc"]["mean"])["name"] if scored else None
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    (out / "results.md").write_text(format_results_md(results))
+        devices = {r.get("device") for c in results["configs"] for r in c["runs"]} - {None}
+        if devices:
+            results["device"] = ", ".join(sorted(devices))
+        _write_results(out, results)  # after every configuration: a long sweep stopped midway keeps its rows
+    _write_results(out, results)
     return {"out": str(out), "results": str(out / "results.json"), "table": str(out / "results.md"),
             "best": results["best"], "configs": len(configs), "seeds": seed_list, "dry_run": dry_run}

@@ -3,6 +3,7 @@ an exact resume with all of them on."""
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from _train_helpers import make_prepared
@@ -234,3 +235,24 @@ def test_cli_records_new_options(data_dir, tmp_path):
     args = json.loads((tmp_path / "cli" / "config.json").read_text())["args"]
     assert args["blur"] is False and args["pseudo_fakes"] == 0.25 and args["ema"] == 0.99
     assert args["train_crop"] == 0 and args["cache"] == "none" and not math.isnan(args["warmup_epochs"])
+
+
+def test_calibrate_takes_the_threshold_from_the_valid_split(data_dir, tmp_path):
+    from realfake.engines.metrics import equal_error_rate
+
+    run = run_train(data_dir, epochs=1, out=tmp_path, name="cal", **TINY)
+    eval_kw = dict(loader="torch", num_workers=0, progress=False)
+    valid = run_evaluate(run["run_dir"], split="valid", **eval_kw)
+    report = json.loads((tmp_path / "cal" / "report_valid.json").read_text())
+    labels = [p["label"] for p in report["predictions"]]
+    expected = equal_error_rate(np.array(labels), np.array([p["p_fake"] for p in report["predictions"]]))[1]
+    calibrated = run_evaluate(run["run_dir"], calibrate=True, **eval_kw)
+    assert valid["threshold_source"] == "given" and calibrated["threshold_source"] == "valid EER"
+    assert calibrated["threshold"] == pytest.approx(expected)
+    test_report = json.loads((tmp_path / "cal" / "report.json").read_text())
+    assert test_report["metrics"]["threshold"] == pytest.approx(expected)
+    predicted = [p["p_fake"] >= expected for p in test_report["predictions"]]
+    correct = [pred == bool(p["label"]) for pred, p in zip(predicted, test_report["predictions"], strict=True)]
+    assert test_report["metrics"]["accuracy"] == pytest.approx(sum(correct) / len(correct))
+    with pytest.raises(ValueError, match="picks the threshold on the valid split"):
+        run_evaluate(run["run_dir"], split="valid", calibrate=True, **eval_kw)

@@ -137,7 +137,7 @@ def test_sweep_trains_each_configuration_per_seed_and_resumes(data_dir, tmp_path
     assert by_name["plain-flip"]["runs"][0]["evaluate"]["tta"] == "flip"
     assert json.loads((out / "runs" / "sbi-seed0" / "config.json").read_text())["args"]["pseudo_fakes"] == 0.5
     table = (out / "results.md").read_text()
-    assert "| configuration | test AUC | accuracy | recall easy | recall real | seeds | command |" in table
+    assert "| configuration | test AUC | accuracy | recall easy | recall real | threshold | seeds | command |" in table
     assert "--pseudo-fakes 0.5 --no-blur --cache memory --device cpu --seed $SEED" in table
     assert results["best"] in by_name and "for SEED in 0 1; do" in table
     # running it again trains nothing and evaluates nothing

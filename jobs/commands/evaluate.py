@@ -18,6 +18,9 @@ import click
 @click.option("--tta", type=click.Choice(["none", "flip", "crops"]), default="none", show_default=True,
               help="Test-time augmentation, p_fake averaged over views: flip = image + mirror; crops = the image "
                    "and its 4 corner + centre crops of 7/8 side resized back, each also mirrored (12 views).")
+@click.option("--calibrate", is_flag=True,
+              help="Use the valid split's equal-error-rate threshold instead of --threshold (same checkpoint and "
+                   "TTA): training with pseudo-fakes shifts the class prior, so 0.5 is no longer the balanced point.")
 def evaluate(run_dir, **options):
     """Evaluate RUN_DIR on a split of its data: accuracy, per-class precision/recall/F1, confusion
     matrix, ROC AUC, average precision, EER, recall per difficulty group.
