@@ -42,6 +42,8 @@ KINDS: dict[str, str] = {
     "engine-build": "realfake.jobs.engine:run_engine_build",
     "score": "realfake.jobs.score:run_score",
     "bench": "realfake.jobs.bench:run_bench",
+    "sweep": "realfake.jobs.sweep:run_sweep",
+    "pretrain": "realfake.jobs.pretrain:run_pretrain",
 }
 # One line per kind for `realfake submit --help`, so listing kinds never imports torch.
 KIND_HELP: dict[str, str] = {
@@ -50,6 +52,8 @@ KIND_HELP: dict[str, str] = {
     "engine-build": "Compile a training run into an inference engine.",
     "score": "Score an image folder with an engine (resumes where it stopped).",
     "bench": "Run throughput benchmark suites.",
+    "sweep": "Train and evaluate configurations over seeds; mean ± std table.",
+    "pretrain": "Pretrain a backbone on real images vs self-blended pseudo-fakes.",
 }
 EXTRA_KINDS_ENV = "REALFAKE_EXTRA_KINDS"
 # The key that names the kind in a spec file; every other key is an argument of the kind's function.
