@@ -50,8 +50,8 @@ from realfake.jobs.score_writers import (
 log = logging.getLogger(__name__)
 
 # Files handed to one loader: bounds the memory of file lists (a million files = 100 loaders) while
-# keeping the cost of starting a loader (worker processes, a DALI pipeline) small. The first chunk is
-# smaller, so that decoding starts soon while the walk prepares the next ones.
+# keeping the cost of starting a loader (worker processes, a DALI pipeline) small. With DALI the first
+# chunk is smaller, so that decoding starts while the header checks of the next files go on.
 FIRST_CHUNK_FILES = 2_048
 CHUNK_FILES = 10_000
 # Check file headers before DALI sees the files (see _header_problem); off only to measure its cost.
@@ -392,7 +392,9 @@ def run_score(
     started = time.perf_counter()
     ahead = _Ahead(candidates(), depth=CHUNK_FILES)
     try:
-        for chunk in _chunked(ahead, (min(FIRST_CHUNK_FILES, CHUNK_FILES), CHUNK_FILES)):
+        # A small first chunk only where header checks delay it; each chunk restarts the loader's workers.
+        first_chunk = min(FIRST_CHUNK_FILES, CHUNK_FILES) if check_headers else CHUNK_FILES
+        for chunk in _chunked(ahead, (first_chunk, CHUNK_FILES)):
             flush_errors()
             score_chunk(chunk)
         flush_errors()
