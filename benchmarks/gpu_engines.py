@@ -24,8 +24,7 @@ import traceback
 from pathlib import Path
 
 CASES = (("simple_cnn", 128), ("resnet18", 224))
-VARIANTS = (("eager", "fp32"), ("eager", "fp16"), ("compile", "fp16"), ("aot", "fp16"), ("tensorrt", "fp16"))
-BASELINE = ("eager", "fp16")
+BACKENDS = ("eager", "compile", "aot", "tensorrt")  # each at --precision (fp16), after eager fp32
 
 
 def import_realfake() -> str:
@@ -50,29 +49,36 @@ def import_realfake() -> str:
     return f"shim over {repo}"
 
 
-def throughput(predict, images, *, min_seconds: float, repeats: int) -> float:
+def _sync(device: str) -> None:
     import torch
 
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def throughput(predict, images, *, min_seconds: float, repeats: int) -> float:
+    """Median img/s over `repeats` timed runs of about `min_seconds` each, after 3 warm-up calls."""
+    device = str(images.device)
     for _ in range(3):
         predict(images)
-    torch.cuda.synchronize()
+    _sync(device)
     start = time.perf_counter()
     predict(images)
-    torch.cuda.synchronize()
+    _sync(device)
     steps = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-6)))
     rates = []
     for _ in range(repeats):
-        torch.cuda.synchronize()
+        _sync(device)
         start = time.perf_counter()
         for _ in range(steps):
             predict(images)
-        torch.cuda.synchronize()
+        _sync(device)
         rates.append(images.shape[0] * steps / (time.perf_counter() - start))
     return sorted(rates)[len(rates) // 2]
 
 
 def measure(model_name: str, image_size: int, backend: str, precision: str, *, batch: int, scratch: Path,
-            min_seconds: float, repeats: int) -> dict:
+            min_seconds: float, repeats: int, device: str = "cuda") -> dict:
     import torch
     from realfake.engines.inference import (
         backend_module,
@@ -83,7 +89,7 @@ def measure(model_name: str, image_size: int, backend: str, precision: str, *, b
     from realfake.models import build_model
 
     row = {"model": f"{model_name}@{image_size}", "backend": backend, "precision": precision, "batch": batch}
-    reason = backend_module(backend).unavailable_reason("cuda")
+    reason = backend_module(backend).unavailable_reason(device)
     if reason:
         return {**row, "error": f"not available: {reason.split(':')[0]}"}
     torch.manual_seed(0)
@@ -91,15 +97,15 @@ def measure(model_name: str, image_size: int, backend: str, precision: str, *, b
     started = time.perf_counter()
     engine_dir = build_engine_from_model(
         model, scratch / f"{model_name}-{image_size}-{backend}-{precision}", architecture=model_name,
-        image_size=image_size, backend=backend, precision=precision, batch=(1, batch, batch), device="cuda",
+        image_size=image_size, backend=backend, precision=precision, batch=(1, batch, batch), device=device,
         validation=random_validation(image_size, n=64, batch_size=64))
     row["build_s"] = time.perf_counter() - started
     torch._dynamo.reset()
-    images = torch.randn(batch, 3, image_size, image_size, device="cuda")
+    images = torch.randn(batch, 3, image_size, image_size, device=device)
     started = time.perf_counter()
-    engine = load_engine(engine_dir, device="cuda")
+    engine = load_engine(engine_dir, device=device)
     engine.predict(images)
-    torch.cuda.synchronize()
+    _sync(device)
     row["load_first_call_s"] = time.perf_counter() - started
     meta = engine.meta
     row["max_abs_diff_p"] = meta["parity"]["max_abs_diff_p"]
@@ -108,9 +114,12 @@ def measure(model_name: str, image_size: int, backend: str, precision: str, *, b
     return row
 
 
-def table(rows: list[dict]) -> str:
-    base = {r["model"]: r["img_s"] for r in rows if (r["backend"], r["precision"]) == BASELINE and "img_s" in r}
-    headers = ["model", "engine", "batch", "img/s", "vs eager fp16", "build s", "load+1st s", "max |dp|", "note"]
+def table(rows: list[dict], precision: str = "fp16") -> str:
+    """One row per engine; ratios to eager at `precision` of the same model."""
+    base = {r["model"]: r["img_s"] for r in rows
+            if (r["backend"], r["precision"]) == ("eager", precision) and "img_s" in r}
+    headers = ["model", "engine", "batch", "img/s", f"vs eager {precision}", "build s", "load+1st s", "max |dp|",
+               "note"]
     body = []
     for r in rows:
         ok = "img_s" in r
@@ -121,7 +130,8 @@ def table(rows: list[dict]) -> str:
                      f"{r['load_first_call_s']:.1f}" if "load_first_call_s" in r else "-",
                      f"{r['max_abs_diff_p']:.1e}" if "max_abs_diff_p" in r else "-", r.get("error", "")])
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)), "  ".join("-" * w for w in widths)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(),
+             "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip() for b in body]
     return "\n".join(lines)
 
@@ -132,38 +142,50 @@ def main(argv=None) -> int:
     parser.add_argument("--min-seconds", type=float, default=0.5, help="per timed repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--device", default="cuda",
+                        help="cuda[:N]; cpu only for a dry run of this script (fp16 rows then fail, as they should)")
+    parser.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default="fp16",
+                        help="precision of the engines compared (eager fp32 is always measured too)")
+    parser.add_argument("--case", action="append", metavar="MODEL@SIZE",
+                        help="replace the cases (repeatable), e.g. simple_cnn@32 for a quick dry run")
     args = parser.parse_args(argv)
+    cases = [(c.split("@")[0], int(c.split("@")[1])) for c in args.case] if args.case else CASES
 
     how = import_realfake()
     import torch
 
-    if not torch.cuda.is_available():
-        print("error: torch sees no CUDA device: this script measures GPU engines", file=sys.stderr)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: torch sees no CUDA device: this script measures GPU engines (--device cpu: dry run)",
+              file=sys.stderr)
         return 2
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
-    print(f"realfake: {how}; torch {torch.__version__}; {torch.cuda.get_device_name()}", flush=True)
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU (dry run)"
+    print(f"realfake: {how}; torch {torch.__version__}; {where}", flush=True)
     rows = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="realfake-gpu-engines-") as scratch:
-        for model_name, image_size in CASES:
-            for backend, precision in VARIANTS:
+        for model_name, image_size in cases:
+            variants = [("eager", "fp32")] + [(b, args.precision) for b in BACKENDS]
+            for backend, precision in dict.fromkeys(variants):
                 t0 = time.perf_counter()
                 try:
                     row = measure(model_name, image_size, backend, precision, batch=args.batch, scratch=Path(scratch),
-                                  min_seconds=args.min_seconds, repeats=args.repeats)
+                                  min_seconds=args.min_seconds, repeats=args.repeats, device=args.device)
                 except Exception as exc:  # report and go on: one backend must not hide the others
                     row = {"model": f"{model_name}@{image_size}", "backend": backend, "precision": precision,
                            "batch": args.batch, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
-                    traceback.print_exc(limit=3)
+                    if not isinstance(exc, ValueError):  # ValueErrors are our own one-line explanations
+                        traceback.print_exc(limit=5)
                 finally:
                     torch._dynamo.reset()
-                    torch.cuda.empty_cache()
+                    if args.device.startswith("cuda"):
+                        torch.cuda.empty_cache()
                 rows.append(row)
                 print(f"  {row['model']} {backend}-{precision}: "
                       + (f"{row['img_s']:,.0f} img/s" if "img_s" in row else row.get("error", "?"))
                       + f"  ({time.perf_counter() - t0:.1f} s)", flush=True)
     print()
-    print(table(rows))
+    print(table(rows, args.precision))
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
