@@ -43,6 +43,7 @@ from pathlib import Path, PurePosixPath
 
 from realfake.pipelines.images import InvalidImageError, check_image, sha256_file
 from realfake.pipelines.manifest import (
+    MANIFEST_NAME,
     REJECTED_NAME,
     SPLITS,
     SUMMARY_NAME,
@@ -299,8 +300,46 @@ def _check(item: tuple[Path, int]) -> _Checked:
 
 
 def _list_files(class_dir: Path) -> list[Path]:
-    # Every file, hidden ones included: junk such as .DS_Store is rejected (and so listed), not ignored.
-    return sorted(p for p in class_dir.rglob("*") if p.is_file() or (p.is_symlink() and not p.is_dir()))
+    # Every file, hidden ones included: junk such as .DS_Store is rejected (and so listed), not
+    # ignored. Symlinked files are recorded by their target (a broken link is rejected as unreadable).
+    return sorted(p.resolve() for p in class_dir.rglob("*") if p.is_file() or (p.is_symlink() and not p.is_dir()))
+
+
+def _validate(items: list[tuple[Path, int]], *, progress: bool, workers: int | None) -> list[_Checked]:
+    from tqdm import tqdm
+
+    # PIL decodes and hashlib hashes with the GIL released, so a few threads overlap decoding;
+    # map() keeps the input order, so nothing downstream depends on scheduling. The bar shows on
+    # a terminal only (disable=None), so logs and captured output stay clean.
+    n_workers = workers or min(8, (os.cpu_count() or 1) + 1)
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        return list(tqdm(pool.map(_check, items), total=len(items), desc="validating", unit="img",
+                         disable=None if progress else True))
+
+
+def _resolve_duplicates(checked: list[_Checked]) -> tuple[list[_Checked], list[dict[str, str]], list[list[str]]]:
+    """(accepted files, rejected {path, reason}, duplicate groups): identical content under one label
+    is kept and grouped; under both labels it is a conflict, and every copy is rejected."""
+    rejected = [{"path": str(c.path), "reason": c.reason} for c in checked if c.sha256 is None]
+    by_sha: dict[str, list[_Checked]] = defaultdict(list)
+    for c in checked:
+        if c.sha256 is not None:
+            by_sha[c.sha256].append(c)
+    accepted: list[_Checked] = []
+    duplicate_groups: list[list[str]] = []
+    for copies in by_sha.values():
+        if len({c.label for c in copies}) > 1:
+            for c in copies:
+                other = next(o for o in copies if o.label != c.label)
+                rejected.append({"path": str(c.path),
+                                 "reason": f"label conflict: same content as {other.path} ({CLASS_NAMES[other.label]})"})
+            continue
+        accepted.extend(copies)
+        if len(copies) > 1:
+            duplicate_groups.append(sorted(str(c.path) for c in copies))
+    rejected.sort(key=lambda r: r["path"])
+    duplicate_groups.sort()
+    return accepted, rejected, duplicate_groups
 
 
 # --------------------------------------------------------------------------------------------------
@@ -433,43 +472,12 @@ def prepare(
         files_per_class[CLASS_NAMES[label]] = len(files)
         items.extend((p, label) for p in files)
 
-    from tqdm import tqdm
-
-    # PIL decodes and hashlib hashes with the GIL released, so a few threads overlap decoding;
-    # map() keeps the input order, so nothing downstream depends on scheduling. The bar shows on
-    # a terminal only (disable=None), so logs and captured output stay clean.
-    n_workers = workers or min(8, (os.cpu_count() or 1) + 1)
-    with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        checked = list(tqdm(pool.map(_check, items, chunksize=8), total=len(items), desc="validating",
-                            unit="img", disable=None if progress else True))
-
-    rejected: list[dict[str, str]] = []
-    good = [c for c in checked if c.sha256 is not None]
-    for c in checked:
-        if c.sha256 is None:
-            rejected.append({"path": str(c.path), "reason": c.reason})
-
-    # Identical content: one group per sha; under both labels it is a conflict, and every copy goes.
-    by_sha: dict[str, list[_Checked]] = defaultdict(list)
-    for c in good:
-        by_sha[c.sha256].append(c)
-    accepted: list[_Checked] = []
-    duplicate_groups: list[list[str]] = []
-    for copies in by_sha.values():
-        labels = {c.label for c in copies}
-        if len(labels) > 1:
-            for c in copies:
-                others = next(o for o in copies if o.label != c.label)
-                rejected.append({"path": str(c.path),
-                                 "reason": f"label conflict: same content as {others.path} ({CLASS_NAMES[others.label]})"})
-            continue
-        accepted.extend(copies)
-        if len(copies) > 1:
-            duplicate_groups.append(sorted(str(c.path) for c in copies))
-    rejected.sort(key=lambda r: r["path"])
-    duplicate_groups.sort()
+    checked = _validate(items, progress=progress, workers=workers)
+    accepted, rejected, duplicate_groups = _resolve_duplicates(checked)
 
     out_path.mkdir(parents=True, exist_ok=True)
+    for stale in (MANIFEST_NAME, SUMMARY_NAME):  # never leave an old manifest next to a new rejected.csv
+        (out_path / stale).unlink(missing_ok=True)
     rejected_path = _write_rejected(out_path, rejected)
 
     # Enough usable images per class?

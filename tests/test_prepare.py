@@ -330,9 +330,13 @@ def test_error_class_with_nothing_usable_still_writes_rejected_csv(tmp_path):
 
 
 def test_error_too_few_images_for_the_split(tmp_path):
-    src = _class_folders(tmp_path / "src", 2, 5)
+    src = _class_folders(tmp_path / "src", 3, 5)
+    assert _cli("prepare", src, "--out", tmp_path / "d").exit_code == 0
+    (src / "real" / "r002.jpg").unlink()
     _assert_one_line_error(_cli("prepare", src, "--out", tmp_path / "d"), "class real", "needs at least 3",
                            "--split")
+    # the earlier run's manifest is gone: nothing downstream trains on stale data
+    assert not (tmp_path / "d" / "manifest.csv").exists() and not (tmp_path / "d" / "prepare.json").exists()
 
 
 def test_error_zip_without_images(tmp_path):
@@ -364,3 +368,15 @@ def test_error_no_class_folders(tmp_path):
 def test_error_bad_split_via_cli(tmp_path):
     src = _class_folders(tmp_path / "src", 12, 12)
     _assert_one_line_error(_cli("prepare", src, "--out", tmp_path / "d", "--split", "0.9,0.2,0.1"), "sum to 1")
+
+
+def test_symlinked_files_are_recorded_by_target_and_broken_links_rejected(tmp_path):
+    src = _class_folders(tmp_path / "src", 6, 6)
+    pool = _noise(tmp_path / "pool" / "shared.jpg", 777)
+    (src / "real" / "link.jpg").symlink_to(pool)
+    (src / "fake" / "dangling.jpg").symlink_to(tmp_path / "pool" / "gone.jpg")
+    prepare(src, tmp_path / "data", progress=False)
+    paths = {r.path for r in read_manifest(tmp_path / "data")}
+    assert str(pool.resolve()) in paths and not any(p.endswith("link.jpg") for p in paths)
+    rejected = _rejected(tmp_path / "data")
+    assert rejected["gone.jpg"].startswith("unreadable: ")
