@@ -22,7 +22,7 @@ def data() -> None:
     """
 
 
-@data.command("prepare")
+@data.command("prepare", short_help="Validate, de-duplicate and split images into a manifest.")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Data directory to write manifest.csv, prepare.json and rejected.csv into "
@@ -31,7 +31,7 @@ def data() -> None:
               help="Train,valid,test fractions (sum 1; valid and test may be 0). Drawn per class, by "
                    "difficulty group where file names carry one, over unique file contents.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the split: same seed, same manifest.")
-@click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (it is shown on a terminal only anyway).")
 def prepare_cmd(src: Path, out: Path, split: str, seed: int, no_progress: bool) -> None:
     """Validate every image of SRC, de-duplicate and split it into OUT/manifest.csv.
 
@@ -78,7 +78,7 @@ def format_summary(summary) -> str:
     return "\n".join(lines)
 
 
-@data.command("synth")
+@data.command("synth", short_help="Write a synthetic real/fake face set (archive layout).")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--n", "n", default=400, show_default=True, help="Images in all: half real, half fake.")
 @click.option("--size", default=256, show_default=True, help="Image side in pixels.")
