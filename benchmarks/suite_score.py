@@ -74,6 +74,7 @@ class ScoreSuiteConfig:
     variants: tuple[Variant, ...]
     batch_size: int = 64
     workers: int = 2
+    image_size: int = IMAGE_SIZE
 
 
 QUICK = ScoreSuiteConfig(models=("simple_cnn",), n_files=300, repeats=3, variants=(REALFAKE,))
@@ -99,22 +100,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or realfake_home() / "cache" / "bench-engines")
 
 
-def random_model(name: str):
+def random_model(name: str, image_size: int = IMAGE_SIZE):
     import torch
     from realfake.models import build_model
 
     torch.manual_seed(0)
-    return build_model(name, image_size=IMAGE_SIZE).eval()
+    return build_model(name, image_size=image_size).eval()
 
 
-def cached_engine(model_name: str, backend: str, device: str) -> Path:
+def cached_engine(model_name: str, backend: str, device: str, image_size: int = IMAGE_SIZE) -> Path:
     """An engine of `model_name` with random weights (seed 0), built once per backend, device type and
     torch version, then reused (an AOT build takes tens of seconds on 2 cores)."""
     import torch
     from realfake.engines.inference import build_engine_from_model, load_engine
 
     device_type = "cuda" if device.startswith("cuda") else "cpu"
-    out = cache_dir() / f"{model_name}@{IMAGE_SIZE}-{backend}-{device_type}-torch{torch.__version__}"
+    out = cache_dir() / f"{model_name}@{image_size}-{backend}-{device_type}-torch{torch.__version__}"
     if out.is_dir():
         try:
             load_engine(out, device=device).close()
@@ -124,7 +125,7 @@ def cached_engine(model_name: str, backend: str, device: str) -> Path:
             shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    build_engine_from_model(random_model(model_name), out, architecture=model_name, image_size=IMAGE_SIZE,
+    build_engine_from_model(random_model(model_name, image_size), out, architecture=model_name, image_size=image_size,
                             backend=backend, precision="fp32", batch=(1, 64, 256), device=device)
     log.info("built %s engine for %s in %.0f s (cached in %s)", backend, model_name, time.perf_counter() - start, out)
     return out
@@ -132,7 +133,7 @@ def cached_engine(model_name: str, backend: str, device: str) -> Path:
 
 # --------------------------------------------------------------------------- one pass each
 
-def naive_pass(folder: Path, model, device: str, batch_size: int, workers: int) -> int:
+def naive_pass(folder: Path, model, device: str, batch_size: int, workers: int, image_size: int = IMAGE_SIZE) -> int:
     """The baseline: ImageFolder + DataLoader + eager fp32, as a first script would do it. Returns images."""
     import torch
     from realfake.pipelines.spec import MEAN, STD
@@ -140,7 +141,7 @@ def naive_pass(folder: Path, model, device: str, batch_size: int, workers: int) 
     from torchvision import datasets
     from torchvision import transforms as T
 
-    transform = T.Compose([T.Resize((IMAGE_SIZE, IMAGE_SIZE)), T.ToTensor(), T.Normalize(MEAN, STD)])
+    transform = T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), T.Normalize(MEAN, STD)])
     data = DataLoader(datasets.ImageFolder(str(folder), transform), batch_size=batch_size, num_workers=workers)
     n, p_fake = 0, []
     with torch.inference_mode():
@@ -175,10 +176,10 @@ def model_figures(model_name: str, folder: Path, n_files: int, source: str, cfg:
     from realfake.pipelines.loaders import dali_installed
 
     variants = [v for v in cfg.variants if v.loader != "dali" or dali_installed()]
-    engines = {v.backend: cached_engine(model_name, v.backend, device) for v in variants}
-    model = random_model(model_name).to(device)
+    engines = {v.backend: cached_engine(model_name, v.backend, device, cfg.image_size) for v in variants}
+    model = random_model(model_name, cfg.image_size).to(device)
     out_dir = Path(tempfile.mkdtemp(prefix="realfake-bench-out-"))
-    passes = {"naive": lambda: naive_pass(folder, model, device, cfg.batch_size, cfg.workers)}
+    passes = {"naive": lambda: naive_pass(folder, model, device, cfg.batch_size, cfg.workers, cfg.image_size)}
     for v in variants:
         passes[v.name] = (lambda v=v: realfake_pass(folder, engines[v.backend], v, device, cfg.batch_size,
                                                     cfg.workers, out_dir / f"{v.name}.csv"))
@@ -196,8 +197,8 @@ def model_figures(model_name: str, folder: Path, n_files: int, source: str, cfg:
                 samples[name].append(n / seconds)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
-    prefix = f"{SUITE}/e2e@{IMAGE_SIZE}/{model_name}"
-    params = {"image_size": IMAGE_SIZE, "batch_size": cfg.batch_size, "workers": cfg.workers, "n_files": n_files,
+    prefix = f"{SUITE}/e2e@{cfg.image_size}/{model_name}"
+    params = {"image_size": cfg.image_size, "batch_size": cfg.batch_size, "workers": cfg.workers, "n_files": n_files,
               "data": source, "passes_per_repeat": 1}
     settings = {v.name: {"backend": v.backend, "loader": v.loader, "draft": True} for v in variants}
     settings["naive"] = {"backend": "eager model", "loader": "ImageFolder+DataLoader", "draft": False}

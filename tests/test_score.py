@@ -172,6 +172,38 @@ def test_a_failing_walk_stops_the_run_and_keeps_the_rows(tmp_path, engine, good,
     assert summary["skipped"] + summary["scored"] == len(files) == len(rows_of(out))
 
 
+def test_engine_slices_are_tuned_on_the_first_batches(monkeypatch):
+    import types
+
+    import torch
+    from realfake.jobs import score as score_module
+
+    clock = [0.0]
+    cost_per_image = {8: 3.0, 16: 2.0, 32: 4.0, 64: 5.0}  # slice size -> seconds per image (fake clock)
+    seen = []
+
+    def predict(images):
+        seen.append(images.shape[0])
+        clock[0] += cost_per_image[slice_in_use[0]] * images.shape[0]
+        return images.mean(dim=(1, 2, 3))
+
+    slice_in_use = [64]
+    monkeypatch.setattr(score_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    slices = score_module.MicroBatches(predict, 64, "cpu")
+    assert slices.candidates == [64, 32, 16, 8]
+    images = torch.randn(64, 3, 4, 4)
+    for size in [64, 64, 32, 16, 8]:  # warm-up, then one batch per candidate
+        slice_in_use[0] = size
+        seen.clear()
+        assert torch.allclose(slices(images), images.mean(dim=(1, 2, 3)))  # same values, in order
+        assert set(seen) == {size}
+    assert slices.best == 16
+    seen.clear()
+    slices(images[:40])
+    assert seen == [16, 16, 8]
+    assert score_module.MicroBatches(predict, 64, "cuda").candidates == [64]
+
+
 def test_rows_hold_what_the_issue_asks(tmp_path, engine, good):
     root, files = good
     out = tmp_path / "scores.csv"
@@ -450,3 +482,21 @@ def test_job_spec_accepts_score(tmp_path, good):
     assert spec.args["folders"] == [str(root)] and spec.default_out == "out"
     written = read_existing(tmp_path / "nothing.csv")
     assert written.rows == 0
+
+
+# ----------------------------------------------------------------------------------------------- benchmark
+
+def test_score_suite_measures_both_sides_on_a_tiny_folder(tmp_path, monkeypatch, engine):
+    from realfake.benchmarks import suite_score
+
+    # the fixture's engine (simple_cnn at 32 px) stands for the cached one: building engines is not the point
+    monkeypatch.setattr(suite_score, "cached_engine", lambda *args: engine)
+    files = [str(p) for p in make_good_folder(tmp_path / "images", n=12)]
+    cfg = suite_score.ScoreSuiteConfig(models=("simple_cnn",), n_files=12, repeats=1, batch_size=8, workers=0,
+                                       image_size=32, variants=(suite_score.Variant("eager-torch", "eager", "torch"),))
+    figures = suite_score.model_figures("simple_cnn", suite_score.class_folder(files), 12, "test", cfg, "cpu")
+    names = [f.name for f in figures]
+    assert names == ["score/e2e@32/simple_cnn/naive", "score/e2e@32/simple_cnn/eager-torch",
+                     "score/e2e@32/simple_cnn/eager-torch_vs_naive"]
+    assert all(f.median > 0 for f in figures) and figures[2].ratio_to == names[0]
+    assert figures[1].params["loader"] == "torch" and figures[0].params["loader"].startswith("ImageFolder")
