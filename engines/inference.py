@@ -683,26 +683,6 @@ def build_engine_from_model(
     return out
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[nn.Module, dict, dict]:
-    """(model in eval mode on the CPU, config.json, checkpoint dict) of a `realfake train` run."""
-    from realfake.engines.trainer import load_checkpoint
-    from realfake.models import build_model
-    from realfake.pipelines.spec import CLASS_NAMES
-
-    run_dir = Path(run_dir)
-    if checkpoint not in ("best", "last"):
-        raise ValueError(f"unknown checkpoint {checkpoint!r}: choose best or last")
-    config_file = run_dir / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} not found: {run_dir} is not a run directory of `realfake train`")
-    config = json.loads(config_file.read_text())
-    state = load_checkpoint(run_dir / f"{checkpoint}.pt")
-    model = build_model(config["model"], num_classes=len(config.get("class_names") or CLASS_NAMES),
-                        image_size=config["image_size"], dropout=config.get("dropout"))
-    model.load_state_dict(state["model"])
-    return model.eval(), config, state
-
-
 def build_engine(
     run_dir: str | Path,
     out: str | Path,
@@ -722,6 +702,8 @@ def build_engine(
 
     run_dir = Path(run_dir).resolve()
     parse_batch(batch), parse_threshold(threshold)  # bad options fail before the checkpoint loads
+    from realfake.engines.trainer import load_run
+
     model, config, state = load_run(run_dir, checkpoint)
     data_dir = Path(config["data_dir"])
     if manifest_sha256(data_dir) != config["manifest_sha256"]:

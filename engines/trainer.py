@@ -222,6 +222,31 @@ def load_checkpoint(path: Path) -> dict:
                          "train again or point at another run") from exc
 
 
+RUN_CONFIG = "config.json"
+
+
+def read_run_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a run directory of `realfake train`")
+    return json.loads(path.read_text())
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[nn.Module, dict, dict]:
+    """(model in eval mode on the CPU, config.json, checkpoint dict) of a `realfake train` run."""
+    from realfake.models import build_model
+    from realfake.pipelines.spec import CLASS_NAMES
+
+    if checkpoint not in ("best", "last"):
+        raise ValueError(f"unknown checkpoint {checkpoint!r}: choose best or last")
+    config = read_run_config(run_dir)
+    state = load_checkpoint(Path(run_dir) / f"{checkpoint}.pt")
+    model = build_model(config["model"], num_classes=len(config.get("class_names") or CLASS_NAMES),
+                        image_size=config["image_size"], dropout=config.get("dropout"))
+    model.load_state_dict(state["model"])
+    return model.eval(), config, state
+
+
 def restore(checkpoint: dict, model, optimizer, scheduler, scaler=None, ema=None) -> TrainState:
     if (ema is not None) != (checkpoint.get("ema") is not None):
         raise ValueError("the checkpoint was saved " + ("without" if ema is not None else "with")

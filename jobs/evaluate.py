@@ -7,21 +7,6 @@ from pathlib import Path
 from realfake.jobs.params import InputPath
 
 
-def load_run_model(run_dir: Path, checkpoint: str = "best"):
-    """The run's model in eval mode on the CPU, with its config."""
-    from realfake.engines.trainer import load_checkpoint
-    from realfake.jobs.train import read_run_config
-    from realfake.models import build_model
-
-    if checkpoint not in ("best", "last"):
-        raise ValueError(f"unknown checkpoint {checkpoint!r}: choose best or last")
-    config = read_run_config(run_dir)
-    state = load_checkpoint(Path(run_dir) / f"{checkpoint}.pt")
-    model = build_model(config["model"], image_size=config["image_size"], dropout=config["dropout"])
-    model.load_state_dict(state["model"])
-    return model.eval(), config, state
-
-
 def run_evaluate(
     run_dir: InputPath,
     split: str = "test",
@@ -51,7 +36,7 @@ def run_evaluate(
         save_roc_png,
     )
     from realfake.engines.recipes import TTA_MODES
-    from realfake.engines.trainer import predict
+    from realfake.engines.trainer import load_run, predict
     from realfake.jobs.train import resolve_device
     from realfake.pipelines.loaders import get_loader
     from realfake.pipelines.manifest import manifest_sha256, read_manifest
@@ -63,7 +48,7 @@ def run_evaluate(
         raise ValueError(f"unknown --tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
     if calibrate and split == "valid":
         raise ValueError("--calibrate picks the threshold on the valid split: evaluate --split test (or train)")
-    model, config, state = load_run_model(run_dir, checkpoint)
+    model, config, state = load_run(run_dir, checkpoint)
     data_dir = Path(config["data_dir"])
     rows = read_manifest(data_dir, split)
     if not rows:

@@ -16,7 +16,6 @@ from realfake.jobs.params import InputPath, OutputPath
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.json"
 # Options added after the first runs were saved: a resumed older run gets these (the old behaviour).
 RECIPE_DEFAULTS = dict(pseudo_fakes=0.0, real_only=False, schedule=None, warmup_epochs=0.0, label_smoothing=0.0,
                        ema=0.0, blur=True, train_crop=0, cache="none")
@@ -47,13 +46,6 @@ def versions() -> dict:
         dali = None
     return {"python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "dali": dali}
-
-
-def read_run_config(run_dir: Path) -> dict:
-    path = Path(run_dir) / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {run_dir} is not a run directory of `realfake train`")
-    return json.loads(path.read_text())
 
 
 def _new_run_dir(out: Path, name: str | None, model: str) -> Path:
@@ -189,7 +181,7 @@ def run_train(
         if _resolved_schedule(args) in ("cosine", "onecycle") and args["epochs"] != saved["epochs"]:
             raise ValueError(f"{run_dir} uses a {_resolved_schedule(args)} schedule fixed to {saved['epochs']} "
                              f"epochs: resume with --epochs {saved['epochs']}, or train a new run")
-        config = read_run_config(run_dir)
+        config = trainer.read_run_config(run_dir)
         if config["manifest_sha256"] != manifest_sha256(data_dir):
             raise ValueError(f"{data_dir} is not the data set {run_dir} was trained on (manifest differs): "
                              f"resume with --data {config['data_dir']}")
@@ -273,7 +265,7 @@ def run_train(
             "args": args, "created": dt.datetime.now().isoformat(timespec="seconds"),
         }
     config.update(loader=train_loader.backend, device=run_device, compiled=use_compile, versions=versions())
-    (run_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    (run_dir / trainer.RUN_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     log.info("run %s: %s on %s, loader %s, compile %s", run_dir, args["model"], run_device,
              train_loader.backend, use_compile)
 

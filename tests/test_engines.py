@@ -20,11 +20,11 @@ from realfake.engines.inference import (
     EngineError,
     build_engine,
     load_engine,
-    load_run,
     parse_batch,
     parse_threshold,
     read_engine_meta,
 )
+from realfake.engines.trainer import load_run
 from realfake.jobs.cli import main
 from realfake.jobs.train import run_train
 
