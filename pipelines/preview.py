@@ -15,7 +15,6 @@ def save_preview(data_dir: Path, out: Path, *, loader: str = "auto", n: int = 16
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torch
-
     from realfake.pipelines.loaders import get_loader
     from realfake.pipelines.manifest import read_manifest
 
@@ -32,10 +31,10 @@ def save_preview(data_dir: Path, out: Path, *, loader: str = "auto", n: int = 16
     images = images.clamp(0, 1).permute(0, 2, 3, 1).numpy()
     cols = min(8, n)
     rows_n = -(-len(images) // cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(1.6 * cols, 1.8 * rows_n), squeeze=False)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(1.6 * cols, 2.1 * rows_n), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, label, index in zip(axes.flat, images, batch.labels.tolist(), batch.indices.tolist()):
+    for ax, image, label, index in zip(axes.flat, images, batch.labels.tolist(), batch.indices.tolist(), strict=False):
         ax.imshow(image)
         ax.set_title(f"{CLASS_NAMES[label]}\n{Path(rows[index].path).name[:18]}", fontsize=6,
                      color="tab:red" if label == 1 else "tab:green")

@@ -95,3 +95,16 @@ def test_unknown_loader_and_bad_sizes_are_clear_errors(files):
         load(files, batch_size=0)
     with pytest.raises(ValueError, match="shard"):
         load(files, shard_id=3, num_shards=3)
+
+
+def test_preview_draws_a_labelled_batch(tmp_path):
+    from _train_helpers import make_prepared
+    from click.testing import CliRunner
+    from realfake.jobs.cli import main
+
+    data_dir = make_prepared(tmp_path, n_per_class=6, size=40)
+    result = CliRunner().invoke(main, ["data", "preview", str(data_dir), "--out", str(tmp_path / "grid.png"),
+                                       "--n", "6", "--image-size", "32", "--loader", "torch"])
+    assert result.exit_code == 0, result.output
+    assert "6 images" in result.output and "loader torch" in result.output
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"

@@ -99,3 +99,28 @@ def synth_cmd(out: Path, n: int, size: int, seed: int, baseline: bool) -> None:
     n_fake = n // 2
     click.echo(f"wrote {n - n_fake} real + {n_fake} fake {size}x{size} JPEGs to {root}")
     click.echo(f"next: realfake data prepare {root} --out DATA_DIR")
+
+
+@data.command("preview", short_help="Draw one augmented training batch with its labels.")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG to write.")
+@click.option("--n", "n", default=16, show_default=True, help="Images in the grid.")
+@click.option("--image-size", default=128, show_default=True)
+@click.option("--split", type=click.Choice(["train", "valid", "test"]), default="train", show_default=True)
+@click.option("--augment/--no-augment", default=True, show_default=True,
+              help="Apply the training augmentation (what the model sees) or only the preprocessing.")
+@click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), default="auto", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--epoch", default=1, show_default=True, help="The augmentation of this epoch.")
+def preview_cmd(data_dir: Path, out: Path, **options) -> None:
+    """Write a grid of one training batch of DATA_DIR, as the loader delivers it, titled with labels.
+
+    \b
+    Example:
+      realfake data preview data/ciplab --out grid.png --loader dali
+    """
+    from realfake.pipelines.preview import save_preview
+
+    result = save_preview(data_dir, out, **options)
+    click.echo(f"{result['out']}: {result['images']} images ({result['labels']['real']} real, "
+               f"{result['labels']['fake']} fake), loader {result['loader']}")
