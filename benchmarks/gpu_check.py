@@ -23,14 +23,12 @@ Needs torch with CUDA, torchvision, PIL, numpy and NVIDIA DALI; realfake need no
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 import tempfile
 import time
 import traceback
-import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,25 +36,6 @@ PARITY_MEAN_ABS = 0.005  # the tolerance of tests/test_dali_loader.py, in normal
 PARITY_INTERIOR_MAX = 0.03
 HW_DECODER_LOADS = (0.0, 0.65, 1.0)
 BATCH = 128
-
-
-def ensure_realfake_importable() -> None:
-    """Map REPO/pipelines etc. to realfake.pipelines etc. (what pyproject's package-dir does on install)."""
-    try:
-        import realfake.pipelines.spec  # noqa: F401
-        return
-    except ImportError:
-        pass
-    package = types.ModuleType("realfake")
-    package.__path__ = []
-    sys.modules["realfake"] = package
-    for name in ("pipelines", "benchmarks"):
-        spec = importlib.util.spec_from_file_location(
-            f"realfake.{name}", REPO / name / "__init__.py", submodule_search_locations=[str(REPO / name)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[f"realfake.{name}"] = module
-        spec.loader.exec_module(module)
-        setattr(package, name, module)
 
 
 # --------------------------------------------------------------------------- data
@@ -239,7 +218,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda", help="cuda (default); cpu dry-runs the checks on DALI's CPU mode")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    ensure_realfake_importable()
+    from standalone import import_realfake
+
+    import_realfake("realfake.pipelines.spec")
 
     import nvidia.dali
     import torch

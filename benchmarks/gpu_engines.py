@@ -27,28 +27,6 @@ CASES = (("simple_cnn", 128), ("resnet18", 224))
 BACKENDS = ("eager", "compile", "aot", "tensorrt")  # each at --precision (fp16), after eager fp32
 
 
-def import_realfake() -> str:
-    """Make `realfake` importable: the installed package, else a shim over this checkout."""
-    try:
-        import realfake.engines.inference  # noqa: F401
-
-        return "installed"
-    except ImportError:
-        pass
-    repo = Path(__file__).resolve().parents[1]
-    shim = Path(tempfile.mkdtemp(prefix="realfake-shim-")) / "realfake"
-    shim.mkdir()
-    (shim / "__init__.py").write_text("")
-    for folder in ("pipelines", "models", "engines", "jobs", "benchmarks"):
-        (shim / folder).symlink_to(repo / folder, target_is_directory=True)
-    sys.path.insert(0, str(shim.parent))
-    for name in [m for m in sys.modules if m == "realfake" or m.startswith("realfake.")]:
-        del sys.modules[name]
-    import realfake.engines.inference  # noqa: F401
-
-    return f"shim over {repo}"
-
-
 def _sync(device: str) -> None:
     import torch
 
@@ -151,7 +129,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cases = [(c.split("@")[0], int(c.split("@")[1])) for c in args.case] if args.case else CASES
 
-    how = import_realfake()
+    from standalone import import_realfake
+
+    how = import_realfake("realfake.engines.inference")
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():

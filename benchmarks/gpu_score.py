@@ -35,7 +35,6 @@ repository's folders are mapped to `realfake.*` here.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -43,7 +42,6 @@ import sys
 import tempfile
 import time
 import traceback
-import types
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -51,25 +49,6 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 128
 BATCH = 256
 GOAL = 0.9  # end-to-end / DALI decode-only
-
-
-def ensure_realfake_importable() -> None:
-    """Map REPO/pipelines etc. to realfake.pipelines etc. (what pyproject's package-dir does on install)."""
-    try:
-        import realfake.jobs.score  # noqa: F401
-        return
-    except ImportError:
-        pass
-    package = types.ModuleType("realfake")
-    package.__path__ = []
-    sys.modules["realfake"] = package
-    for name in ("pipelines", "models", "engines", "jobs", "benchmarks"):
-        spec = importlib.util.spec_from_file_location(
-            f"realfake.{name}", REPO / name / "__init__.py", submodule_search_locations=[str(REPO / name)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[f"realfake.{name}"] = module
-        spec.loader.exec_module(module)
-        setattr(package, name, module)
 
 
 # --------------------------------------------------------------------------- data
@@ -225,7 +204,9 @@ def main() -> int:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
 
-    ensure_realfake_importable()
+    from standalone import import_realfake
+
+    import_realfake("realfake.jobs.score")
     import torch
 
     if not torch.cuda.is_available():
