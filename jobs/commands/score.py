@@ -99,7 +99,8 @@ def score_folders(ctx, folders, as_json, **options):
 
 @click.command("merge")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.argument("shard_outputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("shard_outputs", nargs=-1, required=True, metavar="SHARD_OUTPUT...",
+                type=click.Path(exists=True, path_type=Path))
 def merge(out, shard_outputs):
     """Join the outputs of `realfake score --shard I/N` runs into OUT (and their errors files into
     OUT.errors.csv).
@@ -138,7 +139,7 @@ class ScoreGroup(click.Group):
         score_folders.format_epilog(ctx, formatter)
 
 
-@click.group(cls=ScoreGroup, invoke_without_command=False)
+@click.group(cls=ScoreGroup, short_help="Score image folders with an engine (resumable).")
 def score():
     """Score image folders with an engine (see `realfake score --help`)."""
 
