@@ -45,7 +45,6 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 128
 BATCH = 256
 GOAL = 0.9  # end-to-end / DALI decode-only
