@@ -13,15 +13,16 @@ def equal_error_rate(labels: np.ndarray, p_fake: np.ndarray) -> tuple[float, flo
     """(EER, threshold): the ROC point where the false positive rate equals the false negative rate,
     interpolated between the two ROC points that bracket it."""
     fpr, tpr, thresholds = skm.roc_curve(labels, p_fake)
+    thresholds = np.minimum(thresholds, 1.0)  # sklearn's first threshold is +inf: interpolate from 1
     fnr = 1.0 - tpr
     diff = fpr - fnr  # increasing along the curve, from <= 0 to >= 0
     i = int(np.argmax(diff >= 0))
     if i == 0 or diff[i] == 0:
-        return float(fpr[i]), float(min(thresholds[i], 1.0))
+        return float(fpr[i]), float(thresholds[i])
     w = -diff[i - 1] / (diff[i] - diff[i - 1])
     eer = fpr[i - 1] + w * (fpr[i] - fpr[i - 1])
     threshold = thresholds[i - 1] + w * (thresholds[i] - thresholds[i - 1])
-    return float(eer), float(min(threshold, 1.0))
+    return float(eer), float(threshold)
 
 
 def threshold_at_fpr(labels: np.ndarray, p_fake: np.ndarray, target_fpr: float) -> float:

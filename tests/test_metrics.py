@@ -52,6 +52,14 @@ def test_eer_where_fpr_equals_fnr():
     assert 0.0 <= thr <= 1.0
 
 
+def test_eer_threshold_is_finite_when_scores_are_tied():
+    # a collapsed model (every score tied): the ROC curve jumps from (0, 0) to (1, 1), and the EER
+    # lies between sklearn's +inf threshold and the tie
+    eer, thr = equal_error_rate(np.array([0, 0, 1, 1]), np.array([0.5, 0.5, 0.5, 0.5]))
+    assert eer == pytest.approx(0.5)
+    assert np.isfinite(thr) and 0.5 <= thr <= 1.0
+
+
 def test_threshold_at_fpr_respects_target():
     thr = threshold_at_fpr(LABELS, P_FAKE, 0.0)
     pred = P_FAKE >= thr
