@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 # chunk is smaller, so that decoding starts while the header checks of the next files go on.
 FIRST_CHUNK_FILES = 2_048
 CHUNK_FILES = 10_000
-# Check file headers before DALI sees the files (see _header_problem); off only to measure its cost.
+# Check file headers before DALI sees the files (see images.header_problem); off only to measure its cost.
 DALI_HEADER_CHECK = True
 # torch threads for the engine on the CPU; 0: the cores the decoders leave free (see engine_threads).
 MODEL_THREADS = 0
@@ -74,43 +74,6 @@ def _other_engine_message(what: Path, found: set[str], engine_id: str, engine_di
     return (f"{what} holds scores of engine {', '.join(sorted(found))}, but this run uses engine {engine_id} "
             f"({engine_dir}): score into another --out (one output never mixes engines), "
             "or pass --no-resume to replace it")
-
-
-def _header_problem(path: str) -> str | None:
-    """Why `path` cannot be an accepted image, from its header alone (no decode), or None.
-
-    The DALI path runs this (in the walk thread) before handing files to DALI, so that its results and
-    reasons match the torchvision path's `images.load_rgb` for what a header shows: DALI would decode
-    a TIFF or a decompression bomb that the torchvision path rejects, and a file it cannot parse costs
-    a pipeline rebuild. (The DALI loader's own `peek_image_shape` screen stays on as a safety net.)
-    """
-    from PIL import Image, UnidentifiedImageError
-    from realfake.pipelines import images
-
-    try:
-        f = open(path, "rb")
-    except OSError as exc:
-        return f"unreadable: {exc.strerror or exc}"
-    with f:
-        try:
-            head = f.read(16)
-            if not head:
-                return "empty file"
-            f.seek(0)
-            try:
-                with Image.open(f) as img:
-                    if img.format not in images.ACCEPTED_FORMATS:
-                        return "unsupported format"
-                    width, height = img.size
-            except Image.DecompressionBombError:
-                return "too large"
-            except (UnidentifiedImageError, SyntaxError, ValueError, EOFError, OSError):
-                return "corrupt" if images._looks_like_image(head) else "not an image"
-        except OSError as exc:
-            return f"unreadable: {exc.strerror or exc}"
-    if width * height > images.DEFAULT_MAX_PIXELS:
-        return "too large"
-    return None
 
 
 def scoring_loader(loader: str, device: str) -> str:
@@ -303,6 +266,7 @@ def run_score(
     import torch
     from realfake.engines.inference import load_engine
     from realfake.jobs.train import resolve_device
+    from realfake.pipelines.images import header_problem
     from realfake.pipelines.loaders import get_loader
     from realfake.pipelines.walk import parse_shard, select_shard, walk_images
     from tqdm import tqdm
@@ -400,8 +364,8 @@ def run_score(
                     add_error(found.path, "file name is not valid UTF-8, which Parquet needs: rename it, "
                                           "or score into .csv or .jsonl")
                     continue
-            if check_headers:  # files DALI should not see (see _header_problem)
-                problem = _header_problem(found.path)
+            if check_headers:  # files DALI should not see (see images.header_problem)
+                problem = header_problem(found.path)
                 if problem is not None:
                     add_error(found.path, problem)
                     continue

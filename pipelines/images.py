@@ -159,6 +159,40 @@ def load_rgb(
     return _to_rgb(img)
 
 
+def header_problem(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> str | None:
+    """Why `path` cannot be an accepted image, from its header alone (no decode), or None.
+
+    Folder scoring runs this before handing files to DALI, so that its results and reasons match
+    `load_rgb`'s for what a header shows: DALI would decode a TIFF or a decompression bomb that the
+    torchvision path rejects, and a file it cannot parse costs a pipeline rebuild. Unlike
+    `check_image` it decodes nothing, so it is cheap enough for every file of a folder.
+    """
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    with f:
+        try:
+            head = f.read(16)
+            if not head:
+                return "empty file"
+            f.seek(0)
+            try:
+                with Image.open(f) as img:
+                    if img.format not in ACCEPTED_FORMATS:
+                        return "unsupported format"
+                    width, height = img.size
+            except Image.DecompressionBombError:
+                return "too large"
+            except (UnidentifiedImageError, SyntaxError, ValueError, EOFError, OSError):
+                return "corrupt" if _looks_like_image(head) else "not an image"
+        except OSError as exc:
+            return f"unreadable: {exc.strerror or exc}"
+    if max_pixels is not None and width * height > max_pixels:
+        return "too large"
+    return None
+
+
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, read in chunks so that big files do not fill memory."""
     digest = hashlib.sha256()

@@ -169,3 +169,20 @@ def test_sha256_file_streams_the_whole_file(tmp_path):
     expected = hashlib.sha256(payload).hexdigest()
     assert sha256_file(path) == expected
     assert sha256_file(path, chunk_size=7) == expected  # chunk boundaries do not matter
+
+
+def test_header_problem_reads_headers_only(tmp_path):
+    from realfake.pipelines.images import header_problem
+
+    good = tmp_path / "good.jpg"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(good)
+    gif = tmp_path / "anim.jpg"
+    Image.new("P", (8, 8)).save(gif, format="GIF")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("hello, not a picture")
+    assert header_problem(good) is None
+    assert header_problem(good, max_pixels=100) == "too large"
+    assert header_problem(gif) == "unsupported format"
+    assert header_problem(tmp_path / "empty.jpg") == "empty file"
+    assert header_problem(tmp_path / "text.jpg") == "not an image"
+    assert header_problem(tmp_path / "missing.jpg").startswith("unreadable")
