@@ -309,16 +309,18 @@ class Engine:
             raise ValueError(f"engine {self.engine_id} ({self.path}) was built for {self.image_size}x{self.image_size} "
                              f"images, got {tuple(images.shape[-2:])}: load the images at image_size={self.image_size}")
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw float32 logits (N, num_classes) on the CPU."""
+    def logits(self, images: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+        """Raw float32 logits (N, num_classes) on the CPU, run in chunks of `chunk_size` images
+        (default and at most the engine's batch max)."""
         self._check_images(images)
         n = images.shape[0]
         if n == 0:
             return torch.empty(0, len(self.meta["class_names"]))
+        step = min(chunk_size or self.batch.max, self.batch.max)
         out = []
         with torch.inference_mode():
-            for start in range(0, n, self.batch.max):
-                chunk = images[start:start + self.batch.max].to(self.device, torch.float32, non_blocking=True)
+            for start in range(0, n, step):
+                chunk = images[start:start + step].to(self.device, torch.float32, non_blocking=True)
                 real = chunk.shape[0]
                 if real < self.batch.min:  # TensorRT profiles reject batches below their minimum
                     pad = chunk.new_zeros((self.batch.min - real, *chunk.shape[1:]))
@@ -330,9 +332,9 @@ class Engine:
                 out.append(self._runner(chunk)[:real].float().cpu())
         return torch.cat(out)
 
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """p_fake (probability of class "fake") per image, float32 on the CPU."""
-        logits = self.logits(images)
+    def predict(self, images: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+        """p_fake (probability of class "fake") per image, float32 on the CPU (see `logits`)."""
+        logits = self.logits(images, chunk_size)
         if logits.shape[0] == 0:
             return torch.empty(0)
         return torch.softmax(logits, dim=1)[:, self._fake_index].contiguous()

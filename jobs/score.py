@@ -224,11 +224,7 @@ class MicroBatches:
         return p_fake
 
     def _run(self, images, size: int):
-        import torch
-
-        if images.shape[0] <= size:
-            return self.predict_fn(images)
-        return torch.cat([self.predict_fn(images[i:i + size]) for i in range(0, images.shape[0], size)])
+        return self.predict_fn(images, chunk_size=size)
 
 
 def run_score(

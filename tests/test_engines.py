@@ -195,6 +195,9 @@ def test_predict_pads_splits_and_checks_shapes(run_dir, engines_root, images):
         assert engine.meta["parity"]["images"] == "64 random images"  # no run: parity on random images
         for n in (1, 3, 9):  # below min (padded), between, above max (split 4+4+1)
             assert torch.allclose(engine.predict(images[:n]), reference[:n], atol=1e-5)
+        # smaller chunks (3+3+3), and a chunk size above max is held to max
+        for chunk_size in (3, 100):
+            assert torch.allclose(engine.predict(images[:9], chunk_size=chunk_size), reference[:9], atol=1e-5)
         assert engine.predict(images[:0]).shape == (0,)
         with pytest.raises(ValueError, match="built for 32x32"):
             engine.predict(torch.zeros(2, 3, 64, 64))
