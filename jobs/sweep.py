@@ -503,6 +503,7 @@ def run_sweep(
     cache: str | None = None,
     set_options: list[str] | None = None,
     dry_run: bool = False,
+    finished_only: bool = False,
     progress: bool = True,
 ) -> dict:
     """Train and evaluate every configuration of a sweep spec over seeds; write results.json and results.md.
@@ -518,6 +519,8 @@ def run_sweep(
         cache: Decode cache of every configuration: none, memory or gpu.
         set_options: KEY=VALUE train options applied to every configuration (VALUE as TOML: true, 0.5, "x").
         dry_run: Only check the spec and write the commands (results.md lists them), train nothing.
+        finished_only: Train nothing: tabulate the runs whose training finished (evaluating them if
+            needed) and leave the others out, e.g. for a sweep stopped at a time limit.
     """
     from realfake.pipelines.manifest import manifest_sha256
 
@@ -570,6 +573,9 @@ def run_sweep(
         runs = []
         for seed in seed_list:
             if dry_run:
+                continue
+            if finished_only and not (out / "runs" / _run_name(config, seed) / DONE_NAME).is_file():
+                print(f"{config['name']} seed {seed}: training not finished, left out", flush=True)
                 continue
             eval_path = out / "evals" / f"{config['name']}-seed{seed}.json"
             record = _train_one(config, seed, data_dir, out, progress)

@@ -148,6 +148,27 @@ def test_sweep_trains_each_configuration_per_seed_and_resumes(data_dir, tmp_path
     assert evals == {p: p.stat().st_mtime_ns for p in (out / "evals").iterdir()}
 
 
+def test_seeds_trained_apart_then_finished_only_tabulates_without_training(data_dir, tmp_path):
+    """What a parallel sweep does: one process per seed into the same folder, then one pass that
+    tabulates what finished and trains nothing (seed 2 never ran: it is left out, not trained)."""
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SPEC)
+    out = tmp_path / "sweep"
+    for seed in ("0", "1"):
+        run_sweep(out, data_dir=data_dir, spec=spec, only=["plain"], seeds=seed, device="cpu", progress=False)
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
+    result = CliRunner().invoke(main, ["sweep", str(spec), "--data", str(data_dir), "--out", str(out), "--seeds",
+                                       "0,1,2", "--only", "plain", "--only", "plain-flip", "--device", "cpu",
+                                       "--finished-only"])
+    assert result.exit_code == 0, result.output
+    assert "plain seed 2: training not finished, left out" in result.output
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["plain-seed0", "plain-seed1"]
+    results = json.loads((out / "results.json").read_text())
+    for config in results["configs"]:  # the TTA row evaluated the finished runs of the plain row
+        assert [r["seed"] for r in config["runs"]] == [0, 1] and config["summary"]["roc_auc"]["n"] == 2
+
+
 def test_sweep_cli_dry_run_only_and_errors(data_dir, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["sweep", "--preset", "pseudo-fakes", "--data", str(data_dir), "--out",

@@ -59,6 +59,9 @@ def preset_toml(name: str, preset: dict) -> str:
 @click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE",
               help="Train option for every configuration, e.g. --set amp=true --set compile=false (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Check the spec and write results.md with the commands; train nothing.")
+@click.option("--finished-only", is_flag=True,
+              help="Train nothing: tabulate the runs that finished training (evaluating them if needed) and "
+                   "leave out the others, e.g. after a sweep was stopped at a time limit.")
 @click.option("--show-preset", type=click.Choice(PRESET_NAMES), default=None,
               help="Print a preset as a TOML spec to copy and edit, and exit.")
 def sweep(spec, preset, show_preset, only, set_options, **options):
