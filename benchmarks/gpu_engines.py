@@ -7,8 +7,10 @@ tensorrt where torch_tensorrt is installed), for simple_cnn@128 and resnet18@224
 Each engine is built as `realfake engine build` builds one (from random weights: throughput does
 not depend on them), so every row also shows the build's parity against eager fp32 (max |dp| on 64
 random images) and what the build and the first call cost. The timed call is Engine.predict on a
-batch already on the GPU. Every measurement runs in its own try/except: a failing backend prints its
-error in the table and the others still run. Budget: under 3 minutes on an H200 including compiles.
+batch already on the GPU. Every measurement runs in a process of its own: a failing backend, even one
+that crashes the interpreter (AOTInductor's fp16 build on torch 2.11 + CUDA 13 ended the whole run
+with a segmentation fault once), prints its error in the table and the others still run. Budget:
+under 3 minutes on an H200 including compiles.
 
 Needs torch with CUDA; imports `realfake` from the installed package or, failing that, from the
 checkout this file lives in (a temporary `realfake` package of symlinks to its folders).
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -114,7 +118,51 @@ def table(rows: list[dict], precision: str = "fp16") -> str:
     return "\n".join(lines)
 
 
+ROW_PREFIX = "GPU-ENGINES-ROW "
+
+
+def measure_in_child(job: dict, timeout_s: float) -> dict:
+    """measure(**job) in a fresh interpreter: the row it prints, or the way it died."""
+    row = {"model": f"{job['model_name']}@{job['image_size']}", "backend": job["backend"],
+           "precision": job["precision"], "batch": job["batch"]}
+    try:
+        done = subprocess.run([sys.executable, __file__, "--one", json.dumps(job)], capture_output=True, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {**row, "error": f"no result within {timeout_s:.0f} s"}
+    for line in done.stdout.splitlines():
+        if line.startswith(ROW_PREFIX):
+            return json.loads(line[len(ROW_PREFIX):])
+    how = (f"killed by {signal.Signals(-done.returncode).name}" if done.returncode < 0
+           else f"exit {done.returncode}")
+    last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    sys.stderr.write(done.stderr[-3000:])
+    return {**row, "error": f"{how}: {last[:140]}"}
+
+
+def run_one(job: dict) -> int:
+    """The child's side of measure_in_child: one row, printed as JSON."""
+    from standalone import import_realfake
+
+    import_realfake("realfake.engines.inference")
+    import torch
+
+    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    try:
+        row = measure(**{**job, "scratch": Path(job["scratch"])})
+    except Exception as exc:  # report and go on: one backend must not hide the others
+        row = {"model": f"{job['model_name']}@{job['image_size']}", "backend": job["backend"],
+               "precision": job["precision"], "batch": job["batch"],
+               "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
+        if not isinstance(exc, ValueError):  # ValueErrors are our own one-line explanations
+            traceback.print_exc(limit=5)
+    print(ROW_PREFIX + json.dumps(row), flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--one":
+        return run_one(json.loads(sys.argv[2]))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--min-seconds", type=float, default=0.5, help="per timed repeat")
@@ -126,6 +174,7 @@ def main(argv=None) -> int:
                         help="precision of the engines compared (eager fp32 is always measured too)")
     parser.add_argument("--case", action="append", metavar="MODEL@SIZE",
                         help="replace the cases (repeatable), e.g. simple_cnn@32 for a quick dry run")
+    parser.add_argument("--row-timeout", type=float, default=150.0, help="seconds for one engine's build and timing")
     args = parser.parse_args(argv)
     cases = [(c.split("@")[0], int(c.split("@")[1])) for c in args.case] if args.case else CASES
 
@@ -138,7 +187,6 @@ def main(argv=None) -> int:
         print("error: torch sees no CUDA device: this script measures GPU engines (--device cpu: dry run)",
               file=sys.stderr)
         return 2
-    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU (dry run)"
     print(f"realfake: {how}; torch {torch.__version__}; {where}", flush=True)
     rows = []
@@ -148,18 +196,10 @@ def main(argv=None) -> int:
             variants = [("eager", "fp32")] + [(b, args.precision) for b in BACKENDS]
             for backend, precision in dict.fromkeys(variants):
                 t0 = time.perf_counter()
-                try:
-                    row = measure(model_name, image_size, backend, precision, batch=args.batch, scratch=Path(scratch),
-                                  min_seconds=args.min_seconds, repeats=args.repeats, device=args.device)
-                except Exception as exc:  # report and go on: one backend must not hide the others
-                    row = {"model": f"{model_name}@{image_size}", "backend": backend, "precision": precision,
-                           "batch": args.batch, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
-                    if not isinstance(exc, ValueError):  # ValueErrors are our own one-line explanations
-                        traceback.print_exc(limit=5)
-                finally:
-                    torch._dynamo.reset()
-                    if args.device.startswith("cuda"):
-                        torch.cuda.empty_cache()
+                job = dict(model_name=model_name, image_size=image_size, backend=backend, precision=precision,
+                           batch=args.batch, scratch=scratch, min_seconds=args.min_seconds, repeats=args.repeats,
+                           device=args.device)
+                row = measure_in_child(job, args.row_timeout)
                 rows.append(row)
                 print(f"  {row['model']} {backend}-{precision}: "
                       + (f"{row['img_s']:,.0f} img/s" if "img_s" in row else row.get("error", "?"))

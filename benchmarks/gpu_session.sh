@@ -88,6 +88,8 @@ sweep)
       --out "$sweeps/$preset" "${common[@]}" --finished-only >"$sweeps/logs/final-$preset.log" 2>&1
     echo "final $preset: exit $?"; cat "$sweeps/$preset/results.md" 2>/dev/null
   done
-  tar czf "$OUT/sweeps.tgz" -C "$sweeps" --exclude='*.pt' --exclude='*.pt2' . && ls -la "$OUT" ;;
+  # Tables, JSON, logs and plots only: checkpoints (and the .tmp of a save cut short) stay behind.
+  (cd "$sweeps" && find . -type f \( -name '*.json' -o -name '*.md' -o -name '*.csv' -o -name '*.log' \
+    -o -name '*.png' \) | tar czf "$OUT/sweeps.tgz" -T -) && ls -la "$OUT" ;;
 *) echo "unknown mode $mode" >&2; exit 2 ;;
 esac
