@@ -152,7 +152,8 @@ def loader_pass_figures(makers: dict[str, Callable[[], object]], n_files: int, c
 
 
 def dali_pipeline_figure(name: str, files: Sequence[str], *, train: bool, device: str, batch_size: int,
-                         hw_decoder_load: float, cfg: PipelinesSuiteConfig, params: dict) -> Figure:
+                         hw_decoder_load: float, cfg: PipelinesSuiteConfig, params: dict,
+                         fancy_upsampling: bool = False) -> Figure:
     """Steady-state img/s of a DALI pipeline on `device` (its reader wraps around the files): the
     decoder's and augmentations' rate without per-pass start-up."""
     from realfake.pipelines.dali_loader import eval_pipeline, train_pipeline
@@ -161,7 +162,8 @@ def dali_pipeline_figure(name: str, files: Sequence[str], *, train: bool, device
     device_id = (int(device.split(":", 1)[1]) if ":" in device else 0) if gpu else None
     threads = min(8, os.cpu_count() or 1)
     common = dict(files=list(files), labels=list(range(len(files))), shard_id=0, num_shards=1,
-                  image_size=IMAGE_SIZE, gpu=gpu, hw_decoder_load=hw_decoder_load, batch_size=batch_size,
+                  image_size=IMAGE_SIZE, gpu=gpu, hw_decoder_load=hw_decoder_load, fancy_upsampling=fancy_upsampling,
+                  batch_size=batch_size,
                   num_threads=threads, device_id=device_id, seed=0)
     pipe = train_pipeline(augment=AugmentSpec(), **common) if train else eval_pipeline(**common)
     pipe.build()
@@ -173,6 +175,7 @@ def dali_pipeline_figure(name: str, files: Sequence[str], *, train: bool, device
         del pipe
     return Figure.from_samples(SUITE, name, measurement.samples, params={
         **params, "batch_size": batch_size, "dali_threads": threads, "hw_decoder_load": hw_decoder_load,
+        "fancy_upsampling": fancy_upsampling,
         "batches_per_repeat": measurement.steps_per_repeat})
 
 

@@ -85,12 +85,17 @@ def shard_range(n_files: int, shard_id: int, num_shards: int) -> range:
 
 # --------------------------------------------------------------------------- pipelines (graph pieces)
 
-def _decode(encoded, gpu: bool, hw_decoder_load: float):
+def _decode(encoded, gpu: bool, hw_decoder_load: float, fancy_upsampling: bool = False):
     from nvidia.dali import fn, types
 
     if gpu:
         # `mixed`: parsing on the CPU, decoding on the GPU (hardware decoder for baseline JPEGs).
-        return fn.decoders.image(encoded, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load)
+        # nvJPEG's default chroma upsampling is simpler than libjpeg-turbo's: on an H200 the eval tensor of
+        # baseline JPEGs then differed from torchvision's by up to 0.12 (normalized) at colour edges, mean
+        # 0.002; `fancy_upsampling` brings that to 0.018, at a decode speed not measured yet (see
+        # docs/gpu-h200.md), so it is off by default.
+        return fn.decoders.image(encoded, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load,
+                                 jpeg_fancy_upsampling=fancy_upsampling)
     return fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
 
 
@@ -132,14 +137,14 @@ def _color_jitter(images, brightness: float, contrast: float):
 
 
 def _train_graph(files, labels, shard_id, num_shards, image_size, augment: AugmentSpec | None, gpu,
-                 hw_decoder_load):
+                 hw_decoder_load, fancy_upsampling=False):
     from nvidia.dali import fn, types
 
     encoded, index = fn.readers.file(
         files=files, labels=labels, shard_id=shard_id, num_shards=num_shards,
         random_shuffle=True, pad_last_batch=True, name=READER,
     )
-    images = _decode(encoded, gpu, hw_decoder_load)
+    images = _decode(encoded, gpu, hw_decoder_load, fancy_upsampling)
     if augment is None:  # shuffled, not augmented
         return _normalize(_resize(images, image_size)), index
     if augment.rotation_deg > 0:
@@ -165,14 +170,14 @@ def _train_graph(files, labels, shard_id, num_shards, image_size, augment: Augme
     return _normalize(images, mirror), index
 
 
-def _eval_graph(files, labels, shard_id, num_shards, image_size, gpu, hw_decoder_load):
+def _eval_graph(files, labels, shard_id, num_shards, image_size, gpu, hw_decoder_load, fancy_upsampling=False):
     from nvidia.dali import fn
 
     encoded, index = fn.readers.file(
         files=files, labels=labels, shard_id=shard_id, num_shards=num_shards,
         random_shuffle=False, pad_last_batch=True, name=READER,
     )
-    images = _resize(_decode(encoded, gpu, hw_decoder_load), image_size)
+    images = _resize(_decode(encoded, gpu, hw_decoder_load, fancy_upsampling), image_size)
     return _normalize(images), index
 
 
@@ -296,7 +301,7 @@ class DaliLoader:
     def __init__(self, files: Sequence[str], labels: Sequence[int] | None, *, train: bool, image_size: int,
                  batch_size: int, augment: AugmentSpec | None, num_workers: int, seed: int, shard_id: int,
                  num_shards: int, device: str, hw_decoder_load: float = DEFAULT_HW_DECODER_LOAD,
-                 screen: bool = True):
+                 fancy_upsampling: bool = False, screen: bool = True):
         if labels is not None and len(labels) != len(files):
             raise ValueError(f"{len(files)} files but {len(labels)} labels: pass one label per file")
         if not 0.0 <= hw_decoder_load <= 1.0:
@@ -312,7 +317,7 @@ class DaliLoader:
         self.seed, self.epoch = seed, 0
         self.device_id = _device_id(device)
         self.backend = "dali-cpu" if self.device_id is None else "dali-gpu"
-        self.hw_decoder_load = hw_decoder_load
+        self.hw_decoder_load, self.fancy_upsampling = hw_decoder_load, fancy_upsampling
         # Train drops a ragged last batch like the torchvision loader (a batch of one breaks BatchNorm).
         self.drop_last = train and len(self.positions) > batch_size
         self.errors: list[tuple[int, str]] = []  # undecodable files met during the current pass
@@ -339,7 +344,7 @@ class DaliLoader:
         common = dict(
             files=files, labels=labels, shard_id=shard_id, num_shards=num_shards, image_size=self.image_size,
             gpu=self.device_id is not None, hw_decoder_load=self.hw_decoder_load,
-            batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id,
+            fancy_upsampling=self.fancy_upsampling, batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id,
             seed=self._pipeline_seed(attempt),
         )
         if self.train:
@@ -408,15 +413,16 @@ class DaliLoader:
 def make_dali_loader(files: Sequence[str], labels: Sequence[int] | None, *, train: bool, image_size: int,
                      batch_size: int, augment: AugmentSpec | None, num_workers: int, seed: int, shard_id: int,
                      num_shards: int, device: str, hw_decoder_load: float = DEFAULT_HW_DECODER_LOAD,
-                     screen: bool = True) -> DaliLoader:
+                     fancy_upsampling: bool = False, screen: bool = True) -> DaliLoader:
     """DALI loader over `files` (the factory `loaders.get_loader(..., backend="dali")` calls this).
 
     device "cpu" runs DALI's CPU-only mode; "cuda[:N]" decodes with `mixed` on that GPU and returns
     CUDA images. Train loaders shuffle (and augment when `augment` is given), eval loaders keep file
     order; each pass delivers every readable file of the shard exactly once (train: minus a ragged
     last batch). `num_workers` is DALI's CPU thread count. `screen=False` skips the header screen
-    (`screen_headers`) for files known to be valid.
+    (`screen_headers`) for files known to be valid. `fancy_upsampling` makes the GPU decoder upsample
+    chroma as libjpeg-turbo (and so PIL and DALI's CPU mode) does; the CPU decoder always does.
     """
     return DaliLoader(files, labels, train=train, image_size=image_size, batch_size=batch_size, augment=augment,
                       num_workers=num_workers, seed=seed, shard_id=shard_id, num_shards=num_shards, device=device,
-                      hw_decoder_load=hw_decoder_load, screen=screen)
+                      hw_decoder_load=hw_decoder_load, fancy_upsampling=fancy_upsampling, screen=screen)

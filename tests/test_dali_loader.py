@@ -427,6 +427,23 @@ def test_gpu_without_a_gpu_says_so(files):
         dali(files, device="cuda")
 
 
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_available_for_dali(), reason="no CUDA device for DALI's mixed decoder")
+def test_gpu_decode_with_fancy_upsampling_keeps_the_cpu_parity(files):
+    """On an H200, nvJPEG's default chroma upsampling put baseline JPEGs 0.12 (interior max) from the
+    torchvision tensor; with fancy_upsampling the CPU tolerance holds (mean within it in both cases)."""
+    make_torch_loader = pytest.importorskip("realfake.pipelines.torch_loader").make_torch_loader
+    kw = dict(train=False, image_size=SIZE, batch_size=8, augment=None, num_workers=2, seed=0, shard_id=0,
+              num_shards=1)
+    theirs = torch.cat([b.images for b in make_torch_loader(files, None, device="cpu", **kw)])
+    default = torch.cat([b.images.cpu() for b in make_dali_loader(files, None, device="cuda", **kw)])
+    fancy = torch.cat([b.images.cpu() for b in make_dali_loader(files, None, device="cuda", fancy_upsampling=True,
+                                                                **kw)])
+    assert (default - theirs).abs().mean() < PARITY_MEAN_ABS
+    diff = (fancy - theirs).abs()
+    assert diff.mean() < PARITY_MEAN_ABS and diff[..., 1:-1, 1:-1].max() < PARITY_INTERIOR_MAX
+
 # ------------------------------------------------------------------ the benchmark suite runs (no timing asserted)
 
 def test_pipelines_suite_reports_dali_torch_and_ratio(files, monkeypatch):
