@@ -16,6 +16,8 @@ Figures, per model (the report's Model 1 = simple_cnn, and resnet18) at 128 px:
   score/e2e@128/<model>/naive                img/s
   score/e2e@128/<model>/realfake             img/s
   score/e2e@128/<model>/realfake_vs_naive    x   (goal on 2 CPU cores: >= 3 for simple_cnn)
+  score/e2e@128/<model>/realfake-auto-precision[_vs_naive]   the same with an `--precision auto` engine,
+                                             where that is bf16 (GPUs, CPUs with AVX512-BF16/AMX)
 Full mode adds the settings one at a time, to show what each brings:
   score/e2e@128/<model>/eager-torch          eager fp32 engine, torchvision loader (draft)
   score/e2e@128/<model>/aot-torch            AOT engine, torchvision loader (draft)
@@ -59,9 +61,13 @@ class Variant:
     name: str
     backend: str  # engine backend
     loader: str  # realfake loader choice
+    precision: str = "fp32"  # engine precision; "auto" = bf16 where the device has bf16 units
 
 
 REALFAKE = Variant("realfake", "aot", "auto")
+# The same with `engine build --precision auto`: measured only where that means bf16 (a GPU, or a CPU
+# with AVX512-BF16/AMX); elsewhere it would repeat the fp32 row.
+REALFAKE_AUTO = Variant("realfake-auto-precision", "aot", "auto", "auto")
 SWEEP = (Variant("eager-torch", "eager", "torch"), Variant("aot-torch", "aot", "torch"),
          Variant("aot-dali", "aot", "dali"))
 
@@ -77,8 +83,9 @@ class ScoreSuiteConfig:
     image_size: int = IMAGE_SIZE
 
 
-QUICK = ScoreSuiteConfig(models=("simple_cnn",), n_files=300, repeats=3, variants=(REALFAKE,))
-FULL = ScoreSuiteConfig(models=("simple_cnn", "resnet18"), n_files=900, repeats=3, variants=(REALFAKE, *SWEEP))
+QUICK = ScoreSuiteConfig(models=("simple_cnn",), n_files=300, repeats=3, variants=(REALFAKE, REALFAKE_AUTO))
+FULL = ScoreSuiteConfig(models=("simple_cnn", "resnet18"), n_files=900, repeats=3,
+                        variants=(REALFAKE, REALFAKE_AUTO, *SWEEP))
 
 
 # --------------------------------------------------------------------------- data and engines
@@ -108,14 +115,16 @@ def random_model(name: str, image_size: int = IMAGE_SIZE):
     return build_model(name, image_size=image_size).eval()
 
 
-def cached_engine(model_name: str, backend: str, device: str, image_size: int = IMAGE_SIZE) -> Path:
-    """An engine of `model_name` with random weights (seed 0), built once per backend, device type and
-    torch version, then reused (an AOT build takes tens of seconds on 2 cores)."""
+def cached_engine(model_name: str, backend: str, device: str, image_size: int = IMAGE_SIZE,
+                  precision: str = "fp32") -> Path:
+    """An engine of `model_name` with random weights (seed 0), built once per backend, precision, device
+    type and torch version, then reused (an AOT build takes tens of seconds on 2 cores)."""
     import torch
-    from realfake.engines.inference import build_engine_from_model, load_engine
+    from realfake.engines.inference import build_engine_from_model, load_engine, resolve_precision
 
+    precision = resolve_precision(precision, device)[0]
     device_type = "cuda" if device.startswith("cuda") else "cpu"
-    out = cache_dir() / f"{model_name}@{image_size}-{backend}-{device_type}-torch{torch.__version__}"
+    out = cache_dir() / f"{model_name}@{image_size}-{backend}-{precision}-{device_type}-torch{torch.__version__}"
     if out.is_dir():
         try:
             load_engine(out, device=device).close()
@@ -126,7 +135,7 @@ def cached_engine(model_name: str, backend: str, device: str, image_size: int = 
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     build_engine_from_model(random_model(model_name, image_size), out, architecture=model_name, image_size=image_size,
-                            backend=backend, precision="fp32", batch=(1, 64, 256), device=device)
+                            backend=backend, precision=precision, batch=(1, 64, 256), device=device)
     log.info("built %s engine for %s in %.0f s (cached in %s)", backend, model_name, time.perf_counter() - start, out)
     return out
 
@@ -173,15 +182,18 @@ def timed(fn, *args) -> tuple[int, float]:
 
 def model_figures(model_name: str, folder: Path, n_files: int, source: str, cfg: ScoreSuiteConfig,
                   device: str) -> list[Figure]:
+    from realfake.engines.inference import resolve_precision
     from realfake.pipelines.loaders import dali_installed
 
-    variants = [v for v in cfg.variants if v.loader != "dali" or dali_installed()]
-    engines = {v.backend: cached_engine(model_name, v.backend, device, cfg.image_size) for v in variants}
+    variants = [v for v in cfg.variants if (v.loader != "dali" or dali_installed())
+                and (v.precision != "auto" or resolve_precision("auto", device)[0] != "fp32")]
+    engines = {(v.backend, v.precision): cached_engine(model_name, v.backend, device, cfg.image_size, v.precision)
+               for v in variants}
     model = random_model(model_name, cfg.image_size).to(device)
     out_dir = Path(tempfile.mkdtemp(prefix="realfake-bench-out-"))
     passes = {"naive": lambda: naive_pass(folder, model, device, cfg.batch_size, cfg.workers, cfg.image_size)}
     for v in variants:
-        passes[v.name] = (lambda v=v: realfake_pass(folder, engines[v.backend], v, device, cfg.batch_size,
+        passes[v.name] = (lambda v=v: realfake_pass(folder, engines[(v.backend, v.precision)], v, device, cfg.batch_size,
                                                     cfg.workers, out_dir / f"{v.name}.csv"))
     samples: dict[str, list[float]] = {name: [] for name in passes}
     try:
@@ -200,7 +212,8 @@ def model_figures(model_name: str, folder: Path, n_files: int, source: str, cfg:
     prefix = f"{SUITE}/e2e@{cfg.image_size}/{model_name}"
     params = {"image_size": cfg.image_size, "batch_size": cfg.batch_size, "workers": cfg.workers, "n_files": n_files,
               "data": source, "passes_per_repeat": 1}
-    settings = {v.name: {"backend": v.backend, "loader": v.loader, "draft": True} for v in variants}
+    settings = {v.name: {"backend": v.backend, "loader": v.loader, "draft": True,
+                         "precision": resolve_precision(v.precision, device)[0]} for v in variants}
     settings["naive"] = {"backend": "eager model", "loader": "ImageFolder+DataLoader", "draft": False}
     figures = {name: Figure.from_samples(SUITE, f"{prefix}/{name}", values, params={**params, **settings[name]})
                for name, values in samples.items()}

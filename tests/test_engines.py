@@ -126,6 +126,25 @@ def test_auto_backend_and_precision_rules():
         inference.check_precision("fp16", "cpu")
 
 
+def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_units(monkeypatch):
+    assert inference.resolve_precision("fp32", "cpu") == ("fp32", "asked for")
+    monkeypatch.setattr(inference, "cpu_has_bf16_units", lambda: True)
+    assert inference.resolve_precision("auto", "cpu")[0] == "bf16"
+    monkeypatch.setattr(inference, "cpu_has_bf16_units", lambda: False)
+    precision, why = inference.resolve_precision("auto", "cpu")
+    assert precision == "fp32" and "no bf16 units" in why
+
+
+def test_engine_build_precision_auto_records_what_it_chose(run_dir, tmp_path):
+    result = CliRunner().invoke(main, ["engine", "build", str(run_dir), "--out", str(tmp_path / "e"), "--backend",
+                                       "eager", "--precision", "auto", "--batch", "1:4:16", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "e" / "engine.json").read_text())
+    expected = "bf16" if inference.cpu_has_bf16_units() else "fp32"
+    assert meta["precision"] == expected and f", {expected}, cpu" in result.output
+    assert meta["precision_choice"]["requested"] == "auto" and "auto:" in meta["precision_choice"]["reason"]
+
+
 # --- build, load in a fresh process, parity --------------------------------------------------------
 
 def test_eager_engine_json_and_threshold_auto_is_the_eer(run_dir, engines_root):

@@ -9,7 +9,8 @@ import click
 BACKEND_HELP = ("auto = the best that runs on the device: tensorrt (CUDA + torch-tensorrt) > aot (AOTInductor "
                 "package, no compile at load) > compile (torch.compile at every load) > eager.")
 PRECISION_HELP = ("fp32; fp16 (CUDA only); bf16 (GPUs, and CPUs with AVX512-BF16/AMX: emulated and many times "
-                  "slower elsewhere). Parity against eager fp32 must stay within the precision's tolerance.")
+                  "slower elsewhere); auto = bf16 where the device has bf16 units, else fp16 on a GPU, fp32 on a "
+                  "CPU. Parity against eager fp32 must stay within the precision's tolerance.")
 
 
 @click.group()
@@ -24,7 +25,7 @@ def engine():
               help="Engine directory to create (must not exist, or be empty).")
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "aot", "compile", "eager"]), default="auto",
               show_default=True, help=BACKEND_HELP)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "auto"]), default="fp32", show_default=True,
               help=PRECISION_HELP)
 @click.option("--batch", default="1:64:256", show_default=True, metavar="MIN:OPT:MAX",
               help="Batch sizes one call accepts (TensorRT tunes for OPT); scoring splits or pads others.")
