@@ -4,7 +4,7 @@
 #
 #   benchmarks/gpu_session.sh install PARTS_DIR   # join the parts of wheels.tar (DALI and what it needs,
 #                                                 # plus the CIPLAB folder) and install into /tmp/site
-#   benchmarks/gpu_session.sh bench               # gpu_check.py, gpu_engines.py, gpu_score.py (~6 min)
+#   benchmarks/gpu_session.sh bench               # gpu_check.py, gpu_engines.py, gpu_score.py (~6 min on an H200)
 #   benchmarks/gpu_session.sh sweep SECONDS       # prepare the data, train the sweep's runs in parallel
 #                                                 # for at most SECONDS, then write the results table
 #
@@ -55,11 +55,12 @@ bench)
 sweep)
   seconds=${2:?give the seconds the parallel training may take}
   common=(--cache gpu --set amp=true --set channels_last=true --device cuda)
-  # preset:configuration, longest first. Configurations that only evaluate another's runs differently
-  # (TTA) are left to the final pass, so that no two processes train the same run.
-  jobs=(pseudo-fakes:r18-224-sbi-noblur pseudo-fakes:r18-224-recipe-noblur pseudo-fakes:r18-224-recipe
-        pseudo-fakes:r18-224-pretrain-sbi report-baselines:resnet18 report-baselines:model2
-        report-baselines:model1)
+  # preset:configuration: the report's baselines first (the first lease queued them last and they never
+  # finished), then the recipes. Configurations that only evaluate another's runs differently (TTA) are
+  # left to the final pass, so that no two processes train the same run.
+  jobs=(report-baselines:model2 report-baselines:resnet18 report-baselines:model1 pseudo-fakes:r18-224-sbi-noblur
+        pseudo-fakes:r18-224-recipe-noblur pseudo-fakes:r18-224-recipe pseudo-fakes:r18-224-sbi
+        pseudo-fakes:r18-224-pretrain-sbi)
   final=("pseudo-fakes:r18-224-recipe r18-224-recipe-noblur r18-224-sbi r18-224-sbi-noblur r18-224-sbi-noblur-flip
           r18-224-sbi-noblur-crops r18-224-pretrain-sbi" "report-baselines:model1 model2 resnet18")
   seeds=(0 1 2); parallel=${SWEEP_PARALLEL:-12}

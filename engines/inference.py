@@ -182,8 +182,8 @@ def cpu_has_bf16_units() -> bool:
 
 def resolve_precision(precision: str, device: str) -> tuple[str, str]:
     """(precision, why): `auto` is bf16 where the device computes it natively (GPUs with bf16, CPUs
-    with AVX512-BF16/AMX: on this project's 2-core EPYC an aot bf16 Model 1 ran 1.9x its fp32 at batch
-    64, parity 3e-4), fp16 on older GPUs, fp32 elsewhere. The build's parity check still applies."""
+    with AVX512-BF16/AMX: on this project's 2-core EPYC an aot bf16 Model 1 ran 1.8-1.9x its fp32 at
+    batch 64, parity 3e-4), fp16 on older GPUs, fp32 elsewhere. The build's parity check still applies."""
     if precision != "auto":
         return precision, "asked for"
     if str(device).startswith("cuda"):

@@ -344,8 +344,8 @@ class DaliLoader:
         common = dict(
             files=files, labels=labels, shard_id=shard_id, num_shards=num_shards, image_size=self.image_size,
             gpu=self.device_id is not None, hw_decoder_load=self.hw_decoder_load,
-            fancy_upsampling=self.fancy_upsampling, batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id,
-            seed=self._pipeline_seed(attempt),
+            fancy_upsampling=self.fancy_upsampling, batch_size=self.batch_size, num_threads=self.num_threads,
+            device_id=self.device_id, seed=self._pipeline_seed(attempt),
         )
         if self.train:
             pipe = train_pipeline(augment=self.augment, **common)
