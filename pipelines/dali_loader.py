@@ -31,9 +31,9 @@ log = logging.getLogger(__name__)
 
 READER = "Reader"
 # Share of the JPEG work given to the hardware decoder (A100/H100/H200) in `mixed` mode. Measured on an
-# H200 with 600x600 baseline JPEGs: 17.2k img/s at 1.0, 12.3k at DALI's default (0.65), 5.5k at 0.0.
-# Progressive JPEGs (every CIPLAB file) cannot use the hardware decoder and fall back to nvJPEG's
-# CUDA decoder whatever this says. Ignored on the CPU.
+# H200 (docs/gpu-h200.md), decode + resize to 128 of 600x600 baseline JPEGs: 17.8k img/s at 1.0, 9.0k
+# at DALI's default (0.65), 3.4k at 0.0. Progressive JPEGs (every CIPLAB file) cannot use the hardware
+# decoder: 1.3-1.4k img/s whatever this says. Ignored on the CPU.
 DEFAULT_HW_DECODER_LOAD = 1.0
 # ITU-R 601 luma weights: the grey level ColorJitter's contrast blends towards (PIL's "L" mode).
 LUMA = (0.299, 0.587, 0.114)
