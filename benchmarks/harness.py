@@ -145,21 +145,6 @@ def measure_throughput(step: Callable[[], object], *, items_per_step: int, repea
     return Measurement(samples, steps)
 
 
-def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; checks "cpu" / "cuda[:N]"."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device} asked for a GPU but torch sees none: use --device cpu or auto")
-        return device
-    if device != "cpu":
-        raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda[:N]")
-    return device
-
-
 def sync_for(device: str) -> Callable[[], None] | None:
     """The call that waits for `device`'s queued work (None on CPU, where work runs synchronously)."""
     if not device.startswith("cuda"):

@@ -186,7 +186,7 @@ def speed_table(figures: Sequence[Figure]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
-    from realfake.benchmarks.harness import resolve_device
+    from realfake.engines.inference import resolve_device
 
     parser = argparse.ArgumentParser(description="Engine throughput table (the `engines` suite, printed).")
     parser.add_argument("--quick", action="store_true")

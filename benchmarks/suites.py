@@ -19,7 +19,6 @@ from realfake.benchmarks.harness import (
     capture_env,
     env_key,
     new_run_id,
-    resolve_device,
     utc_now,
 )
 from realfake.benchmarks.history import append_records, history_path
@@ -97,6 +96,8 @@ def run_suites(selected: Mapping[str, SuiteFn], *, quick: bool, device: str, res
                run_id: str | None = None) -> dict[str, Any]:
     """Run each suite, append its figures to `<results_dir>/history.jsonl` as it finishes, and return a
     JSON-serialisable summary (run id, history path, env, figures)."""
+    from realfake.engines.inference import resolve_device
+
     device = resolve_device(device)
     env = capture_env(device)
     run_id = run_id or new_run_id()

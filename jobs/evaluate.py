@@ -28,6 +28,7 @@ def run_evaluate(
         calibrate: Replace threshold by the valid split's equal-error-rate threshold (same checkpoint and TTA): a decision point chosen without the evaluated split.
     """
     import torch
+    from realfake.engines.inference import resolve_device
     from realfake.engines.metrics import (
         classification_metrics,
         equal_error_rate,
@@ -37,7 +38,6 @@ def run_evaluate(
     )
     from realfake.engines.recipes import TTA_MODES
     from realfake.engines.trainer import load_run, predict
-    from realfake.jobs.train import resolve_device
     from realfake.pipelines.loaders import get_loader
     from realfake.pipelines.manifest import manifest_sha256, read_manifest
 

@@ -260,8 +260,7 @@ def run_score(
     where everything went.
     """
     import torch
-    from realfake.engines.inference import load_engine
-    from realfake.jobs.train import resolve_device
+    from realfake.engines.inference import load_engine, resolve_device
     from realfake.pipelines.images import header_problem
     from realfake.pipelines.loaders import get_loader
     from realfake.pipelines.walk import parse_shard, select_shard, walk_images

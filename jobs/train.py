@@ -22,18 +22,6 @@ RECIPE_DEFAULTS = dict(pseudo_fakes=0.0, real_only=False, schedule=None, warmup_
 CACHE_CHOICES = ("none", "memory", "gpu")
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} asked for a GPU but torch sees none: use --device cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda[:N]")
-    return device
-
-
 def versions() -> dict:
     import torch
     import torchvision
@@ -156,6 +144,7 @@ def run_train(
     """
     import torch
     from realfake.engines import recipes, trainer
+    from realfake.engines.inference import resolve_device
     from realfake.engines.metrics import save_curves_png
     from realfake.models import build_model
     from realfake.pipelines.loaders import get_loader
