@@ -67,14 +67,20 @@ def score(folders, out, engine, **kw):
 
 # ----------------------------------------------------------------------------------------------- bad inputs
 
-def test_every_bad_input_kind_is_one_error_row_and_the_run_goes_on(tmp_path, engine, monkeypatch):
-    folder = tmp_path / "in"
+def mixed_folder(folder, monkeypatch):
+    """12 good images, one file of every bad kind write_bad_files makes, and a decompression bomb for a
+    lowered pixel limit (the good files are 40x40). Returns (good files, {bad path: expected reason})."""
     good_files = make_good_folder(folder, n=12)
     expected = {str(folder / name): reason for name, reason in write_bad_files(folder).items()}
-    # too large: a decompression bomb for a lowered pixel limit (the good files are 40x40)
     save_image(folder / "huge.jpg", np.random.default_rng(3), size=160)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
     expected[str(folder / "huge.jpg")] = "too large"
+    return good_files, expected
+
+
+def test_every_bad_input_kind_is_one_error_row_and_the_run_goes_on(tmp_path, engine, monkeypatch):
+    folder = tmp_path / "in"
+    good_files, expected = mixed_folder(folder, monkeypatch)
     # unreadable: chmod 000 where that stops this user; as root it does not, so the open is made to fail
     locked = save_image(folder / "locked.jpg", np.random.default_rng(4))
     os.chmod(locked, 0)
@@ -102,11 +108,7 @@ def test_every_bad_input_kind_is_one_error_row_and_the_run_goes_on(tmp_path, eng
 def test_dali_loader_gives_the_same_rows_and_reasons(tmp_path, engine, monkeypatch):
     pytest.importorskip("nvidia.dali", reason="needs NVIDIA DALI")
     folder = tmp_path / "in"
-    good_files = make_good_folder(folder, n=12)
-    expected = {str(folder / name): reason for name, reason in write_bad_files(folder).items()}
-    save_image(folder / "huge.jpg", np.random.default_rng(3), size=160)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
-    expected[str(folder / "huge.jpg")] = "too large"
+    good_files, expected = mixed_folder(folder, monkeypatch)
     torch_out, dali_out = tmp_path / "torch.csv", tmp_path / "dali.csv"
     score([folder], torch_out, engine)
     summary = score([folder], dali_out, engine, loader="dali", num_workers=1)
