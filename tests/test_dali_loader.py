@@ -18,6 +18,7 @@ from realfake.pipelines.dali_loader import (  # noqa: E402
     cuda_available_for_dali,
     dali_available,
     make_dali_loader,
+    pass_batches,
     screen_headers,
     shard_range,
 )
@@ -108,6 +109,44 @@ def test_every_pass_is_complete(files):
     for epoch in range(2):
         loader.set_epoch(epoch)
         assert sorted(by_index(loader)) == list(range(23))
+
+
+class CountingPipeline:
+    """Stands in for a built DALI pipeline of batch 4 whose reader holds 10 samples (padded to 12):
+    counts the runs scheduled; outputs are real DALI TensorLists (images = sample numbers, index)."""
+
+    max_batch_size = 4
+
+    def __init__(self, prefetch_queue_depth, exec_dynamic):
+        self.prefetch_queue_depth, self.exec_dynamic = prefetch_queue_depth, exec_dynamic
+        self.scheduled = self.taken = 0
+
+    def schedule_run(self):
+        # DALI's first schedule_run queues prefetch_queue_depth runs.
+        self.scheduled += self.prefetch_queue_depth if self.scheduled == 0 else 1
+
+    def share_outputs(self):
+        from nvidia.dali.backend import TensorListCPU
+
+        assert self.taken < self.scheduled, "a batch taken that was never scheduled"
+        first = self.taken * self.max_batch_size
+        samples = np.minimum(np.arange(first, first + self.max_batch_size), 9)  # pad_last_batch repeats
+        self.taken += 1
+        return (TensorListCPU(np.repeat(samples, 3).reshape(-1, 3).astype(np.float32)),
+                TensorListCPU(samples.reshape(-1, 1).astype(np.int32)))
+
+    def release_outputs(self):
+        pass
+
+
+@pytest.mark.parametrize("exec_dynamic", [True, False])  # shared through DLPack / copied
+def test_a_pass_schedules_exactly_its_batches(exec_dynamic):
+    pipe = CountingPipeline(prefetch_queue_depth=2, exec_dynamic=exec_dynamic)
+    batches = list(pass_batches(pipe, n_batches=3, n_samples=10))
+    assert pipe.scheduled == 3  # DALIGenericIterator would have run 5: two into the next epoch
+    assert [len(index) for _, index in batches] == [4, 4, 2]  # the padding is cut off
+    assert torch.cat([index.reshape(-1) for _, index in batches]).tolist() == list(range(10))
+    assert torch.cat([images[:, 0] for images, _ in batches]).tolist() == [float(i) for i in range(10)]
 
 
 @pytest.mark.parametrize("num_shards", [2, 3])
