@@ -24,6 +24,9 @@ Rows (each measurement fails on its own, with its error in the table, and the ot
                          fsynced per batch): img/s and its ratio to the same loader's decode pass and
                          to the DALI steady rate. Goal: >= 0.9 of DALI's decode-only rate.
   score/simple_cnn/dali-no-header-check   the same without the header checks (their cost)
+  fixed/<step>           seconds of the DALI loader's per-pass steps, once each over the folder's files:
+                         header screen (`screen_headers`), pipeline build (mixed decoder), first batch.
+                         They bound how close a pass of this size can come to the steady rate.
 
 Engines: eager fp16 engines with random weights (the report's Model 1 and ResNet18 at 128 px), built
 here on the GPU: on an H200 the model is not the bottleneck, the decoder is.
@@ -138,6 +141,31 @@ def loader_pass(files: list[str], backend: str, threads: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def dali_fixed_costs(files: list[str], threads: int) -> dict[str, float]:
+    """Seconds of the per-pass steps of the product's DALI loader over `files`, each timed alone."""
+    import torch
+    from realfake.pipelines.dali_loader import DEFAULT_HW_DECODER_LOAD, eval_pipeline, screen_headers
+
+    seconds = {}
+    start = time.perf_counter()
+    bad = screen_headers(files, num_threads=threads)
+    seconds["screen_headers"] = time.perf_counter() - start
+    if bad:
+        raise RuntimeError(f"the header screen rejected {len(bad)} files")
+    start = time.perf_counter()
+    pipe = eval_pipeline(files=files, labels=list(range(len(files))), shard_id=0, num_shards=1,
+                         image_size=IMAGE_SIZE, gpu=True, hw_decoder_load=DEFAULT_HW_DECODER_LOAD, batch_size=BATCH,
+                         num_threads=threads, device_id=0, seed=0)
+    pipe.build()
+    seconds["pipeline_build"] = time.perf_counter() - start
+    start = time.perf_counter()
+    pipe.run()
+    torch.cuda.synchronize()
+    seconds["first_batch"] = time.perf_counter() - start
+    del pipe
+    return seconds
+
+
 def nvjpeg_rate(files: list[str], seconds: float = 2.0) -> float:
     """torchvision.io.decode_jpeg on the GPU (batched) + antialiased resize to 128, files read from cache."""
     import torch
@@ -247,6 +275,13 @@ def main() -> int:
             passes = {"dali": measure(kind, "decode/dali-pass", loader_pass, files, "dali", args.threads),
                       "torch": measure(kind, "decode/torch-pass", loader_pass, files, "torch", args.threads)}
             measure(kind, "decode/nvjpeg", nvjpeg_rate, distinct)
+            try:
+                for step, value in dali_fixed_costs(files, args.threads).items():
+                    rows.append({"kind": kind, "what": f"fixed/{step}", "seconds": value, "unit": "s"})
+                    print(f"  {kind:<11} {'fixed/' + step:<36} {value:>9.3f} s", flush=True)
+            except Exception as exc:
+                rows.append({"kind": kind, "what": "fixed", "img_per_s": None, "error": f"{type(exc).__name__}: {exc}"})
+                print(f"  {kind:<11} fixed costs failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
             for name, engine in engines.items():
                 for loader in ("dali", "torch"):
                     rate = measure(kind, f"score/{name}/{loader}", score_rate, folder, engine, loader, args.threads,
@@ -269,7 +304,10 @@ def main() -> int:
     header = f"{'kind':<11} {'measurement':<38} {'img/s':>9} {'/decode pass':>12} {'/DALI steady':>12}"
     print(header + "\n" + "-" * len(header))
     for row in rows:
-        value = "failed" if row["img_per_s"] is None else f"{row['img_per_s']:.0f}"
+        if row.get("unit") == "s":
+            value = f"{row['seconds']:.3f} s"
+        else:
+            value = "failed" if row["img_per_s"] is None else f"{row['img_per_s']:.0f}"
         a = f"{row['vs_decode_pass']:.2f}" if "vs_decode_pass" in row else ""
         b = f"{row['vs_dali_steady']:.2f}" if "vs_dali_steady" in row else ""
         print(f"{row['kind']:<11} {row['what']:<38} {value:>9} {a:>12} {b:>12}"
