@@ -52,6 +52,19 @@ class ImageInfo:
     height: int
     mode: str  # PIL mode of the stored pixels: RGB, L, P, RGBA, CMYK, I;16, ...
     format: str  # PIL format name: JPEG, PNG, BMP, WEBP, MPO
+    encoding: str = ""  # see `encoding_of`
+
+
+def encoding_of(img: Image.Image) -> str:
+    """How the file was compressed, beyond its pixels: for a JPEG a short hash of its quantization
+    tables (an encoder at one quality setting always writes the same tables, so files saved by
+    different tools or at different qualities differ here), for other formats the format name.
+    `data prepare` uses it to find encodings that only one class has: a cue a model can learn
+    instead of the retouching (see docs/quality.md)."""
+    if img.format in ("JPEG", "MPO"):
+        tables = sorted((index, tuple(table)) for index, table in (getattr(img, "quantization", None) or {}).items())
+        return f"JPEG q-tables {hashlib.sha1(repr(tables).encode()).hexdigest()[:8]}"
+    return str(img.format)
 
 
 def _looks_like_image(head: bytes) -> bool:
@@ -116,7 +129,7 @@ def _decode(path: str | os.PathLike, max_pixels: int | None, draft_size: tuple[i
     orientation = img.getexif().get(0x0112)
     if orientation in _SWAPS_AXES:
         width, height = height, width
-    return img, ImageInfo(width=width, height=height, mode=img.mode, format=img.format)
+    return img, ImageInfo(width=width, height=height, mode=img.mode, format=img.format, encoding=encoding_of(img))
 
 
 def check_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageInfo:

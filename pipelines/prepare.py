@@ -76,6 +76,10 @@ class PrepareSummary:
     files: dict[str, int]  # files found per class folder
     accepted: dict[str, int]  # accepted files per class
     counts: dict[str, dict[str, int]]  # split -> class -> files (and "total")
+    # images.encoding_of -> class -> accepted files; and per class, the files whose encoding no file of
+    # another class has (a compression cue that gives the label away without looking at the edit)
+    encodings: dict[str, dict[str, int]]
+    class_only_encodings: dict[str, int]
     unique_counts: dict[str, dict[str, int]]  # split -> class -> unique contents
     rejected: list[dict[str, str]]  # {"path", "reason"}
     duplicate_groups: list[list[str]]  # paths with identical content (same label), each group sorted
@@ -284,6 +288,7 @@ class _Checked:
     sha256: str | None
     width: int = 0
     height: int = 0
+    encoding: str = ""
     reason: str = ""
 
 
@@ -296,7 +301,7 @@ def _check(item: tuple[Path, int]) -> _Checked:
         return _Checked(path, label, None, reason=exc.reason)
     except OSError as exc:
         return _Checked(path, label, None, reason=f"unreadable: {exc.strerror or exc}")
-    return _Checked(path, label, digest, info.width, info.height)
+    return _Checked(path, label, digest, info.width, info.height, info.encoding)
 
 
 def _list_files(class_dir: Path) -> list[Path]:
@@ -415,6 +420,19 @@ def _min_unique_per_class(fractions: tuple[float, float, float]) -> int:
 # Writing
 
 
+def encoding_audit(accepted: list[_Checked]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """(encoding -> class -> files, class -> files whose encoding appears in that class only)."""
+    by_encoding: dict[str, dict[str, int]] = defaultdict(lambda: {name: 0 for name in CLASS_NAMES})
+    for c in accepted:
+        by_encoding[c.encoding][CLASS_NAMES[c.label]] += 1
+    class_only = {name: 0 for name in CLASS_NAMES}
+    for per_class in by_encoding.values():
+        present = [name for name, n in per_class.items() if n]
+        if len(present) == 1:
+            class_only[present[0]] += per_class[present[0]]
+    return dict(sorted(by_encoding.items())), class_only
+
+
 def _write_rejected(data_dir: Path, rejected: list[dict[str, str]]) -> Path:
     path = data_dir / REJECTED_NAME
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -519,13 +537,14 @@ def prepare(
         for s in SPLITS:
             table[s]["total"] = sum(table[s][name] for name in CLASS_NAMES)
 
+    encodings, class_only = encoding_audit(accepted)
     summary = PrepareSummary(
         source=str(src_path), source_kind=source_kind, data_root=str(data_root),
         class_dirs={CLASS_NAMES[label]: str(d) for label, d in sorted(class_dirs.items())},
         seed=seed, split=dict(zip(SPLITS, fractions, strict=True)), stratified_by=stratified,
         files=files_per_class,
         accepted={name: sum(1 for r in rows if r.class_name == name) for name in CLASS_NAMES},
-        counts=counts, unique_counts=unique, rejected=rejected, duplicate_groups=duplicate_groups,
+        counts=counts, encodings=encodings, class_only_encodings=class_only, unique_counts=unique, rejected=rejected, duplicate_groups=duplicate_groups,
         skipped_copies=[str(p) for p in skipped], ignored_dirs=ignored, created_with=_versions(),
         manifest_sha256=manifest_sha256(out_path), data_dir=str(out_path),
         manifest_path=str(manifest_path), rejected_path=str(rejected_path),

@@ -299,6 +299,26 @@ def test_cli_prints_the_summary_table(prepared, synth_src, tmp_path):
     assert "train            0.8     20     20     40" in out
     assert f"manifest    {(tmp_path / 'd' / 'manifest.csv').resolve()}" in out
     assert (tmp_path / "d" / "manifest.csv").read_bytes() == (prepared / "manifest.csv").read_bytes()
+    assert "audit" not in out  # the synthetic set saves both classes alike
+
+
+def test_audit_counts_files_whose_encoding_only_one_class_has(tmp_path):
+    # Like CIPLAB: every real and most fakes saved at one JPEG quality, some fakes at another, and a PNG.
+    for i in range(6):
+        _noise(tmp_path / "src" / "real" / f"r{i}.jpg", i)
+    for i in range(6):
+        path = _noise(tmp_path / "src" / "fake" / f"f{i}.jpg", 100 + i)
+        if i >= 3:
+            Image.open(path).save(path, "JPEG", quality=40)
+    _noise(tmp_path / "src" / "fake" / "f6.png", 106, fmt="PNG")
+    summary = prepare(tmp_path / "src", tmp_path / "d", split="0.5,0.25,0.25", progress=False)
+    assert summary.class_only_encodings == {"real": 0, "fake": 4}
+    assert sorted(summary.encodings.values(), key=str) == sorted(
+        [{"real": 6, "fake": 3}, {"real": 0, "fake": 3}, {"real": 0, "fake": 1}], key=str)
+    assert summary.encodings["PNG"] == {"real": 0, "fake": 1}
+    assert json.loads((tmp_path / "d" / "prepare.json").read_text())["class_only_encodings"]["fake"] == 4
+    result = _cli("prepare", tmp_path / "src", "--out", tmp_path / "d2", "--split", "0.5,0.25,0.25", "--no-progress")
+    assert "audit       fake: 4 of 7 files (57.1%) use an encoding" in result.output, result.output
 
 
 def test_error_missing_folder(tmp_path):

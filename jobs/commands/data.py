@@ -64,6 +64,12 @@ def format_summary(summary) -> str:
         lines.append(f"            ... {summary.rejected_count - _SHOW_REJECTED} more")
     lines.append(f"duplicates  {len(summary.duplicate_groups)} groups of identical files "
                  f"({summary.duplicate_files} extra copies, kept in one split each; see prepare.json)")
+    for c in classes:
+        n = summary.class_only_encodings.get(c, 0)
+        if n:  # e.g. CIPLAB: a quarter of the fakes were saved with JPEG tables no real photo has
+            lines.append(f"audit       {c}: {n} of {summary.accepted[c]} files ({n / summary.accepted[c]:.1%}) use an "
+                         "encoding (JPEG quantization tables or format) that no file of the other class uses: a "
+                         "model can learn that instead of the content; see prepare.json encodings")
     width = max(5, *(len(c) for c in classes))
     header = f"{'split':<10}  {'fraction':>8}  " + "  ".join(f"{c:>{width}}" for c in classes) + f"  {'total':>{width}}"
     lines += ["", header]
