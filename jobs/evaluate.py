@@ -38,6 +38,7 @@ def run_evaluate(
     )
     from realfake.engines.recipes import TTA_MODES
     from realfake.engines.trainer import load_run, predict
+    from realfake.pipelines.images import file_encoding
     from realfake.pipelines.loaders import get_loader
     from realfake.pipelines.manifest import manifest_sha256, read_manifest
 
@@ -79,7 +80,8 @@ def run_evaluate(
         _, threshold = equal_error_rate(y_valid, p_valid)
         threshold_source = "valid EER"
     p_fake, labels, backend = scores(rows, split)
-    metrics = classification_metrics(labels, p_fake, threshold=threshold, groups=[r.group for r in rows])
+    metrics = classification_metrics(labels, p_fake, threshold=threshold, groups=[r.group for r in rows],
+                                     encodings=[file_encoding(r.path) for r in rows])
     suffix = "" if split == "test" else f"_{split}"
     title = f"{config['model']} @ {config['image_size']}px — {split} split ({checkpoint} checkpoint, epoch {state['epoch']})"
     if tta != "none":

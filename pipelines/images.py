@@ -67,6 +67,15 @@ def encoding_of(img: Image.Image) -> str:
     return str(img.format)
 
 
+def file_encoding(path: str | os.PathLike) -> str:
+    """`encoding_of` a file, from its header alone; "" for a file PIL cannot open."""
+    try:
+        with Image.open(path) as img:
+            return encoding_of(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return ""
+
+
 def _looks_like_image(head: bytes) -> bool:
     return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 

@@ -4,6 +4,7 @@ import pytest
 from realfake.engines.metrics import (
     classification_metrics,
     equal_error_rate,
+    fakes_by_encoding,
     format_report_md,
     save_confusion_png,
     save_curves_png,
@@ -33,6 +34,22 @@ def test_metrics_match_sklearn_on_known_predictions():
     assert m["recall_per_group"]["hard"] == {"recall": 0.5, "n": 2}
     assert m["recall_per_group"]["easy"] == {"recall": 1.0, "n": 2}
     assert m["recall_per_group"]["real"]["n"] == 5
+
+
+def test_fakes_split_by_whether_a_real_image_shares_their_encoding():
+    # fakes 4, 5 (0.9, 0.65) saved like no real image; fakes 6, 7, 8 (0.2, 0.7, 0.55) like the reals
+    encodings = ["q1"] * 4 + ["q2", "q2", "q1", "q1", "q1"] + ["q1"]
+    m = classification_metrics(LABELS, P_FAKE, threshold=0.5, encodings=encodings)
+    odd, like = m["fakes_by_encoding"]["encoded like no real image"], m["fakes_by_encoding"]["encoded like a real image"]
+    reals = LABELS == 0
+    assert odd["n"] == 2 and odd["recall"] == 1.0
+    assert odd["roc_auc"] == pytest.approx(skm.roc_auc_score([0] * 5 + [1, 1], [*P_FAKE[reals], 0.9, 0.65]))
+    assert like["n"] == 3 and like["recall"] == pytest.approx(2 / 3)
+    assert like["roc_auc"] == pytest.approx(skm.roc_auc_score([0] * 5 + [1] * 3, [*P_FAKE[reals], 0.2, 0.7, 0.55]))
+    assert "| encoded like no real image | 2 | 1.000 |" in format_report_md(m, title="t")
+    # every fake encoded like some real image: nothing to tell apart, no block
+    assert fakes_by_encoding(LABELS, P_FAKE, ["q1"] * 10, threshold=0.5) is None
+    assert "fakes_by_encoding" not in classification_metrics(LABELS, P_FAKE, encodings=["q1"] * 10)
 
 
 def test_threshold_moves_the_confusion_matrix():

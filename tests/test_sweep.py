@@ -13,6 +13,8 @@ from realfake.jobs.commands.train import train as train_cmd
 from realfake.jobs.pretrain import run_pretrain
 from realfake.jobs.sweep import (
     PRESETS,
+    aggregate,
+    format_results_md,
     load_spec,
     normalize_spec,
     parse_set,
@@ -114,6 +116,24 @@ def test_summarize_and_parse_set():
         "amp": True, "lr": 0.5, "cache": "gpu", "loader": "torch"}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_set(["amp"])
+
+
+def test_table_adds_the_auc_on_fakes_encoded_like_reals_where_the_data_has_other_fakes():
+    def config(name, cue_aucs):
+        runs = [{"seed": seed, "roc_auc": 0.7, "accuracy": 0.6, "roc_auc_fakes_like_real": auc,
+                 "recall_per_group": {"real": {"recall": 0.6, "n": 4}}, "best_epoch": 1, "train_seconds": 1.0}
+                for seed, auc in enumerate(cue_aucs)]
+        return {"name": name, "label": name, "evaluate": {}, "commands": {"train": "realfake train d"},
+                "runs": runs, "summary": aggregate(runs)}
+
+    results = {"name": "s", "data_dir": "d", "manifest_sha256": "0" * 64, "seeds": [0, 1], "device": "cpu",
+               "configs": [config("a", [0.6, 0.64]), config("b", [None, None])], "best": "a"}
+    table = format_results_md(results)
+    assert "| configuration | test AUC | AUC, fakes encoded like reals | accuracy | recall real |" in table
+    assert "| **a** (`a`) | 0.700 ± 0.000 | 0.620 ± 0.028 | 0.600 ± 0.000 |" in table
+    assert "| b (`b`) | 0.700 ± 0.000 | n/a | 0.600 ± 0.000 |" in table
+    results["configs"], results["best"] = [config("b", [None, None])], "b"
+    assert "fakes encoded like reals" not in format_results_md(results)
 
 
 def test_sweep_trains_each_configuration_per_seed_and_resumes(data_dir, tmp_path):
