@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -138,7 +138,7 @@ def _decode(path: str | os.PathLike, max_pixels: int | None, draft_size: tuple[i
     orientation = img.getexif().get(0x0112)
     if orientation in _SWAPS_AXES:
         width, height = height, width
-    return img, ImageInfo(width=width, height=height, mode=img.mode, format=img.format, encoding=encoding_of(img))
+    return img, ImageInfo(width=width, height=height, mode=img.mode, format=img.format)
 
 
 def check_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageInfo:
@@ -147,6 +147,7 @@ def check_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX
     Images of any mode (L, P, RGBA, CMYK, 16-bit) are valid: loaders convert them to RGB.
     """
     img, info = _decode(path, max_pixels)
+    info = replace(info, encoding=encoding_of(img))  # here only: loaders decode without needing it
     img.close()
     return info
 
