@@ -77,7 +77,7 @@ class PrepareSummary:
     accepted: dict[str, int]  # accepted files per class
     counts: dict[str, dict[str, int]]  # split -> class -> files (and "total")
     # images.encoding_of -> class -> accepted files; and per class, the files whose encoding no file of
-    # another class has (a compression cue that gives the label away without looking at the edit)
+    # the other class has (a compression cue that gives the label away without looking at the edit)
     encodings: dict[str, dict[str, int]]
     class_only_encodings: dict[str, int]
     unique_counts: dict[str, dict[str, int]]  # split -> class -> unique contents
@@ -544,7 +544,8 @@ def prepare(
         seed=seed, split=dict(zip(SPLITS, fractions, strict=True)), stratified_by=stratified,
         files=files_per_class,
         accepted={name: sum(1 for r in rows if r.class_name == name) for name in CLASS_NAMES},
-        counts=counts, encodings=encodings, class_only_encodings=class_only, unique_counts=unique, rejected=rejected, duplicate_groups=duplicate_groups,
+        counts=counts, unique_counts=unique, rejected=rejected, duplicate_groups=duplicate_groups,
+        encodings=encodings, class_only_encodings=class_only,
         skipped_copies=[str(p) for p in skipped], ignored_dirs=ignored, created_with=_versions(),
         manifest_sha256=manifest_sha256(out_path), data_dir=str(out_path),
         manifest_path=str(manifest_path), rejected_path=str(rejected_path),
