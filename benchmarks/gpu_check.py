@@ -80,32 +80,15 @@ def check_augment(files, baseline, seconds, device):
 
 
 def check_torchvision(files, baseline, seconds, device):
-    import torch
-    import torch.nn.functional as F
-    from torchvision.io import decode_jpeg, read_file
+    from realfake.benchmarks.harness import nvjpeg_rate
 
     if device == "cpu":
         return [("torchvision", "-", None, "", "skipped: GPU only")]
     rows = []
     for kind, paths in (("progressive", files), ("baseline", baseline)):
-        data = [read_file(p) for p in paths[:BATCH]]
-        if len(data) < BATCH:
-            data = (data * (BATCH // len(data) + 1))[:BATCH]
         try:
-            def step(data=data):
-                images = decode_jpeg(data, device="cuda")
-                for image in images:  # sizes may differ: resize one by one, as a loader would
-                    F.interpolate(image[None].float(), size=(128, 128), mode="bilinear", antialias=True)
-
-            for _ in range(2):
-                step()
-            torch.cuda.synchronize()
-            start, done = time.perf_counter(), 0
-            while time.perf_counter() - start < seconds:
-                step()
-                done += BATCH
-            torch.cuda.synchronize()
-            rows.append(("torchvision", f"{kind} nvJPEG", done / (time.perf_counter() - start), "img/s", ""))
+            rate = nvjpeg_rate(paths, batch=BATCH, image_size=128, seconds=seconds, warmup=2)
+            rows.append(("torchvision", f"{kind} nvJPEG", rate, "img/s", ""))
         except Exception as exc:  # progressive files may be refused: say so, keep the other kind
             rows.append(("torchvision", f"{kind} nvJPEG", None, "img/s", f"FAIL {type(exc).__name__}: {str(exc).splitlines()[0]}"[:160]))
     return rows

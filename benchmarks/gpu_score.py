@@ -166,30 +166,6 @@ def dali_fixed_costs(files: list[str], threads: int) -> dict[str, float]:
     return seconds
 
 
-def nvjpeg_rate(files: list[str], seconds: float = 2.0) -> float:
-    """torchvision.io.decode_jpeg on the GPU (batched) + antialiased resize to 128, files read from cache."""
-    import torch
-    import torch.nn.functional as F
-    from torchvision.io import decode_jpeg, read_file
-
-    encoded = [read_file(f) for f in files[:BATCH]]
-
-    def step():
-        images = decode_jpeg(encoded, device="cuda")
-        return [F.interpolate(im[None].float(), size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True)
-                for im in images]
-
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    start, n = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        step()
-        n += len(encoded)
-    torch.cuda.synchronize()
-    return n / (time.perf_counter() - start)
-
-
 def build_engine(model_name: str, out: Path) -> Path:
     import torch
     from realfake.engines.inference import build_engine_from_model
@@ -235,6 +211,7 @@ def main() -> int:
 
     import_realfake("realfake.jobs.score")
     import torch
+    from realfake.benchmarks.harness import nvjpeg_rate
 
     if not torch.cuda.is_available():
         print("no CUDA device: this script measures GPU scoring", file=sys.stderr)
@@ -274,7 +251,7 @@ def main() -> int:
             steady = measure(kind, "decode/dali-steady", dali_steady, distinct, args.threads)
             passes = {"dali": measure(kind, "decode/dali-pass", loader_pass, files, "dali", args.threads),
                       "torch": measure(kind, "decode/torch-pass", loader_pass, files, "torch", args.threads)}
-            measure(kind, "decode/nvjpeg", nvjpeg_rate, distinct)
+            measure(kind, "decode/nvjpeg", nvjpeg_rate, distinct, batch=BATCH, image_size=IMAGE_SIZE, seconds=2.0)
             try:
                 for step, value in dali_fixed_costs(files, args.threads).items():
                     rows.append({"kind": kind, "what": f"fixed/{step}", "seconds": value, "unit": "s"})

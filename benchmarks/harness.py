@@ -154,6 +154,33 @@ def sync_for(device: str) -> Callable[[], None] | None:
     return lambda: torch.cuda.synchronize(device)
 
 
+def nvjpeg_rate(paths: Sequence[str], *, batch: int, image_size: int, seconds: float, warmup: int = 3,
+                device: str = "cuda") -> float:
+    """img/s of torchvision.io.decode_jpeg on `device` (one batch of `batch` of the files, repeated to
+    fill it when there are fewer) plus an antialiased resize of each image to `image_size`: the
+    reference GPU decoder outside the product, for the GPU scripts (gpu_check.py, gpu_score.py)."""
+    import torch.nn.functional as F
+    from torchvision.io import decode_jpeg, read_file
+
+    data = [read_file(p) for p in paths[:batch]]
+    data = (data * (batch // len(data) + 1))[:batch]
+    sync = sync_for(device) or (lambda: None)
+
+    def step():
+        for image in decode_jpeg(data, device=device):  # sizes may differ: resize one by one, as a loader would
+            F.interpolate(image[None].float(), size=(image_size, image_size), mode="bilinear", antialias=True)
+
+    for _ in range(warmup):
+        step()
+    sync()
+    start, done = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        step()
+        done += batch
+    sync()
+    return done / (time.perf_counter() - start)
+
+
 # --- environment ---------------------------------------------------------------------------------
 
 def cpu_model() -> str:
