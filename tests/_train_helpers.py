@@ -15,6 +15,17 @@ def make_image(path: Path, label: int, rng: np.random.Generator, size: int = 48,
     Image.fromarray(pixels).convert(mode).save(path, quality=95)
 
 
+def make_images(folder: Path, n: int, size: int = 40) -> list[str]:
+    """n JPEGs img_00.jpg... in `folder`, labels alternating real/fake (i % 2), seed 0."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        path = folder / f"img_{i:02d}.jpg"
+        make_image(path, i % 2, rng, size=size)
+        paths.append(str(path))
+    return paths
+
+
 def make_prepared(root: Path, n_per_class: int = 12, size: int = 48, seed: int = 0,
                   splits=("train",) * 8 + ("valid",) * 2 + ("test",) * 2) -> Path:
     """DATA_DIR with a manifest over n_per_class real + n_per_class fake JPEGs."""

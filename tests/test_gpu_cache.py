@@ -1,9 +1,8 @@
 """The decode-once cache loader (`--cache memory|gpu`): same tensors as the file loader, the Loader
 protocol, augmentation as a pure function of (seed, epoch), undecodable files reported."""
-import numpy as np
 import pytest
 import torch
-from _train_helpers import make_image
+from _train_helpers import make_images
 from realfake.pipelines.gpu_cache import CachedLoader, augment_batch, decode_all
 from realfake.pipelines.spec import AugmentSpec
 from realfake.pipelines.torch_loader import make_torch_loader
@@ -11,14 +10,7 @@ from realfake.pipelines.torch_loader import make_torch_loader
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cache")
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(10):
-        path = root / f"img_{i:02d}.jpg"
-        make_image(path, i % 2, rng, size=40)
-        paths.append(str(path))
-    return paths
+    return make_images(tmp_path_factory.mktemp("cache"), 10)
 
 
 def loader(files, **kw):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from _train_helpers import make_image
+from _train_helpers import make_image, make_images
 from PIL import Image
 from realfake.pipelines.loaders import get_loader, resolve_backend
 from realfake.pipelines.spec import MEAN, STD, AugmentSpec
@@ -10,13 +10,7 @@ from realfake.pipelines.spec import MEAN, STD, AugmentSpec
 
 @pytest.fixture()
 def files(tmp_path):
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(23):
-        path = tmp_path / f"img_{i:02d}.jpg"
-        make_image(path, i % 2, rng, size=40)
-        paths.append(str(path))
-    return paths
+    return make_images(tmp_path, 23)
 
 
 def load(files, **kw):
