@@ -56,8 +56,6 @@ FIRST_CHUNK_FILES = 2_048
 CHUNK_FILES = 10_000
 # Check file headers before DALI sees the files (see images.header_problem); off only to measure its cost.
 DALI_HEADER_CHECK = True
-# torch threads for the engine on the CPU; 0: the cores the decoders leave free (see engine_threads).
-MODEL_THREADS = 0
 # Slice sizes tried for the engine on the CPU (see MicroBatches), besides the batch size itself.
 CPU_SLICE_CANDIDATES = (8, 16, 32)
 LOADER_CHOICES = ("auto", "dali", "torch")
@@ -96,18 +94,21 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def engine_threads(device: str, decode_workers: int) -> int:
-    """torch's intra-op threads for the engine while scoring: the cores the decoders leave free.
+def choose_engine_threads(device: str, decode_workers: int, requested: int = 0) -> int:
+    """torch's intra-op threads for the engine while scoring: `requested`, or (0) the cores the decoders
+    leave free, at least one.
 
     Decoding and the model share the CPU cores. torch's default (one thread per core) oversubscribes
-    them, and its OpenMP threads spin while they wait for work: on 2 cores with 2 decode workers, 1
-    engine thread scored 42.5 img/s and 2 threads 38.6 (Model 1, AOT, same run). On a GPU the engine
-    needs one thread to launch kernels.
+    them, and its OpenMP threads spin while they wait for work. On 2 cores with 2 decode workers and the
+    CIPLAB files (900 files, three runs each), 1 engine thread beat 2 for Model 1 bf16 (237-263 img/s
+    against 223-243) and ResNet18 bf16 (138-154 against 130-137); a model that costs more than decoding
+    leaves the decoders waiting, and there 2 threads won: ResNet18 fp32, 78-83 against 94-99 img/s
+    (`--engine-threads`). On a GPU the engine needs one thread to launch kernels.
     """
     if str(device).startswith("cuda"):
         return 1
-    if MODEL_THREADS:
-        return MODEL_THREADS
+    if requested:
+        return requested
     return max(1, min(torch_default_threads(), usable_cores() - decode_workers))
 
 
@@ -237,6 +238,7 @@ def run_score(
     resume: bool = True,
     shard: str | None = None,
     num_workers: int = 2,
+    engine_threads: int = 0,
     device: str = "auto",
     progress: bool = True,
 ) -> dict:
@@ -252,6 +254,8 @@ def run_score(
         resume: Skip the files OUT already holds; false replaces OUT and its errors file.
         shard: I/N: score only the fixed 1/N of the files whose relative path hashes to I.
         num_workers: Decoding processes (torchvision) or threads (DALI).
+        engine_threads: torch threads for the engine on a CPU; 0: the cores the decoders leave free
+            (see choose_engine_threads). On a GPU, one.
         device: auto, cpu or cuda[:N] for decoding (DALI) and the engine.
         progress: Show a progress bar.
 
@@ -276,6 +280,8 @@ def run_score(
         raise ValueError(f"--batch-size {batch_size} must be at least 1")
     if num_workers < 0:
         raise ValueError(f"--num-workers {num_workers} must be 0 or more")
+    if engine_threads < 0:
+        raise ValueError(f"--engine-threads {engine_threads} must be 0 (auto) or more")
     if loader not in LOADER_CHOICES:
         raise ValueError(f"unknown loader {loader!r}: choose one of {', '.join(LOADER_CHOICES)}")
     shard_range = parse_shard(shard)
@@ -396,7 +402,7 @@ def run_score(
     import_module("realfake.pipelines.dali_loader" if dali else "realfake.pipelines.torch_loader")
     engine_slices = MicroBatches(model.predict, batch_size, run_device)
     threads_before = torch.get_num_threads()
-    model_threads = engine_threads(run_device, num_workers)
+    model_threads = choose_engine_threads(run_device, num_workers, engine_threads)
     torch.set_num_threads(model_threads)
     started = time.perf_counter()
     ahead = _Ahead(candidates(), depth=CHUNK_FILES)
@@ -417,7 +423,8 @@ def run_score(
     summary = {
         "out": str(out_file), "errors_file": str(err_file), "engine": str(engine_dir), "engine_id": engine_id,
         "threshold": threshold, "image_size": image_size, "loader": ",".join(sorted(backend_used)) or None,
-        "device": run_device, "shard": shard, "folders": folders, "recursive": recursive,
+        "device": run_device, "engine_threads": model_threads, "shard": shard, "folders": folders,
+        "recursive": recursive,
         "files": counts["files"], "scored": counts["scored"], "skipped": counts["skipped"],
         "errors": counts["errors"],
         "retried_errors": len(previous_errors.paths) if previous_errors is not None else 0,

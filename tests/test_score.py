@@ -487,6 +487,39 @@ def test_job_spec_accepts_score(tmp_path, good):
     assert written.rows == 0
 
 
+def test_engine_threads_are_the_requested_ones_during_the_run_and_restored_after(tmp_path, monkeypatch, good,
+                                                                                 engine):
+    import torch
+    from realfake.jobs import score as score_module
+
+    root, files = good
+    seen = []  # torch's thread count at each engine call
+    real_run = score_module.MicroBatches._run
+
+    def counting_run(self, images, size):
+        seen.append(torch.get_num_threads())
+        return real_run(self, images, size)
+
+    monkeypatch.setattr(score_module.MicroBatches, "_run", counting_run)
+    threads = torch.get_num_threads()
+    summary = score([root], tmp_path / "scores.csv", engine, engine_threads=3)
+    assert summary["engine_threads"] == 3 and set(seen) == {3} and summary["scored"] == len(files)
+    assert torch.get_num_threads() == threads
+    with pytest.raises(ValueError, match="--engine-threads -1"):
+        score([root], tmp_path / "other.csv", engine, engine_threads=-1)
+
+
+def test_engine_threads_default_to_the_cores_the_decoders_leave():
+    import torch
+    from realfake.jobs import score as score_module
+
+    cores = score_module.usable_cores()
+    assert score_module.choose_engine_threads("cpu", 2, requested=5) == 5
+    assert score_module.choose_engine_threads("cuda:0", 2, requested=5) == 1  # one thread launches kernels
+    auto = score_module.choose_engine_threads("cpu", 2)
+    assert auto == max(1, min(torch.get_num_threads(), cores - 2))
+    assert score_module.choose_engine_threads("cpu", cores + 4) == 1  # never below one
+
 # ----------------------------------------------------------------------------------------------- benchmark
 
 def test_score_suite_measures_both_sides_on_a_tiny_folder(tmp_path, monkeypatch, engine):

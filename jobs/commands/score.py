@@ -56,6 +56,10 @@ class _FoldersCommand(click.Command):
                                              "of their relative path); join the N outputs with `score merge`.")
 @click.option("--num-workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Decoding processes (torchvision) or threads (DALI).")
+@click.option("--engine-threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="torch threads for the engine on a CPU. 0: the cores the decode workers leave free (at "
+                   "least 1), best when decoding costs more than the model; raise it for heavy models that "
+                   "keep the decoders waiting (ResNet18 fp32 on 2 cores: 2 threads, 20% faster).")
 @click.option("--device", default="auto", show_default=True,
               help="cpu or cuda[:N] for the engine and DALI decoding; auto: where the engine was built for.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar (img/s) on stderr.")
