@@ -8,9 +8,10 @@ Each pass scores the whole folder and is timed from start to end (wall clock), s
   naive      torchvision ImageFolder + DataLoader (batch 64, 2 workers) + the eager fp32 model
              (full-size PIL decode, Resize, ToTensor, Normalize; p_fake to a Python list)
   realfake   `run_score` with the product's settings: the engine's compiled artifact (AOTInductor,
-             loaded in ~0.1 s; built once and cached), loader auto (DALI when installed), PIL draft mode
-             on the torchvision path, 2 decode threads/workers, batch 64, CSV rows fsynced per batch
-Both run in this process with torch's thread count unchanged (the same threads for the model).
+             loaded in ~0.1 s; built once and cached), loader auto (on the CPU the torchvision path with
+             PIL draft mode; DALI on a GPU), 2 decode threads/workers, batch 64, CSV rows fsynced per batch
+Both run in this process. The naive pass keeps torch's thread count; `run_score` sets the engine's
+(see jobs/score.py: choose_engine_threads).
 
 Figures, per model (the report's Model 1 = simple_cnn, and resnet18) at 128 px:
   score/e2e@128/<model>/naive                img/s
@@ -18,10 +19,16 @@ Figures, per model (the report's Model 1 = simple_cnn, and resnet18) at 128 px:
   score/e2e@128/<model>/realfake_vs_naive    x   (goal on 2 CPU cores: >= 3 for simple_cnn)
   score/e2e@128/<model>/realfake-auto-precision[_vs_naive]   the same with an `--precision auto` engine,
                                              where that is bf16 (GPUs, CPUs with AVX512-BF16/AMX)
+  score/e2e@128/<model>/<pass>/cpu_ms_per_img  ms  CPU time of the pass (this process and its decode
+                                             workers, user + system) per image: what it costs
+  score/e2e@128/<model>/<pass>/cores_busy    cores   CPU time / wall time: near the core count, the pass
+                                             is short of CPU; well below it, something waits
 Full mode adds the settings one at a time, to show what each brings:
   score/e2e@128/<model>/eager-torch          eager fp32 engine, torchvision loader (draft)
   score/e2e@128/<model>/aot-torch            AOT engine, torchvision loader (draft)
-  score/e2e@128/<model>/aot-dali             AOT engine, DALI loader (= realfake where DALI is installed)
+  score/e2e@128/<model>/aot-dali             AOT engine, DALI loader (= realfake on a GPU)
+  score/e2e@128/<model>/aot-torch-2-engine-threads   aot-torch with `--engine-threads 2` (a model that
+                                             costs more than decoding leaves the decoders waiting)
 and their ratios to naive.
 
 Quick mode: simple_cnn, 300 files, 3 repeats (about a minute on 2 CPU cores; the first run on a machine
@@ -40,6 +47,7 @@ import argparse
 import atexit
 import logging
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -62,6 +70,7 @@ class Variant:
     backend: str  # engine backend
     loader: str  # realfake loader choice
     precision: str = "fp32"  # engine precision; "auto" = bf16 where the device has bf16 units
+    engine_threads: int = 0  # `score --engine-threads`; 0 = the product's choice
 
 
 REALFAKE = Variant("realfake", "aot", "auto")
@@ -69,7 +78,7 @@ REALFAKE = Variant("realfake", "aot", "auto")
 # with AVX512-BF16/AMX); elsewhere it would repeat the fp32 row.
 REALFAKE_AUTO = Variant("realfake-auto-precision", "aot", "auto", "auto")
 SWEEP = (Variant("eager-torch", "eager", "torch"), Variant("aot-torch", "aot", "torch"),
-         Variant("aot-dali", "aot", "dali"))
+         Variant("aot-dali", "aot", "dali"), Variant("aot-torch-2-engine-threads", "aot", "torch", engine_threads=2))
 
 
 @dataclass(frozen=True)
@@ -165,17 +174,26 @@ def realfake_pass(folder: Path, engine: Path, variant: Variant, device: str, bat
     from realfake.jobs.score import run_score
 
     summary = run_score([str(folder)], out, engine=str(engine), loader=variant.loader, device=device,
-                        batch_size=batch_size, num_workers=workers, resume=False, progress=False)
+                        batch_size=batch_size, num_workers=workers, engine_threads=variant.engine_threads,
+                        resume=False, progress=False)
     if summary["errors"] or summary["scored"] != summary["files"]:
         raise RuntimeError(f"{variant.name}: scored {summary['scored']} of {summary['files']} files, "
                            f"{summary['errors']} errors (see {summary['errors_file']})")
     return summary["scored"]
 
 
-def timed(fn, *args) -> tuple[int, float]:
-    start = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its children that have ended: the decode
+    workers of a DataLoader are joined at the end of each pass, DALI's threads are this process's."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(fn, *args) -> tuple[int, float, float]:
+    """(images, wall seconds, CPU seconds) of one pass."""
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     n = fn(*args)
-    return n, time.perf_counter() - start
+    return n, time.perf_counter() - start, cpu_seconds() - cpu_start
 
 
 # --------------------------------------------------------------------------- the suite
@@ -196,6 +214,8 @@ def model_figures(model_name: str, folder: Path, n_files: int, source: str, cfg:
         passes[v.name] = (lambda v=v: realfake_pass(folder, engines[(v.backend, v.precision)], v, device, cfg.batch_size,
                                                     cfg.workers, out_dir / f"{v.name}.csv"))
     samples: dict[str, list[float]] = {name: [] for name in passes}
+    cpu_ms: dict[str, list[float]] = {name: [] for name in passes}
+    cores: dict[str, list[float]] = {name: [] for name in passes}
     try:
         # Warm-up: page cache, oneDNN primitives, the first import of each loader; not timed.
         for fn in passes.values():
@@ -203,23 +223,35 @@ def model_figures(model_name: str, folder: Path, n_files: int, source: str, cfg:
         # Repeats interleave the settings, so that a slow spell of the machine hits them all alike.
         for _ in range(cfg.repeats):
             for name, fn in passes.items():
-                n, seconds = timed(fn)
+                n, seconds, cpu = timed(fn)
                 if n != n_files:
                     raise RuntimeError(f"{name} pass saw {n} of {n_files} images")
                 samples[name].append(n / seconds)
+                cpu_ms[name].append(cpu / n * 1e3)
+                cores[name].append(cpu / seconds)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     prefix = f"{SUITE}/e2e@{cfg.image_size}/{model_name}"
     params = {"image_size": cfg.image_size, "batch_size": cfg.batch_size, "workers": cfg.workers, "n_files": n_files,
               "data": source, "passes_per_repeat": 1}
     settings = {v.name: {"backend": v.backend, "loader": v.loader, "draft": True,
-                         "precision": resolve_precision(v.precision, device)[0]} for v in variants}
+                         "precision": resolve_precision(v.precision, device)[0],
+                         "engine_threads": v.engine_threads or "auto"} for v in variants}
     settings["naive"] = {"backend": "eager model", "loader": "ImageFolder+DataLoader", "draft": False}
     figures = {name: Figure.from_samples(SUITE, f"{prefix}/{name}", values, params={**params, **settings[name]})
                for name, values in samples.items()}
-    out = [figures["naive"]]
+    # What each pass cost the CPU, and how busy it kept the cores: on a CPU, img/s = cores busy x 1000 /
+    # CPU ms per image, so these two say whether a pass is short of work (idle cores) or of CPU.
+    for name in passes:
+        figures[f"{name}/cpu_ms_per_img"] = Figure.from_samples(
+            SUITE, f"{prefix}/{name}/cpu_ms_per_img", cpu_ms[name], unit="ms", higher_is_better=False,
+            params={**params, **settings[name]})
+        figures[f"{name}/cores_busy"] = Figure.from_samples(
+            SUITE, f"{prefix}/{name}/cores_busy", cores[name], unit="cores", params={**params, **settings[name]})
+    out = [figures["naive"], figures["naive/cpu_ms_per_img"], figures["naive/cores_busy"]]
     for v in variants:
-        out += [figures[v.name], ratio_figure(figures[v.name], figures["naive"], f"{prefix}/{v.name}_vs_naive")]
+        out += [figures[v.name], ratio_figure(figures[v.name], figures["naive"], f"{prefix}/{v.name}_vs_naive"),
+                figures[f"{v.name}/cpu_ms_per_img"], figures[f"{v.name}/cores_busy"]]
     return out
 
 

@@ -532,7 +532,16 @@ def test_score_suite_measures_both_sides_on_a_tiny_folder(tmp_path, monkeypatch,
                                        image_size=32, variants=(suite_score.Variant("eager-torch", "eager", "torch"),))
     figures = suite_score.model_figures("simple_cnn", suite_score.class_folder(files), 12, "test", cfg, "cpu")
     names = [f.name for f in figures]
-    assert names == ["score/e2e@32/simple_cnn/naive", "score/e2e@32/simple_cnn/eager-torch",
-                     "score/e2e@32/simple_cnn/eager-torch_vs_naive"]
-    assert all(f.median > 0 for f in figures) and figures[2].ratio_to == names[0]
-    assert figures[1].params["loader"] == "torch" and figures[0].params["loader"].startswith("ImageFolder")
+    prefix = "score/e2e@32/simple_cnn"
+    assert names == [f"{prefix}/naive", f"{prefix}/naive/cpu_ms_per_img", f"{prefix}/naive/cores_busy",
+                     f"{prefix}/eager-torch", f"{prefix}/eager-torch_vs_naive",
+                     f"{prefix}/eager-torch/cpu_ms_per_img", f"{prefix}/eager-torch/cores_busy"]
+    by_name = {f.name: f for f in figures}
+    assert all(f.median > 0 for f in figures) and by_name[f"{prefix}/eager-torch_vs_naive"].ratio_to == names[0]
+    assert by_name[f"{prefix}/naive"].params["loader"].startswith("ImageFolder")
+    assert by_name[f"{prefix}/eager-torch"].params["loader"] == "torch"
+    cpu = by_name[f"{prefix}/eager-torch/cpu_ms_per_img"]
+    assert cpu.unit == "ms" and not cpu.higher_is_better
+    # workers=0: everything runs in this process, so its CPU time cannot exceed wall time x threads
+    import torch
+    assert 0 < by_name[f"{prefix}/naive/cores_busy"].median <= torch.get_num_threads() + 1
