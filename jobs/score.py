@@ -101,9 +101,9 @@ def choose_engine_threads(device: str, decode_workers: int, requested: int = 0) 
     Decoding and the model share the CPU cores. torch's default (one thread per core) oversubscribes
     them, and its OpenMP threads spin while they wait for work. On 2 cores with 2 decode workers and the
     CIPLAB files (900 files, three runs each), 1 engine thread beat 2 for Model 1 bf16 (237-263 img/s
-    against 223-243) and ResNet18 bf16 (138-154 against 130-137); a model that costs more than decoding
-    leaves the decoders waiting, and there 2 threads won: ResNet18 fp32, 78-83 against 94-99 img/s
-    (`--engine-threads`). On a GPU the engine needs one thread to launch kernels.
+    against 223-243) and ResNet18 bf16 (138-154 against 130-137). ResNet18 fp32 costs so much more than
+    decoding that with 1 thread the decoders wait (1.4 of 2 cores busy): there 2 threads won, 94-99
+    img/s against 78-83 (`--engine-threads 2`). On a GPU the engine needs one thread to launch kernels.
     """
     if str(device).startswith("cuda"):
         return 1

@@ -59,7 +59,7 @@ class _FoldersCommand(click.Command):
 @click.option("--engine-threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="torch threads for the engine on a CPU. 0: the cores the decode workers leave free (at "
                    "least 1), best when decoding costs more than the model; raise it for heavy models that "
-                   "keep the decoders waiting (ResNet18 fp32 on 2 cores: 2 threads, 20% faster).")
+                   "keep the decoders waiting (ResNet18 fp32 on 2 cores: 2 threads, 13-20% faster).")
 @click.option("--device", default="auto", show_default=True,
               help="cpu or cuda[:N] for the engine and DALI decoding; auto: where the engine was built for.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar (img/s) on stderr.")
