@@ -43,12 +43,27 @@ def test_preprocessing_is_resize_then_normalize(files):
     assert torch.allclose(batch.images[0], expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("draft", [False, True])
+def test_cpu_eval_batches_travel_as_uint8_and_come_out_bit_identical(files, draft):
+    from realfake.pipelines.images import load_rgb
+    from realfake.pipelines.torch_loader import build_transform
+
+    loader = load(files, draft=draft, num_workers=1)
+    assert loader.uint8 and not load(files, train=True).uint8 and not load(files, device="cuda").uint8
+    images = torch.cat([b.images for b in loader])
+    draft_size = (32, 32) if draft else None
+    expected = torch.stack([build_transform(32, None)(load_rgb(f, draft_size=draft_size)) for f in files])
+    assert images.dtype == torch.float32 and torch.equal(images, expected)
+
+
 def test_bad_file_is_recorded_and_the_rest_delivered(files, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(Image.open(files[0]).tobytes()[:100])
     batch = next(iter(load([files[0], str(bad), files[1]])))
     assert batch.indices.tolist() == [0, 2]
     assert len(batch.errors) == 1 and batch.errors[0][0] == 1
+    only_bad = next(iter(load([str(bad)])))  # no image: an empty batch, not a broadcast of the mean
+    assert only_bad.images.numel() == 0 and len(only_bad.errors) == 1
 
 
 @pytest.mark.parametrize("mode", ["L", "CMYK", "P"])
