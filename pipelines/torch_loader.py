@@ -28,17 +28,19 @@ def build_transform(image_size: int, augment: AugmentSpec | None) -> T.Compose:
             T.RandomApply([T.GaussianBlur(kernel_size=augment.blur_kernel, sigma=augment.blur_sigma)],
                           p=augment.blur_p),
         ]
-    # PIL's bilinear resize is antialiased; DALI's resize uses the same filter (parity is tested).
-    steps += [T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BILINEAR, antialias=True),
-              T.ToTensor(), T.Normalize(MEAN, STD)]
+    steps += [resize(image_size), T.ToTensor(), T.Normalize(MEAN, STD)]
     return T.Compose(steps)
+
+
+def resize(image_size: int) -> T.Resize:
+    # PIL's bilinear resize is antialiased; DALI's resize uses the same filter (parity is tested).
+    return T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BILINEAR, antialias=True)
 
 
 def build_uint8_transform(image_size: int) -> T.Compose:
     """build_transform without augmentation, stopped before ToTensor/Normalize: a uint8 (3, S, S) tensor,
     which `normalize_uint8` turns into exactly what build_transform(image_size, None) gives."""
-    return T.Compose([T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BILINEAR,
-                               antialias=True), T.PILToTensor()])
+    return T.Compose([resize(image_size), T.PILToTensor()])
 
 
 def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
