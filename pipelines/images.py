@@ -208,7 +208,7 @@ def header_problem(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_
             except Image.DecompressionBombError:
                 return "too large"
             except (UnidentifiedImageError, SyntaxError, ValueError, EOFError, OSError):
-                return "corrupt" if _looks_like_image(head) else "not an image"
+                return _open_failure_reason(f, head)
         except OSError as exc:
             return f"unreadable: {exc.strerror or exc}"
     if max_pixels is not None and width * height > max_pixels:

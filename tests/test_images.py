@@ -186,3 +186,9 @@ def test_header_problem_reads_headers_only(tmp_path):
     assert header_problem(tmp_path / "empty.jpg") == "empty file"
     assert header_problem(tmp_path / "text.jpg") == "not an image"
     assert header_problem(tmp_path / "missing.jpg").startswith("unreadable")
+    # a JPEG cut off inside its headers: the same reason as a full decode gives
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(InvalidImageError) as decoded:
+        check_image(cut)
+    assert header_problem(cut) == decoded.value.reason == "truncated"
