@@ -375,8 +375,10 @@ class DaliLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.positions)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return self._n_batches(len(self.positions))
+
+    def _n_batches(self, n_samples: int) -> int:
+        return n_samples // self.batch_size if self.drop_last else math.ceil(n_samples / self.batch_size)
 
     def _pipeline_seed(self, attempt: int) -> int:
         state = np.random.SeedSequence([self.seed, self.epoch, self.shard_id, attempt]).generate_state(1)
@@ -417,7 +419,7 @@ class DaliLoader:
         attempt = 0
         while files:
             n_samples = len(shard_range(len(files), shard_id, num_shards))
-            n_batches = n_samples // self.batch_size if self.drop_last else math.ceil(n_samples / self.batch_size)
+            n_batches = self._n_batches(n_samples)
             if n_batches == 0:
                 break
             try:
