@@ -90,6 +90,20 @@ def test_augmentation_only_in_train_and_reproducible_per_epoch(files):
     assert not torch.allclose(aug1, aug2, atol=1e-3)
 
 
+def test_augmentation_is_the_same_with_any_worker_count_and_leaves_the_caller_rng_alone(files):
+    def augmented(num_workers):
+        loader = load(files, train=True, augment=AugmentSpec(), batch_size=23, num_workers=num_workers)
+        loader.set_epoch(3)
+        batch = next(iter(loader))
+        return batch.images[batch.indices.argsort()]
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    in_process = augmented(0)
+    assert torch.equal(torch.get_rng_state(), state)  # per-file seeds live inside fork_rng
+    assert torch.equal(in_process, augmented(2))
+
+
 def test_train_shuffles_and_drops_ragged_batch(files):
     loader = load(files, train=True)
     loader.set_epoch(1)
