@@ -82,6 +82,10 @@ class EngineError(ValueError):
     """A damaged or mismatched engine directory; the message names the file and the fix."""
 
 
+class BackendCrash(RuntimeError):
+    """A backend's compiler killed the process it ran in (a signal, not an exception)."""
+
+
 class BatchRange(NamedTuple):
     """Batch sizes an engine is built for: TensorRT optimizes for `opt`; every backend accepts
     min..max in one call (Engine.predict splits larger inputs and pads smaller ones)."""
@@ -138,9 +142,10 @@ def backend_module(name: str):
     return importlib.import_module(f"realfake.engines.backends.{BACKEND_MODULES[name]}")
 
 
-def resolve_backend(choice: str, device: str) -> tuple[str, str]:
+def resolve_backend(choice: str, device: str, crashed: Mapping[str, str] | None = None) -> tuple[str, str]:
     """(backend, why): `auto` takes the first of tensorrt > aot > compile > eager that can run on
-    `device`; a named backend that cannot raises ValueError saying what to install or use."""
+    `device` and is not in `crashed` (backend -> why its build crashed); a named backend that cannot
+    raises ValueError saying what to install or use."""
     if choice not in BACKEND_CHOICES:
         raise ValueError(f"unknown backend {choice!r}: choose one of {', '.join(BACKEND_CHOICES)}")
     if choice != "auto":
@@ -150,7 +155,7 @@ def resolve_backend(choice: str, device: str) -> tuple[str, str]:
         return choice, f"--backend {choice}"
     passed = []
     for name in BACKENDS:
-        reason = backend_module(name).unavailable_reason(device)
+        reason = (crashed or {}).get(name) or backend_module(name).unavailable_reason(device)
         if reason is None:
             why = f"auto: best available on {device}"
             return name, why + (f" (passed over {'; '.join(passed)})" if passed else "")
@@ -592,6 +597,33 @@ def _eager_reference(model: nn.Module, device: str) -> Callable[[torch.Tensor], 
     return run
 
 
+def _build_artifact(backend: str, model: nn.Module, example: torch.Tensor, batch: BatchRange, precision: str,
+                    work: Path, device: str, meta: dict[str, Any]):
+    """Build the backend's artifact into `work` and record the backend in `meta`; (name, module, artifact).
+
+    `auto` moves on to the next backend when a build crashes (BackendCrash: AOTInductor killed by a
+    signal), and says so in backend_choice; a backend asked for by name raises instead."""
+    crashed: dict[str, str] = {}
+    while True:
+        chosen, why = resolve_backend(backend, device, crashed)
+        log.info("engine backend: %s (%s)", chosen, why)
+        module = backend_module(chosen)
+        try:
+            with torch.no_grad():
+                artifact = module.build(model, example, batch, precision, work, device=device)
+            break
+        except BackendCrash as exc:
+            if backend != "auto":
+                raise
+            log.warning("%s; auto tries the next backend", exc)
+            crashed[chosen] = f"its {precision} build crashed: {str(exc).splitlines()[0]}"
+    meta["backend"] = chosen
+    meta["backend_choice"] = {"requested": backend, "reason": why}
+    meta["channels_last"] = bool(getattr(module, "CHANNELS_LAST", False))
+    meta["versions"] = versions(chosen)
+    return chosen, module, artifact
+
+
 def build_engine_from_model(
     model: nn.Module,
     out: str | Path,
@@ -627,14 +659,10 @@ def build_engine_from_model(
     precision, precision_why = resolve_precision(precision, device)
     check_precision(precision, device)
     log.info("engine precision: %s (%s)", precision, precision_why)
-    chosen, why = resolve_backend(backend, device)
-    log.info("engine backend: %s (%s)", chosen, why)
     validation = validation or random_validation(image_size)
     class_names = list(class_names or CLASS_NAMES)
     if "fake" not in class_names:
         raise ValueError(f"class names {class_names} have no 'fake' class: p_fake is undefined")
-    module = backend_module(chosen)
-
     model = model.eval().to(device)
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -648,15 +676,15 @@ def build_engine_from_model(
         "class_names": class_names,
         "threshold": None,
         "threshold_method": None,
-        "backend": chosen,
-        "backend_choice": {"requested": backend, "reason": why},
+        "backend": None,
+        "backend_choice": None,
         "precision": precision,
         "precision_choice": {"requested": requested_precision, "reason": precision_why},
         "batch": batch.as_dict(),
-        "channels_last": bool(getattr(module, "CHANNELS_LAST", False)),
+        "channels_last": None,
         "device": "cuda" if device.startswith("cuda") else "cpu",
         "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None,
-        "versions": versions(chosen),
+        "versions": None,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "source": dict(source or {}),
         "parity": None,
@@ -666,8 +694,7 @@ def build_engine_from_model(
     out = Path(out)
     with _partial_dir(out) as work:
         example = torch.randn(max(2, min(batch.opt, 8)), 3, image_size, image_size, device=device)
-        with torch.no_grad():
-            artifact = module.build(model, example, batch, precision, work, device=device)
+        chosen, module, artifact = _build_artifact(backend, model, example, batch, precision, work, device, meta)
         meta["artifact"] = {"file": artifact, "sha256": sha256_file(work / artifact)}
         runner = module.load(work, meta, device)
         engine = Engine(work, {**meta, "engine_id": "(building)", "threshold": 0.5}, runner, device)

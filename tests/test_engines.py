@@ -205,6 +205,46 @@ def test_every_cpu_backend_builds_reloads_in_a_fresh_process_and_matches_eager(r
     assert not torch.equal(p_bf16, reference)
 
 
+def _child_that(monkeypatch, code: str) -> None:
+    """The AOT build's child process replaced by `code` (to see what the parent makes of a crash)."""
+    from realfake.engines.backends import aot
+
+    monkeypatch.setattr(aot, "child_command", lambda program, package, *rest: [sys.executable, "-c", code, package])
+
+
+def test_an_aot_build_that_crashes_or_fails_is_a_clear_error_and_leaves_nothing(run_dir, tmp_path, monkeypatch):
+    model = load_run(run_dir)[0]
+    build = dict(architecture="simple_cnn", image_size=IMAGE_SIZE, backend="aot", batch="1:4:8")
+    _child_that(monkeypatch, "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    with pytest.raises(inference.BackendCrash, match=r"AOTInductor crashed \(SIGSEGV\).*--backend compile"):
+        inference.build_engine_from_model(model, tmp_path / "crashed", **build)
+    assert not (tmp_path / "crashed").exists()
+    result = CliRunner().invoke(main, ["engine", "build", str(run_dir), "--out", str(tmp_path / "cli"), "--backend",
+                                       "aot", "--batch", "1:4:8", "--device", "cpu"])
+    assert result.exit_code == 1 and "Error: AOTInductor crashed (SIGSEGV)" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+    _child_that(monkeypatch, "import sys; print('inductor: no kernel for this op', file=sys.stderr); sys.exit(3)")
+    with pytest.raises(RuntimeError, match="(?s)could not compile.*exit 3.*no kernel for this op"):
+        inference.build_engine_from_model(model, tmp_path / "failed", **build)
+    assert not (tmp_path / "failed").exists()
+
+
+def test_auto_moves_on_when_a_backend_build_crashes_and_says_why(run_dir, tmp_path, monkeypatch):
+    from realfake.engines.backends import compiled
+
+    # the package is half written when the child dies: it must not end up in the engine directory
+    _child_that(monkeypatch, "import os, signal, sys; open(sys.argv[1], 'w').write('partial'); "
+                             "os.kill(os.getpid(), signal.SIGSEGV)")
+    monkeypatch.setattr(compiled, "unavailable_reason", lambda device: "skipped in this test (compiles for 20 s)")
+    out = inference.build_engine_from_model(load_run(run_dir)[0], tmp_path / "e", architecture="simple_cnn",
+                                            image_size=IMAGE_SIZE, backend="auto", batch="1:4:8")
+    meta = read_engine_meta(out)
+    assert meta["backend"] == "eager" and meta["parity"]["passed"]
+    reason = meta["backend_choice"]["reason"]
+    assert "aot: its fp32 build crashed: AOTInductor crashed (SIGSEGV)" in reason and "compile: skipped" in reason
+    assert sorted(p.name for p in out.iterdir()) == ["engine.json", "model.pt"]
+
+
 def test_predict_pads_splits_and_checks_shapes(run_dir, engines_root, images):
     engine_dir = inference.build_engine_from_model(
         load_run(run_dir)[0], engines_root / "eager-min2", architecture="simple_cnn", image_size=IMAGE_SIZE,

@@ -21,19 +21,30 @@ max |dp| 5e-3, mean 7e-4).
 On the CPU, inductor's `freezing` folds the weights into constants and pre-packs them for oneDNN.
 The input stays NCHW-contiguous (channels_last is off): inductor picks its own layouts inside, and
 an AOTInductor package assumes the strides it was traced with, so one fixed layout is safest.
+
+Crash isolation: the compile, a load of the package and one call run in a child process
+(`python -m realfake.engines.backends.aot PROGRAM PACKAGE ...`). On an H200 with torch 2.11 an fp16
+build killed the interpreter with SIGSEGV (docs/gpu-h200.md); in a child, that becomes a
+`BackendCrash` naming the signal and the way out, and `engine build --backend auto` moves on to the
+next backend. The child costs a torch import (2-3 s) on a build of 20-45 s.
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import importlib.util
+import json
 import os
 import shutil
-from collections.abc import Callable, Mapping
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from realfake.engines.inference import PRECISION_DTYPES, CastInput
+from realfake.engines.inference import PRECISION_DTYPES, BackendCrash, CastInput
 
 NAME = "aot"
 ARTIFACT = "model.pt2"
@@ -93,10 +104,71 @@ def export(model: torch.nn.Module, example: torch.Tensor, batch, precision: str,
 
 def build(model: torch.nn.Module, example: torch.Tensor, batch, precision: str, out_dir: Path, *,
           device: str) -> str:
+    out_dir = Path(out_dir)
     program = export(model, example, batch, precision, device)
-    torch._inductor.aoti_compile_and_package(program, package_path=str(Path(out_dir) / ARTIFACT),
-                                             inductor_configs=inductor_configs(device))
+    program_path = out_dir / "exported.pt2"
+    torch.export.save(program, str(program_path))
+    try:
+        compile_in_child(program_path, out_dir / ARTIFACT, device=device, image_size=example.shape[-1],
+                         check_batch=example_batch_size(batch), what=f"the {precision} engine on {device}")
+    except BaseException:
+        (out_dir / ARTIFACT).unlink(missing_ok=True)  # a half-written package must not outlive a fallback
+        raise
+    finally:
+        program_path.unlink(missing_ok=True)
     return ARTIFACT
+
+
+def child_command(program: Path, package: Path, device: str, image_size: int, check_batch: int) -> list[str]:
+    return [sys.executable, "-m", __name__, str(program), str(package), "--device", device,
+            "--image-size", str(image_size), "--check-batch", str(check_batch),
+            "--inductor-configs", json.dumps(inductor_configs(device))]
+
+
+def compile_in_child(program: Path, package: Path, *, device: str, image_size: int, check_batch: int,
+                     what: str) -> None:
+    """Compile, load and call the package in a child process (see the module docstring); raise
+    BackendCrash when the child dies by a signal, RuntimeError with its last lines when it fails."""
+    command = child_command(program, package, device, image_size, check_batch)
+    result = subprocess.run(command, capture_output=True, text=True)
+    tail = "\n".join(result.stderr.strip().splitlines()[-8:])
+    if result.returncode < 0:
+        try:
+            name = signal.Signals(-result.returncode).name
+        except ValueError:
+            name = f"signal {-result.returncode}"
+        raise BackendCrash(
+            f"AOTInductor crashed ({name}) while compiling {what} (torch {torch.__version__}); nothing was "
+            "written. Build with --backend compile or --backend eager, or another --precision"
+            + (f". Its last output:\n{tail}" if tail else ""))
+    if result.returncode != 0:
+        raise RuntimeError(f"AOTInductor could not compile {what} (exit {result.returncode}):\n{tail}")
+
+
+def _compile_load_and_call(program_path: str, package_path: str, device: str, image_size: int, check_batch: int,
+                           configs: Mapping[str, Any]) -> None:
+    program = torch.export.load(program_path)
+    torch._inductor.aoti_compile_and_package(program, package_path=package_path, inductor_configs=dict(configs))
+    index = torch.device(device).index
+    runner = torch._inductor.aoti_load_package(package_path, **({} if index is None else {"device_index": index}))
+    with torch.inference_mode():
+        runner(torch.randn(check_batch, 3, image_size, image_size, device=device))
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Compile an exported program into an AOTInductor package, "
+                                                 "then load it and call it once (run by build()).")
+    parser.add_argument("program")
+    parser.add_argument("package")
+    parser.add_argument("--device", required=True)
+    parser.add_argument("--image-size", type=int, required=True)
+    parser.add_argument("--check-batch", type=int, required=True)
+    parser.add_argument("--inductor-configs", default="{}")
+    args = parser.parse_args(argv)
+    _compile_load_and_call(args.program, args.package, args.device, args.image_size, args.check_batch,
+                           json.loads(args.inductor_configs))
 
 
 def load(engine_dir: Path, meta: Mapping[str, Any], device: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -105,3 +177,7 @@ def load(engine_dir: Path, meta: Mapping[str, Any], device: str) -> Callable[[to
     if index is not None:
         return torch._inductor.aoti_load_package(package, device_index=index)
     return torch._inductor.aoti_load_package(package)
+
+
+if __name__ == "__main__":
+    main()

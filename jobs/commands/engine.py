@@ -49,9 +49,13 @@ def build(run_dir, **options):
       realfake engine build runs/simple_cnn-1 --out engines/m1 --backend aot --threshold auto
       realfake engine build runs/resnet18-1 --out engines/r18-trt --backend tensorrt --precision fp16
     """
+    from realfake.engines.inference import BackendCrash
     from realfake.jobs.engine import run_engine_build
 
-    s = run_engine_build(run_dir=run_dir, **options)
+    try:
+        s = run_engine_build(run_dir=run_dir, **options)
+    except BackendCrash as exc:  # the compiler's process died: its message says what to use instead
+        raise click.ClickException(str(exc)) from exc
     parity = s["parity"]
     batch = s["batch"]
     click.echo(f"Engine {s['engine_id']} written to {s['engine_dir']} in {s['build_s']:.1f} s")
