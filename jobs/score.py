@@ -3,7 +3,8 @@
 The flow is one stream, so memory stays flat however many files there are:
 
     walk (sorted, symlinks once) -> shard filter -> skip what OUT holds -> chunks of CHUNK_FILES files
-    -> loader (decode in worker processes / DALI threads, overlapped with the model) -> engine
+    -> loader (decode in worker processes / DALI threads, overlapped with the model; a DALI loader is
+       prepared, header screen and pipeline build, while the chunk before it is scored) -> engine
     -> one row per file, appended and fsynced batch by batch (see score_writers.py)
 
 Rules (also in `realfake score --help`):
@@ -136,18 +137,20 @@ def _chunked(items: Iterable, sizes: Iterable[int]):
 class _Ahead:
     """Runs a generator in a background thread, up to `depth` items ahead of its consumer.
 
-    The walk, the stats and the header checks are Python work that would otherwise stall the decoder
-    between chunks; the decoders (DALI's C++ threads, DataLoader processes) and the engine release the
-    GIL while they work, so this thread's work overlaps theirs. An exception in the thread is raised
-    in the consumer; `close()` stops the thread early.
+    Two of them feed scoring: the walk (stats and header checks: Python work that would otherwise
+    stall the decoder between chunks), and the loaders' preparation (a DALI pipeline is built and
+    starts decoding while the previous chunk is scored). The decoders (DALI's C++ threads,
+    DataLoader processes) and the engine release the GIL while they work, so these threads' work
+    overlaps theirs. An exception in the thread is raised in the consumer; `close()` stops the thread
+    early.
     """
 
     _END = object()
 
-    def __init__(self, generator: Iterable, depth: int):
+    def __init__(self, generator: Iterable, depth: int, name: str):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(generator,), name="score-walk", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(generator,), name=name, daemon=True)
         self._thread.start()
 
     def _put(self, item) -> bool:
@@ -372,9 +375,22 @@ def run_score(
                     continue
             yield found.path, st.st_size, mtime_iso(st.st_mtime)
 
-    def score_chunk(items: Sequence[tuple[str, int, str]]) -> None:
-        data = get_loader([item[0] for item in items], None, train=False, backend=decoder, image_size=image_size,
-                          batch_size=batch_size, num_workers=num_workers, device=run_device, draft=True)
+    def loaders(chunks: Iterable[Sequence[tuple[str, int, str]]]):
+        """(chunk, its loader) for each chunk; runs in the prepare thread (see _Ahead). A DALI loader is
+        prepared there (header screen, pipeline build, first batches decoding) while the previous
+        chunk is scored, but only one ahead: `ready_slots` counts the loaders alive."""
+        for chunk in chunks:
+            while not ready_slots.acquire(timeout=0.1):
+                if stopping.is_set():
+                    return
+            data = get_loader([item[0] for item in chunk], None, train=False, backend=decoder,
+                              image_size=image_size, batch_size=batch_size, num_workers=num_workers,
+                              device=run_device, draft=True)
+            if dali:
+                data.prepare()
+            yield chunk, data
+
+    def score_chunk(items: Sequence[tuple[str, int, str]], data) -> None:
         backend_used.add(data.backend)
         for batch in data:
             for index, reason in batch.errors:
@@ -405,16 +421,22 @@ def run_score(
     model_threads = choose_engine_threads(run_device, num_workers, engine_threads)
     torch.set_num_threads(model_threads)
     started = time.perf_counter()
-    ahead = _Ahead(candidates(), depth=CHUNK_FILES)
+    ahead = _Ahead(candidates(), depth=CHUNK_FILES, name="score-walk")
+    # A small first chunk only where header checks delay it; each chunk restarts the loader's workers.
+    first_chunk = min(FIRST_CHUNK_FILES, CHUNK_FILES) if check_headers else CHUNK_FILES
+    ready_slots, stopping = threading.Semaphore(2), threading.Event()  # the loader in use and the next
+    prepared = _Ahead(loaders(_chunked(ahead, (first_chunk, CHUNK_FILES))), depth=1, name="score-prepare")
     try:
-        # A small first chunk only where header checks delay it; each chunk restarts the loader's workers.
-        first_chunk = min(FIRST_CHUNK_FILES, CHUNK_FILES) if check_headers else CHUNK_FILES
-        for chunk in _chunked(ahead, (first_chunk, CHUNK_FILES)):
+        for chunk, data in prepared:
             flush_errors()
-            score_chunk(chunk)
+            score_chunk(chunk, data)
+            del data  # its pipeline / workers go before the slot is given back
+            ready_slots.release()
         flush_errors()
     finally:
         torch.set_num_threads(threads_before)
+        stopping.set()
+        prepared.close()
         ahead.close()
         bar.close()
         writer.close()  # Parquet: combines the part files, also after an error or Ctrl-C

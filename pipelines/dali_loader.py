@@ -216,9 +216,10 @@ def _to_torch(tensor, exec_dynamic: bool) -> torch.Tensor:
     return out
 
 
-def pass_batches(pipe, n_batches: int, n_samples: int) -> Iterator[tuple[torch.Tensor, ...]]:
+def pass_batches(pipe, n_batches: int, n_samples: int, started: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
     """The outputs of `n_batches` runs of a built pipeline whose reader holds `n_samples` samples
-    (`pad_last_batch=True`), as torch tensors, the padding cut off the last batch.
+    (`pad_last_batch=True`), as torch tensors, the padding cut off the last batch. `started`: the
+    first `schedule_run` was made already (`DaliLoader.prepare`).
 
     Exactly `n_batches` runs are scheduled: the first `schedule_run` queues `prefetch_queue_depth` of
     them (at most `n_batches`, see `DaliLoader._pipeline`), and one more follows each batch taken until
@@ -227,7 +228,8 @@ def pass_batches(pipe, n_batches: int, n_samples: int) -> Iterator[tuple[torch.T
     three of a 96-file pass on 2 CPU threads (decode + resize: 205 img/s with it, 340 without).
     """
     scheduled = pipe.prefetch_queue_depth
-    pipe.schedule_run()
+    if not started:
+        pipe.schedule_run()
     for b in range(n_batches):
         outputs = [_to_torch(out.as_tensor(), pipe.exec_dynamic) for out in pipe.share_outputs()]
         pipe.release_outputs()
@@ -369,6 +371,7 @@ class DaliLoader:
         # Header screen (see screen_headers): once per loader, its result kept for every pass. `screen=False`
         # skips it for files already validated (a manifest from `data prepare` checked every file).
         self.screened: list[tuple[int, str]] | None = None if screen else []
+        self._prepared = None  # (epoch, pipeline already running) from prepare()
 
     def set_epoch(self, epoch: int) -> None:
         """Shuffle and augmentation of a pass are a pure function of (seed, epoch, shard)."""
@@ -396,26 +399,55 @@ class DaliLoader:
         pipe.build()
         return pipe
 
-    def __iter__(self) -> Iterator[Batch]:
-        if not self.positions:  # an empty shard (fewer files than shards)
-            return
+    def _screen(self) -> None:
         if self.screened is None:
             shard = [self.files[p] for p in self.positions]
             self.screened = [(self.positions[i], reason)
                              for i, reason in screen_headers(shard, num_threads=self.num_threads)]
             for index, reason in self.screened:
                 log.warning("skipping %s: %s", self.files[index], reason)
+
+    def _pass_files(self) -> tuple[list[str], list[int], int, int]:
+        """(files, labels, shard_id, num_shards) for the reader of a pass's first pipeline. The reader
+        shards the whole list itself (as on a multi-GPU job); once a file is known to be bad, the rest
+        of this shard is read as a list of its own. Labels are positions in self.files."""
+        if not self.screened:
+            return self.files, list(range(len(self.files))), self.shard_id, self.num_shards
+        bad_set = {i for i, _ in self.screened}
+        labels = [p for p in self.positions if p not in bad_set]
+        return [self.files[p] for p in labels], labels, 0, 1
+
+    def prepare(self) -> None:
+        """Screen the headers and start the next pass's first pipeline now, decoding its first batches,
+        so that a caller can get this loader ready while another one runs (scoring does, chunk after
+        chunk: the pipeline build and the screen then overlap the previous chunk's decoding)."""
+        if not self.positions or self._prepared is not None:
+            return
+        self._screen()
+        files, labels, shard_id, num_shards = self._pass_files()
+        n_batches = self._n_batches(len(shard_range(len(files), shard_id, num_shards)))
+        if not files or n_batches == 0:
+            return
+        pipe = self._pipeline(files, labels, shard_id, num_shards, 0, n_batches)
+        try:
+            pipe.schedule_run()
+        except RuntimeError:  # a bad file: __iter__ starts afresh and finds it
+            return
+        self._prepared = (self.epoch, pipe)
+
+    def _take_prepared(self):
+        prepared, self._prepared = self._prepared, None
+        return prepared[1] if prepared is not None and prepared[0] == self.epoch else None
+
+    def __iter__(self) -> Iterator[Batch]:
+        if not self.positions:  # an empty shard (fewer files than shards)
+            return
+        self._screen()
         self.errors = list(self.screened)
         unreported = list(self.screened)  # reported with the first batch of every pass
         delivered: set[int] = set()
-        # The reader shards the whole list itself (as on a multi-GPU job); once a file is known to be
-        # bad, the rest of this shard is read as a list of its own.
-        files, labels = self.files, list(range(len(self.files)))
-        shard_id, num_shards = self.shard_id, self.num_shards
-        if self.screened:
-            bad_set = {i for i, _ in self.screened}
-            labels = [p for p in self.positions if p not in bad_set]
-            files, shard_id, num_shards = [self.files[p] for p in labels], 0, 1
+        files, labels, shard_id, num_shards = self._pass_files()
+        prepared = self._take_prepared()
         attempt = 0
         while files:
             n_samples = len(shard_range(len(files), shard_id, num_shards))
@@ -423,8 +455,10 @@ class DaliLoader:
             if n_batches == 0:
                 break
             try:
-                pipe = self._pipeline(files, labels, shard_id, num_shards, attempt, n_batches)
-                for images, index in pass_batches(pipe, n_batches, n_samples):
+                pipe = prepared if prepared is not None else \
+                    self._pipeline(files, labels, shard_id, num_shards, attempt, n_batches)
+                started, prepared = prepared is not None, None
+                for images, index in pass_batches(pipe, n_batches, n_samples, started):
                     indices = index.reshape(-1).to(torch.int64)
                     delivered.update(indices.tolist())
                     yield Batch(images, self.labels[indices].to(images.device), indices, tuple(unreported))

@@ -181,6 +181,41 @@ def test_augmentation_is_reproducible_per_epoch(files):
     assert all(torch.equal(first[i], again[i]) for i in first)
 
 
+def test_a_prepared_pass_is_the_same_pass(files, tmp_path):
+    """prepare() (header screen, pipeline built and decoding) changes when the work is done, not what
+    comes out: same images and order, also with augmentation, for the epoch it was prepared for."""
+    loader = dali(files[:12], train=True, augment=AugmentSpec())
+    loader.set_epoch(2)
+    plain = [(b.indices.tolist(), b.images) for b in loader]
+    built = []
+    build = loader._pipeline
+    loader._pipeline = lambda *args: built.append(args) or build(*args)
+    loader.prepare()
+    assert len(built) == 1  # the pipeline is built by prepare() ...
+    prepared = [(b.indices.tolist(), b.images) for b in loader]
+    assert len(built) == 1  # ... and used by the pass
+    assert [i for i, _ in prepared] == [i for i, _ in plain]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(plain, prepared, strict=True))
+    loader.prepare()
+    loader.set_epoch(3)  # a pass prepared for another epoch is not used
+    epoch3 = by_index(loader)
+    assert not all(torch.equal(epoch3[i], image) for i, image in by_index_of(plain).items())
+
+    # a file that fails mid-decode in a prepared pipeline is found as in any pass
+    truncated = tmp_path / "truncated.jpg"
+    data = open(files[0], "rb").read()
+    truncated.write_bytes(data[: len(data) // 2])
+    loader = dali(files[:6] + [str(truncated)] + files[6:12], batch_size=4)
+    loader.prepare()
+    batches = list(loader)
+    assert [e for b in batches for e in b.errors] == [(6, "truncated")]
+    assert sorted(torch.cat([b.indices for b in batches]).tolist()) == [i for i in range(13) if i != 6]
+
+
+def by_index_of(batches):
+    return {i: image for indices, images in batches for i, image in zip(indices, images, strict=True)}
+
+
 def test_parity_with_torch_loader(files, tmp_path):
     """Same files -> the same tensors (within the tolerance above), at 1:1, shrinking and enlarging."""
     make_torch_loader = pytest.importorskip("realfake.pipelines.torch_loader").make_torch_loader

@@ -126,6 +126,51 @@ def test_dali_loader_gives_the_same_rows_and_reasons(tmp_path, engine, monkeypat
         assert abs(dali_rows[path] - by_path[path]) < 0.05, path
 
 
+@pytest.mark.dali
+def test_dali_prepares_the_next_chunk_while_one_is_scored_and_loses_nothing(tmp_path, engine, monkeypatch):
+    import threading
+
+    pytest.importorskip("nvidia.dali", reason="needs NVIDIA DALI")
+    from realfake.jobs import score as score_module
+    from realfake.pipelines import dali_loader
+
+    folder = tmp_path / "in"
+    good_files, expected = mixed_folder(folder, monkeypatch)
+    monkeypatch.setattr(score_module, "FIRST_CHUNK_FILES", 4)
+    monkeypatch.setattr(score_module, "CHUNK_FILES", 6)
+    prepared, alive, most_alive, lock = [], set(), [0], threading.Lock()
+    second_prepared = threading.Event()
+    real_prepare, real_iter = dali_loader.DaliLoader.prepare, dali_loader.DaliLoader.__iter__
+
+    def prepare(self):
+        real_prepare(self)
+        with lock:
+            prepared.append(self)
+            alive.add(id(self))
+            most_alive[0] = max(most_alive[0], len(alive))
+        if len(prepared) == 2:
+            second_prepared.set()
+
+    def iterate(self):
+        assert self in prepared  # prepared in the prepare thread before its turn
+        if len(prepared) == 1 or self is prepared[0]:
+            # the first chunk is held until the second is ready: serial code would time out here
+            assert second_prepared.wait(timeout=20), "the next chunk was not prepared while one was in use"
+        yield from real_iter(self)
+        with lock:
+            alive.discard(id(self))
+
+    monkeypatch.setattr(dali_loader.DaliLoader, "prepare", prepare)
+    monkeypatch.setattr(dali_loader.DaliLoader, "__iter__", iterate)
+    out = tmp_path / "dali.csv"
+    summary = score([folder], out, engine, loader="dali", num_workers=1)
+    assert len(prepared) >= 3 and most_alive[0] == 2  # one chunk ahead, never more
+    rows, errors = [r["path"] for r in rows_of(out)], errors_of(out)
+    assert len(rows) == len(set(rows)) and not set(rows) & set(errors)  # each file once
+    assert set(rows) | set(errors) == {str(p) for p in good_files} | set(expected)
+    assert summary["scored"] == len(rows) and summary["errors"] == len(errors)
+
+
 def test_names_cases_nesting_and_symlink_loop(tmp_path, engine, good):
     root, files = good
     folder = tmp_path / "tree"
