@@ -2,6 +2,7 @@
 (a bare GPU host): `python benchmarks/gpu_check.py ...` imports this module from its own folder."""
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +27,8 @@ def import_realfake(probe: str = "realfake.pipelines.spec") -> str:
     for folder in TOP_LEVEL:
         (shim / folder).symlink_to(REPO / folder, target_is_directory=True)
     sys.path.insert(0, str(shim.parent))
+    # child processes too (the aot backend compiles in one: python -m realfake.engines.backends.aot)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shim.parent), os.environ.get("PYTHONPATH")]))
     for name in [m for m in sys.modules if m == "realfake" or m.startswith("realfake.")]:
         del sys.modules[name]
     importlib.import_module(probe)
