@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 # chunk is smaller, so that decoding starts while the header checks of the next files go on.
 FIRST_CHUNK_FILES = 2_048
 CHUNK_FILES = 10_000
-# Check file headers before DALI sees the files (see images.header_problem); off only to measure its cost.
+# Check file headers before DALI sees the files (see images.sniff_problem); off only to measure its cost.
 DALI_HEADER_CHECK = True
 # Slice sizes tried for the engine on the CPU (see MicroBatches), besides the batch size itself.
 CPU_SLICE_CANDIDATES = (8, 16, 32)
@@ -268,7 +268,7 @@ def run_score(
     """
     import torch
     from realfake.engines.inference import load_engine, resolve_device
-    from realfake.pipelines.images import header_problem
+    from realfake.pipelines.images import sniff_problem
     from realfake.pipelines.loaders import get_loader
     from realfake.pipelines.walk import parse_shard, select_shard, walk_images
     from tqdm import tqdm
@@ -368,8 +368,8 @@ def run_score(
                     add_error(found.path, "file name is not valid UTF-8, which Parquet needs: rename it, "
                                           "or score into .csv or .jsonl")
                     continue
-            if check_headers:  # files DALI should not see (see images.header_problem)
-                problem = header_problem(found.path)
+            if check_headers:  # files DALI should not see (see images.sniff_problem)
+                problem = sniff_problem(found.path)
                 if problem is not None:
                     add_error(found.path, problem)
                     continue

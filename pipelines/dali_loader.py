@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+from realfake.pipelines.images import DEFAULT_MAX_PIXELS, too_large
 from realfake.pipelines.spec import MEAN, STD, AugmentSpec, Batch
 
 log = logging.getLogger(__name__)
@@ -290,8 +291,10 @@ def find_undecodable(paths: Sequence[str], chunk_size: int = 64) -> list[tuple[i
     return []
 
 
-def screen_headers(paths: Sequence[str], num_threads: int = 2, batch_size: int = 256) -> list[tuple[int, str]]:
-    """(position in `paths`, reason) of the files whose header DALI cannot parse.
+def screen_headers(paths: Sequence[str], num_threads: int = 2, batch_size: int = 256,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[tuple[int, str]]:
+    """(position in `paths`, reason) of the files whose header DALI cannot parse, and of those whose
+    header shows more pixels than the torchvision path accepts (`images.too_large`: "too large").
 
     Why a screen before decoding: DALI 2.4's `decoders.image` (nvImageCodec) can kill the process with
     SIGSEGV in a worker thread, instead of raising, when a file of a multi-image batch fails at format
@@ -320,7 +323,10 @@ def screen_headers(paths: Sequence[str], num_threads: int = 2, batch_size: int =
         done = 0
         try:
             while done < len(rest):
-                pipe.run()
+                (shapes,) = pipe.run()
+                heights_widths = np.asarray(shapes.as_array())[: len(rest) - done, :2]
+                bad += [(start + done + i, "too large") for i, (h, w) in enumerate(heights_widths.tolist())
+                        if too_large(w, h, max_pixels)]
                 done += size
             break
         except RuntimeError as exc:

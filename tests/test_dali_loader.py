@@ -444,6 +444,16 @@ def test_screen_finds_every_unparsable_header(files, tmp_path):
     assert found[paths.index(str(tmp_path / "text.jpg"))] == "not an image"
 
 
+def test_screen_finds_what_is_too_large_by_its_header(files, tmp_path, monkeypatch):
+    big = tmp_path / "big.png"
+    Image.fromarray(textured(np.random.default_rng(1), size=(120, 150))).save(big)
+    paths = files[:5] + [str(big)] + files[5:7]  # in the second batch of 4, the last one padded
+    assert screen_headers(paths, batch_size=4) == []
+    assert screen_headers(paths, batch_size=4, max_pixels=120 * 150 - 1) == [(5, "too large")]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 120 * 150 // 2 - 1)  # as the torchvision path: PIL's limit
+    assert screen_headers(paths, batch_size=4) == [(5, "too large")]
+
+
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"{REAL_DATA} not present")
 def test_garbage_among_real_progressive_jpegs_does_not_crash():
     """On the CIPLAB files (progressive JPEGs), a JPEG signature followed by garbage in a batch of 32

@@ -192,3 +192,35 @@ def test_header_problem_reads_headers_only(tmp_path):
     with pytest.raises(InvalidImageError) as decoded:
         check_image(cut)
     assert header_problem(cut) == decoded.value.reason == "truncated"
+
+
+def test_sniff_passes_accepted_formats_on_their_first_bytes_and_names_the_rest(tmp_path, monkeypatch):
+    from realfake.pipelines import images
+
+    accepted = []
+    for fmt in ("JPEG", "PNG", "BMP", "WEBP"):
+        path = tmp_path / f"ok.{fmt.lower()}"
+        Image.new("RGB", (40, 30), (200, 10, 10)).save(path, format=fmt)
+        accepted.append(path)
+    bad = {"anim.jpg": "unsupported format", "empty.jpg": "empty file", "text.jpg": "not an image"}
+    Image.new("P", (8, 8)).save(tmp_path / "anim.jpg", format="GIF")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("hello, not a picture")
+    for name, reason in bad.items():  # the same reasons as the full header check
+        assert images.sniff_problem(tmp_path / name) == images.header_problem(tmp_path / name) == reason
+    assert images.sniff_problem(tmp_path / "missing.jpg").startswith("unreadable")
+
+    def no_pil(*args, **kwargs):
+        raise AssertionError("PIL parsed a header that its first bytes vouch for")
+
+    monkeypatch.setattr(images.Image, "open", no_pil)
+    assert [images.sniff_problem(path) for path in accepted] == [None] * 4
+
+
+def test_too_large_follows_max_pixels_and_pils_own_limit(monkeypatch):
+    from realfake.pipelines.images import DEFAULT_MAX_PIXELS, too_large
+
+    assert not too_large(600, 600) and too_large(DEFAULT_MAX_PIXELS + 1, 1)
+    assert too_large(11, 10, max_pixels=100) and not too_large(10, 10, max_pixels=100)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # PIL opens up to twice its limit
+    assert too_large(101, 100, max_pixels=None) and not too_large(100, 100, max_pixels=None)
