@@ -9,8 +9,9 @@ not depend on them), so every row also shows the build's parity against eager fp
 random images) and what the build and the first call cost. The timed call is Engine.predict on a
 batch already on the GPU. Every measurement runs in a process of its own: a failing backend, even one
 that crashes the interpreter (AOTInductor's fp16 build on torch 2.11 + CUDA 13 ended the whole run
-with a segmentation fault once), prints its error in the table and the others still run. Budget:
-under 3 minutes on an H200 including compiles.
+with a segmentation fault once), prints its error in the table and the others still run. After the
+first case's engines come four torch.compile probes of the bare model (COMPILE_PROBES). Budget (not
+measured yet): about 3-4 minutes on an H200 including compiles.
 
 Needs torch with CUDA; imports `realfake` from the installed package or, failing that, from the
 checkout this file lives in (a temporary `realfake` package of symlinks to its folders).
@@ -96,6 +97,44 @@ def measure(model_name: str, image_size: int, backend: str, precision: str, *, b
     return row
 
 
+# Why was `compile` fp16 3x slower than eager fp16 on the H200 (docs/gpu-h200.md)? These variants of
+# torch.compile on the bare model (first case only) tell apart the engine's two choices: autocast
+# around the compiled module vs weights converted to the precision (as `aot` does), and the batch
+# dimension marked dynamic (as the engine does) vs static.
+COMPILE_PROBES = ("autocast-dynamic", "autocast-static", "weights-dynamic", "weights-static")
+
+
+def measure_compile_probe(model_name: str, image_size: int, probe: str, precision: str, *, batch: int,
+                          min_seconds: float, repeats: int, device: str = "cuda", **_) -> dict:
+    import torch
+    from realfake.engines.inference import PRECISION_DTYPES, AutocastRunner, CastInput
+    from realfake.models import build_model
+
+    row = {"model": f"{model_name}@{image_size}", "backend": f"probe:compile-{probe}", "precision": precision,
+           "batch": batch}
+    torch.manual_seed(0)
+    model = build_model(model_name, image_size=image_size).eval().to(device).to(memory_format=torch.channels_last)
+    dtype = PRECISION_DTYPES[precision]
+    weights = probe.startswith("weights") and precision != "fp32"
+    compiled = torch.compile(CastInput(model.to(dtype), dtype) if weights else model)
+    runner = compiled if weights else AutocastRunner(compiled, device, precision)
+    dynamic = probe.endswith("dynamic")
+
+    def predict(images):
+        if dynamic:
+            torch._dynamo.mark_dynamic(images, 0)
+        with torch.inference_mode():
+            return runner(images)
+
+    images = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=torch.channels_last)
+    started = time.perf_counter()
+    predict(images)
+    _sync(device)
+    row["load_first_call_s"] = time.perf_counter() - started
+    row["img_s"] = throughput(predict, images, min_seconds=min_seconds, repeats=repeats)
+    return row
+
+
 def table(rows: list[dict], precision: str = "fp16") -> str:
     """One row per engine; ratios to eager at `precision` of the same model."""
     base = {r["model"]: r["img_s"] for r in rows
@@ -125,6 +164,8 @@ def measure_in_child(job: dict, timeout_s: float) -> dict:
     """measure(**job) in a fresh interpreter: the row it prints, or the way it died."""
     row = {"model": f"{job['model_name']}@{job['image_size']}", "backend": job["backend"],
            "precision": job["precision"], "batch": job["batch"]}
+    if "probe" in job:
+        row["backend"] = f"probe:compile-{job['probe']}"
     try:
         done = subprocess.run([sys.executable, __file__, "--one", json.dumps(job)], capture_output=True, text=True,
                               timeout=timeout_s)
@@ -149,9 +190,13 @@ def run_one(job: dict) -> int:
 
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     try:
-        row = measure(**{**job, "scratch": Path(job["scratch"])})
+        if "probe" in job:
+            row = measure_compile_probe(**job)
+        else:
+            row = measure(**{**job, "scratch": Path(job["scratch"])})
     except Exception as exc:  # report and go on: one backend must not hide the others
-        row = {"model": f"{job['model_name']}@{job['image_size']}", "backend": job["backend"],
+        row = {"model": f"{job['model_name']}@{job['image_size']}",
+               "backend": f"probe:compile-{job['probe']}" if "probe" in job else job["backend"],
                "precision": job["precision"], "batch": job["batch"],
                "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
         if not isinstance(exc, ValueError):  # ValueErrors are our own one-line explanations
@@ -175,6 +220,8 @@ def main(argv=None) -> int:
     parser.add_argument("--case", action="append", metavar="MODEL@SIZE",
                         help="replace the cases (repeatable), e.g. simple_cnn@32 for a quick dry run")
     parser.add_argument("--row-timeout", type=float, default=150.0, help="seconds for one engine's build and timing")
+    parser.add_argument("--compile-probes", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time torch.compile variants on the first case (see COMPILE_PROBES)")
     args = parser.parse_args(argv)
     cases = [(c.split("@")[0], int(c.split("@")[1])) for c in args.case] if args.case else CASES
 
@@ -205,6 +252,15 @@ def main(argv=None) -> int:
                 print(f"  {row['model']} {backend}-{precision}: "
                       + (f"{row['img_s']:,.0f} img/s" if "img_s" in row else row.get("error", "?"))
                       + f"  ({time.perf_counter() - t0:.1f} s)", flush=True)
+            # the probes right after the first case, so that a time limit cuts the second case instead
+            for probe in COMPILE_PROBES if args.compile_probes and (model_name, image_size) == cases[0] else ():
+                job = dict(model_name=model_name, image_size=image_size, probe=probe, backend="compile",
+                           precision=args.precision, batch=args.batch, min_seconds=args.min_seconds,
+                           repeats=args.repeats, device=args.device)
+                row = measure_in_child(job, args.row_timeout)
+                rows.append(row)
+                print(f"  {row['model']} {row['backend']}-{args.precision}: "
+                      + (f"{row['img_s']:,.0f} img/s" if "img_s" in row else row.get("error", "?")), flush=True)
     print()
     print(table(rows, args.precision))
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
