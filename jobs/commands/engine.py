@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 BACKEND_HELP = ("auto = the best that runs on the device: tensorrt (CUDA + torch-tensorrt) > aot (AOTInductor "
-                "package, no compile at load) > compile (torch.compile at every load) > eager.")
+                "package, no compile at load) > compile (torch.compile at every load) > eager; a backend whose "
+                "compiler crashes is passed over, and engine.json says why.")
 PRECISION_HELP = ("fp32; fp16 (CUDA only); bf16 (GPUs, and CPUs with AVX512-BF16/AMX: emulated and many times "
                   "slower elsewhere); auto = bf16 where the device has bf16 units, else fp16 on a GPU, fp32 on a "
                   "CPU. Parity against eager fp32 must stay within the precision's tolerance.")
