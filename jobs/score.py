@@ -173,7 +173,12 @@ class _Ahead:
 
     def __iter__(self):
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():  # closed: a consumer in another thread must not wait forever
+                    return
+                continue
             if item is self._END:
                 return
             if isinstance(item, _Failed):
@@ -383,6 +388,8 @@ def run_score(
             while not ready_slots.acquire(timeout=0.1):
                 if stopping.is_set():
                     return
+            if stopping.is_set():
+                return
             data = get_loader([item[0] for item in chunk], None, train=False, backend=decoder,
                               image_size=image_size, batch_size=batch_size, num_workers=num_workers,
                               device=run_device, draft=True)
@@ -436,8 +443,8 @@ def run_score(
     finally:
         torch.set_num_threads(threads_before)
         stopping.set()
+        ahead.close()  # first: the prepare thread may be waiting for the walk
         prepared.close()
-        ahead.close()
         bar.close()
         writer.close()  # Parquet: combines the part files, also after an error or Ctrl-C
         errors_writer.close()

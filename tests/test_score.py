@@ -219,6 +219,40 @@ def test_a_failing_walk_stops_the_run_and_keeps_the_rows(tmp_path, engine, good,
     assert summary["skipped"] + summary["scored"] == len(files) == len(rows_of(out))
 
 
+def test_a_failure_mid_run_stops_every_helper_thread_while_the_walk_is_still_going(tmp_path, engine, good,
+                                                                                  monkeypatch):
+    import threading
+
+    from realfake.engines import inference
+    from realfake.jobs import score as score_module
+    from realfake.pipelines import walk
+
+    root, files = good
+    real_walk, real_predict = walk.walk_images, inference.Engine.predict
+
+    def slow_walk(*args, **kwargs):
+        for i, found in enumerate(real_walk(*args, **kwargs)):
+            if i >= 16:
+                time.sleep(1.0)  # a big folder: the walk is still going when the engine fails
+            yield found
+
+    def failing_predict(self, images, chunk_size=None):
+        if failing_predict.calls == 1:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        failing_predict.calls += 1
+        return real_predict(self, images, chunk_size)
+
+    failing_predict.calls = 0
+    monkeypatch.setattr(walk, "walk_images", slow_walk)
+    monkeypatch.setattr(inference.Engine, "predict", failing_predict)
+    monkeypatch.setattr(score_module, "CHUNK_FILES", 8)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        score([root], tmp_path / "scores.csv", engine)
+    # the walk and the loader-preparing threads are gone (the latter used to wait on the walk forever)
+    assert [t.name for t in threading.enumerate() if t.name.startswith("score-")] == []
+    assert len(rows_of(tmp_path / "scores.csv")) == 8  # the first chunk's rows are kept
+
+
 def test_engine_slices_are_tuned_on_the_first_batches(monkeypatch):
     import types
 
