@@ -217,10 +217,9 @@ def sniff_problem(path: str | os.PathLike) -> str | None:
 def header_problem(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> str | None:
     """Why `path` cannot be an accepted image, from its header alone (no decode), or None.
 
-    Folder scoring runs this before handing files to DALI, so that its results and reasons match
-    `load_rgb`'s for what a header shows: DALI would decode a TIFF or a decompression bomb that the
-    torchvision path rejects, and a file it cannot parse costs a pipeline rebuild. Unlike
-    `check_image` it decodes nothing, so it is cheap enough for every file of a folder.
+    The reasons are `load_rgb`'s for what a header shows: DALI would decode a TIFF or a decompression
+    bomb that the torchvision path rejects. Unlike `check_image` it decodes nothing. Folder scoring
+    with DALI calls it (through `sniff_problem`) for files that do not start like an accepted format.
     """
     try:
         f = open(path, "rb")
