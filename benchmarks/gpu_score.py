@@ -24,6 +24,8 @@ Rows (each measurement fails on its own, with its error in the table, and the ot
                          fsynced per batch): img/s and its ratio to the same loader's decode pass and
                          to the DALI steady rate. Goal: >= 0.9 of DALI's decode-only rate.
   score/simple_cnn/dali-no-header-check   the same without the header checks (their cost)
+  score/simple_cnn/dali xLARGE   baseline kind only: a folder of N x --large-copies links (51,200 by
+                         default), where the per-run fixed costs weigh less
   fixed/<step>           seconds of the DALI loader's per-pass steps, once each over the folder's files:
                          header screen (`screen_headers`), pipeline build (mixed decoder), first batch.
                          They bound how close a pass of this size can come to the steady rate.
@@ -81,16 +83,18 @@ def make_folders(data: str | None, n: int, copies: int, tmp: Path) -> dict[str, 
     jobs = [(f, str(tmp / "baseline" / f"{i:05d}.jpg")) for i, f in enumerate(files)]
     with ProcessPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
         baseline = list(pool.map(_reencode_baseline, jobs, chunksize=8))
-    folders = {}
-    for kind, originals in (("progressive", files), ("baseline", baseline)):
-        folder = tmp / f"folder-{kind}"
-        for c in range(copies):
-            sub = folder / f"copy_{c:03d}"
-            sub.mkdir(parents=True)
-            for i, f in enumerate(originals):
-                os.symlink(f, sub / f"{i:05d}.jpg")
-        folders[kind] = (folder, originals)
-    return folders
+    return {kind: (link_folder(originals, copies, tmp / f"folder-{kind}"), originals)
+            for kind, originals in (("progressive", files), ("baseline", baseline))}
+
+
+def link_folder(originals: list[str], copies: int, folder: Path) -> Path:
+    """`folder` with `copies` subfolders of symbolic links to `originals`."""
+    for c in range(copies):
+        sub = folder / f"copy_{c:03d}"
+        sub.mkdir(parents=True)
+        for i, f in enumerate(originals):
+            os.symlink(f, sub / f"{i:05d}.jpg")
+    return folder
 
 
 def folder_files(folder: Path) -> list[str]:
@@ -201,6 +205,8 @@ def main() -> int:
     parser.add_argument("--data", help="folder of JPEGs (default: generate synthetic 600x600 faces)")
     parser.add_argument("--n", type=int, default=256, help="distinct files per kind")
     parser.add_argument("--copies", type=int, default=40, help="links to each file in the scored folder")
+    parser.add_argument("--large-copies", type=int, default=200,
+                        help="links to each baseline file in one more, larger folder scored with DALI (simple_cnn)")
     parser.add_argument("--threads", type=int, default=min(12, max(1, (os.cpu_count() or 2) - 2)),
                         help="DALI threads / DataLoader workers")
     parser.add_argument("--models", default="simple_cnn,resnet18")
@@ -272,6 +278,13 @@ def main() -> int:
                 rate = measure(kind, "score/simple_cnn/dali-no-header-check", score_rate, folder,
                                engines["simple_cnn"], "dali", args.threads, tmp / f"scores-{kind}-nocheck.csv",
                                header_check=False)
+                if rate and steady:
+                    rows[-1]["vs_dali_steady"] = rate / steady
+            if "simple_cnn" in engines and kind == "baseline" and args.large_copies > args.copies:
+                # fixed costs amortized: how close a folder several times larger comes to the steady rate
+                large = link_folder(distinct, args.large_copies, tmp / "folder-baseline-large")
+                rate = measure(kind, f"score/simple_cnn/dali x{args.large_copies}", score_rate, large,
+                               engines["simple_cnn"], "dali", args.threads, tmp / "scores-baseline-large.csv")
                 if rate and steady:
                     rows[-1]["vs_dali_steady"] = rate / steady
 
