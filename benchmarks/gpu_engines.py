@@ -71,7 +71,7 @@ def measure(model_name: str, image_size: int, backend: str, precision: str, *, b
     )
     from realfake.models import build_model
 
-    row = {"model": f"{model_name}@{image_size}", "backend": backend, "precision": precision, "batch": batch}
+    row = job_row(dict(model_name=model_name, image_size=image_size, backend=backend, precision=precision, batch=batch))
     reason = backend_module(backend).unavailable_reason(device)
     if reason:
         return {**row, "error": f"not available: {reason.split(':')[0]}"}
@@ -110,8 +110,7 @@ def measure_compile_probe(model_name: str, image_size: int, probe: str, precisio
     from realfake.engines.inference import PRECISION_DTYPES, AutocastRunner, CastInput
     from realfake.models import build_model
 
-    row = {"model": f"{model_name}@{image_size}", "backend": f"probe:compile-{probe}", "precision": precision,
-           "batch": batch}
+    row = job_row(dict(model_name=model_name, image_size=image_size, probe=probe, precision=precision, batch=batch))
     torch.manual_seed(0)
     model = build_model(model_name, image_size=image_size).eval().to(device).to(memory_format=torch.channels_last)
     dtype = PRECISION_DTYPES[precision]
@@ -160,12 +159,16 @@ def table(rows: list[dict], precision: str = "fp16") -> str:
 ROW_PREFIX = "GPU-ENGINES-ROW "
 
 
+def job_row(job: dict) -> dict:
+    """The identifying columns of a job's row (what a failed measurement still shows)."""
+    backend = f"probe:compile-{job['probe']}" if "probe" in job else job["backend"]
+    return {"model": f"{job['model_name']}@{job['image_size']}", "backend": backend, "precision": job["precision"],
+            "batch": job["batch"]}
+
+
 def measure_in_child(job: dict, timeout_s: float) -> dict:
     """measure(**job) in a fresh interpreter: the row it prints, or the way it died."""
-    row = {"model": f"{job['model_name']}@{job['image_size']}", "backend": job["backend"],
-           "precision": job["precision"], "batch": job["batch"]}
-    if "probe" in job:
-        row["backend"] = f"probe:compile-{job['probe']}"
+    row = job_row(job)
     try:
         done = subprocess.run([sys.executable, __file__, "--one", json.dumps(job)], capture_output=True, text=True,
                               timeout=timeout_s)
@@ -195,10 +198,7 @@ def run_one(job: dict) -> int:
         else:
             row = measure(**{**job, "scratch": Path(job["scratch"])})
     except Exception as exc:  # report and go on: one backend must not hide the others
-        row = {"model": f"{job['model_name']}@{job['image_size']}",
-               "backend": f"probe:compile-{job['probe']}" if "probe" in job else job["backend"],
-               "precision": job["precision"], "batch": job["batch"],
-               "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
+        row = {**job_row(job), "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
         if not isinstance(exc, ValueError):  # ValueErrors are our own one-line explanations
             traceback.print_exc(limit=5)
     print(ROW_PREFIX + json.dumps(row), flush=True)
