@@ -389,6 +389,11 @@ class DaliLoader:
     def _n_batches(self, n_samples: int) -> int:
         return n_samples // self.batch_size if self.drop_last else math.ceil(n_samples / self.batch_size)
 
+    def _pass_size(self, files, shard_id: int, num_shards: int) -> tuple[int, int]:
+        """(samples, batches) a reader over `files` gives this shard."""
+        n_samples = len(shard_range(len(files), shard_id, num_shards))
+        return n_samples, self._n_batches(n_samples)
+
     def _pipeline_seed(self, attempt: int) -> int:
         state = np.random.SeedSequence([self.seed, self.epoch, self.shard_id, attempt]).generate_state(1)
         return int(state[0] & 0x7FFFFFFF)
@@ -431,7 +436,7 @@ class DaliLoader:
             return
         self._screen()
         files, labels, shard_id, num_shards = self._pass_files()
-        n_batches = self._n_batches(len(shard_range(len(files), shard_id, num_shards)))
+        _, n_batches = self._pass_size(files, shard_id, num_shards)
         if not files or n_batches == 0:
             return
         pipe = self._pipeline(files, labels, shard_id, num_shards, 0, n_batches)
@@ -456,8 +461,7 @@ class DaliLoader:
         prepared = self._take_prepared()
         attempt = 0
         while files:
-            n_samples = len(shard_range(len(files), shard_id, num_shards))
-            n_batches = self._n_batches(n_samples)
+            n_samples, n_batches = self._pass_size(files, shard_id, num_shards)
             if n_batches == 0:
                 break
             try:
