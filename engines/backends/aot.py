@@ -149,8 +149,7 @@ def _compile_load_and_call(program_path: str, package_path: str, device: str, im
                            configs: Mapping[str, Any]) -> None:
     program = torch.export.load(program_path)
     torch._inductor.aoti_compile_and_package(program, package_path=package_path, inductor_configs=dict(configs))
-    index = torch.device(device).index
-    runner = torch._inductor.aoti_load_package(package_path, **({} if index is None else {"device_index": index}))
+    runner = load_package(package_path, device)
     with torch.inference_mode():
         runner(torch.randn(check_batch, 3, image_size, image_size, device=device))
     if str(device).startswith("cuda"):
@@ -171,12 +170,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                            json.loads(args.inductor_configs))
 
 
-def load(engine_dir: Path, meta: Mapping[str, Any], device: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def load_package(package: str, device: str) -> Callable[[torch.Tensor], torch.Tensor]:
     index = torch.device(device).index
-    package = str(Path(engine_dir) / meta["artifact"]["file"])
     if index is not None:
         return torch._inductor.aoti_load_package(package, device_index=index)
     return torch._inductor.aoti_load_package(package)
+
+
+def load(engine_dir: Path, meta: Mapping[str, Any], device: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    return load_package(str(Path(engine_dir) / meta["artifact"]["file"]), device)
 
 
 if __name__ == "__main__":
