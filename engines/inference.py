@@ -424,7 +424,7 @@ def read_engine_meta(path: str | Path, *, expected_image_size: int | None = None
     if meta["backend"] in COMPILED_ARTIFACT_BACKENDS:
         built = _base_version(meta["versions"].get("torch"))
         if built != _base_version(torch.__version__):
-            raise EngineError(f"{path} is a {meta['backend']} engine built with torch {built}, this is torch "
+            raise EngineError(f"{path} holds a compiled ({meta['backend']}) engine built with torch {built}, this is torch "
                               f"{_base_version(torch.__version__)}: compiled artifacts run only on the torch that "
                               f"built them: {rebuild} (or use an eager/compile engine)")
     if expected_image_size is not None and int(meta["image_size"]) != int(expected_image_size):
@@ -441,10 +441,10 @@ def _load_device(meta: Mapping[str, Any], device: str | None, path: Path) -> str
     wants_type = "cuda" if device.startswith("cuda") else "cpu"
     if meta["backend"] in COMPILED_ARTIFACT_BACKENDS and wants_type != built_for:
         if built_for == "cuda":
-            raise EngineError(f"{path} is a {meta['backend']} engine compiled for CUDA; it cannot run on the CPU: "
+            raise EngineError(f"{path} holds a compiled ({meta['backend']}) engine built for CUDA; it cannot run on the CPU: "
                               "rebuild it with --device cpu")
         # A CPU-compiled package on a GPU host: run it where it was compiled for.
-        log.warning("%s is a %s engine compiled for the CPU: running it there (rebuild it with --device cuda "
+        log.warning("%s holds a compiled (%s) engine built for the CPU: running it there (rebuild it with --device cuda "
                     "to use the GPU)", path, meta["backend"])
         return "cpu"
     if wants_type == "cuda" and not torch.cuda.is_available():
