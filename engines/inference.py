@@ -539,9 +539,14 @@ def choose_threshold(threshold: float | str, target_fpr: float | None, labels, p
     if not 0.0 <= target_fpr <= 1.0:
         raise ValueError(f"--target-fpr {target_fpr} must be between 0 and 1")
     value = threshold_at_fpr(y, p, target_fpr)
-    negatives = p[y == 0]
-    achieved = float(np.mean(negatives >= value)) if negatives.size else None
-    return value, {"method": "target_fpr", "target_fpr": target_fpr, "fpr": achieved, "eer": eer,
+    achieved = float(np.mean(p[y == 0] >= value))
+    caught = float(np.mean(p[y == 1] >= value))
+    if caught == 0.0:
+        # Ties at the top (a weak model saturates) can leave only "call nothing fake" under the target.
+        log.warning("no threshold keeps the false positive rate at or below %g and still calls any validation "
+                    "fake fake: threshold %.4f calls nothing fake; raise --target-fpr or use a better model",
+                    target_fpr, value)
+    return value, {"method": "target_fpr", "target_fpr": target_fpr, "fpr": achieved, "tpr": caught, "eer": eer,
                    "n_images": int(y.size)}
 
 

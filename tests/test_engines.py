@@ -1,6 +1,7 @@
 """Inference engines: every backend that runs here builds, loads again in a fresh process and matches
 eager fp32; engine.json validation; the threshold; list/show/promote; TensorRT's pure parts."""
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -272,13 +273,19 @@ def test_parity_failure_writes_nothing(run_dir, tmp_path, monkeypatch):
     assert not out.exists() and not list(tmp_path.glob(".never*"))
 
 
-def test_threshold_target_fpr_and_conflicts(run_dir, tmp_path):
+def test_threshold_target_fpr_and_conflicts(run_dir, tmp_path, caplog):
     from realfake.engines.metrics import threshold_at_fpr
 
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     p = np.array([0.1, 0.2, 0.35, 0.8, 0.3, 0.6, 0.7, 0.9])
     value, how = inference.choose_threshold("auto", 0.25, labels, p)
     assert value == threshold_at_fpr(labels, p, 0.25) and how["method"] == "target_fpr" and how["fpr"] <= 0.25
+    assert how["tpr"] == np.mean(p[labels == 1] >= value) > 0
+    # The top score shared by a real and a fake: under FPR 0.1 only "nothing is fake" is left, and it says so.
+    tied = np.array([0.1, 0.2, 0.3, 0.9, 0.9, 0.9, 0.2, 0.3])
+    with caplog.at_level(logging.WARNING, logger="realfake.engines.inference"):
+        value, how = inference.choose_threshold("auto", 0.1, labels, tied)
+    assert how["fpr"] == how["tpr"] == 0.0 and value > 0.9 and "calls nothing fake" in caplog.text
     with pytest.raises(ValueError, match="target-fpr"):
         build_engine(run_dir, tmp_path / "x", backend="eager", threshold="0.5", target_fpr=0.1)
     with pytest.raises(ValueError, match="both real and fake"):

@@ -63,7 +63,7 @@ def build(run_dir, **options):
     click.echo(f"  backend    {s['backend']} ({s['backend_reason']}), {s['precision']}, {s['device']}, "
                f"batch {batch['min']}:{batch['opt']}:{batch['max']}")
     click.echo(f"  model      {s['model']} @ {s['image_size']} px")
-    click.echo(f"  threshold  {s['threshold']:.4f} ({s['threshold_method']})")
+    click.echo(f"  threshold  {s['threshold']:.4f} ({describe_threshold(s['threshold_detail'])})")
     click.echo(f"  parity     max |dp| {parity['max_abs_diff_p']:.2e} (tolerance {parity['tolerance']:.0e}), "
                f"mean {parity['mean_abs_diff_p']:.2e}, label agreement {parity['label_agreement']:.4f} "
                f"on {parity['n_images']} validation images")
@@ -73,6 +73,16 @@ def build(run_dir, **options):
 
 COLUMNS = ("promoted", "engine_id", "backend", "precision", "model", "image_size", "batch", "device", "threshold",
            "max_abs_diff_p", "label_agreement", "engine_dir")
+
+
+def describe_threshold(how: dict) -> str:
+    """How the threshold was chosen, with what it reached on the validation split."""
+    if how["method"] == "eer":
+        return f"eer: equal error rate {how['eer']:.3f} on {how['n_images']} validation images"
+    if how["method"] == "target_fpr":
+        caught = f", fakes caught {how['tpr']:.3f}" if "tpr" in how else ""
+        return f"target_fpr {how['target_fpr']:g}: false positive rate {how['fpr']:.3f}{caught} on validation"
+    return how["method"]
 
 
 def _cell(key: str, value) -> str:
