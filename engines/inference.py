@@ -424,9 +424,9 @@ def read_engine_meta(path: str | Path, *, expected_image_size: int | None = None
     if meta["backend"] in COMPILED_ARTIFACT_BACKENDS:
         built = _base_version(meta["versions"].get("torch"))
         if built != _base_version(torch.__version__):
-            raise EngineError(f"{path} holds a compiled ({meta['backend']}) engine built with torch {built}, this is torch "
-                              f"{_base_version(torch.__version__)}: compiled artifacts run only on the torch that "
-                              f"built them: {rebuild} (or use an eager/compile engine)")
+            raise EngineError(f"{path} holds a compiled ({meta['backend']}) engine built with torch {built}, "
+                              f"this is torch {_base_version(torch.__version__)}: compiled artifacts run only on "
+                              f"the torch that built them: {rebuild} (or use an eager/compile engine)")
     if expected_image_size is not None and int(meta["image_size"]) != int(expected_image_size):
         raise EngineError(f"{path} was built for {meta['image_size']} px images, not {expected_image_size}: use an "
                           f"engine built at {expected_image_size} px, or load the images at {meta['image_size']} px")
@@ -441,11 +441,11 @@ def _load_device(meta: Mapping[str, Any], device: str | None, path: Path) -> str
     wants_type = "cuda" if device.startswith("cuda") else "cpu"
     if meta["backend"] in COMPILED_ARTIFACT_BACKENDS and wants_type != built_for:
         if built_for == "cuda":
-            raise EngineError(f"{path} holds a compiled ({meta['backend']}) engine built for CUDA; it cannot run on the CPU: "
-                              "rebuild it with --device cpu")
+            raise EngineError(f"{path} holds a compiled ({meta['backend']}) engine built for CUDA; it cannot run "
+                              "on the CPU: rebuild it with --device cpu")
         # A CPU-compiled package on a GPU host: run it where it was compiled for.
-        log.warning("%s holds a compiled (%s) engine built for the CPU: running it there (rebuild it with --device cuda "
-                    "to use the GPU)", path, meta["backend"])
+        log.warning("%s holds a compiled (%s) engine built for the CPU: running it there (rebuild it with "
+                    "--device cuda to use the GPU)", path, meta["backend"])
         return "cpu"
     if wants_type == "cuda" and not torch.cuda.is_available():
         raise EngineError(f"{path} asks for a CUDA device but torch sees none: load it with device='cpu'"
@@ -543,8 +543,8 @@ def choose_threshold(threshold: float | str, target_fpr: float | None, labels, p
     caught = float(np.mean(p[y == 1] >= value))
     if caught == 0.0:
         # Ties at the top (a weak model saturates) can leave only "call nothing fake" under the target.
-        log.warning("no threshold keeps the false positive rate at or below %g and still calls any validation "
-                    "fake fake: threshold %.4f calls nothing fake; raise --target-fpr or use a better model",
+        log.warning("no threshold keeps the false positive rate at or below %g while catching any validation "
+                    "fake: threshold %.4f calls nothing fake; raise --target-fpr or use a better model",
                     target_fpr, value)
     return value, {"method": "target_fpr", "target_fpr": target_fpr, "fpr": achieved, "tpr": caught, "eer": eer,
                    "n_images": int(y.size)}
