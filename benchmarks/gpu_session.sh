@@ -55,14 +55,15 @@ bench)
 sweep)
   seconds=${2:?give the seconds the parallel training may take}
   common=(--cache gpu --set amp=true --set channels_last=true --device cuda)
-  # preset:configuration: the report's baselines first (the first lease queued them last and they never
-  # finished), then the recipes. Configurations that only evaluate another's runs differently (TTA) are
-  # left to the final pass, so that no two processes train the same run.
-  jobs=(report-baselines:model2 report-baselines:resnet18 report-baselines:model1 pseudo-fakes:r18-224-sbi-noblur
-        pseudo-fakes:r18-224-recipe-noblur pseudo-fakes:r18-224-recipe pseudo-fakes:r18-224-sbi
-        pseudo-fakes:r18-224-pretrain-sbi)
-  final=("pseudo-fakes:r18-224-recipe r18-224-recipe-noblur r18-224-sbi r18-224-sbi-noblur r18-224-sbi-noblur-flip
-          r18-224-sbi-noblur-crops r18-224-pretrain-sbi" "report-baselines:model1 model2 resnet18")
+  # preset:configuration, in the order they get a slot: what no lease has measured first (native
+  # resolution; the report's baselines, queued last by the first lease, never finished), then the
+  # 224 px recipe again as this lease's reference. The first lease's pseudo-fakes rows are in
+  # docs/gpu-h200.md and are not rerun. A configuration that only evaluates another's runs differently
+  # (TTA) belongs in the final pass, so that no two processes train the same run.
+  jobs=(resolution:r18-600-crop320 resolution:r18-600-crop320-sbi report-baselines:model1 report-baselines:model2
+        report-baselines:resnet18 resolution:r18-224 resolution:r18-128 pseudo-fakes:r18-224-pretrain-sbi)
+  final=("resolution:r18-128 r18-224 r18-600-crop320 r18-600-crop320-sbi" "report-baselines:model1 model2 resnet18"
+         "pseudo-fakes:r18-224-pretrain-sbi")
   seeds=(0 1 2); parallel=${SWEEP_PARALLEL:-12}
   if [ -n "${GPU_DRY:-}" ]; then
     common=(--cache memory --device cpu --set image_size=32 --set epochs=1); seeds=(0 1); parallel=2
