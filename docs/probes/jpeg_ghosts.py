@@ -101,6 +101,9 @@ def main() -> None:
             np.save(args.cache, np.stack(pool.map(ghost_maps, paths, chunksize=8)).astype(np.float16))
     like_real = np.isin(tables, tables[y == 0])
     maps = np.log(np.load(args.cache).astype(np.float32) + 0.01)
+    if maps.shape[0] != len(paths):
+        raise SystemExit(f"{args.cache} holds maps of {maps.shape[0]} files, the manifest lists {len(paths)}: "
+                         "it was made for another manifest; delete it or pass another --cache")
     x_all = torch.tensor(maps - maps.mean((2, 3), keepdims=True))
     targets = torch.tensor(y, dtype=torch.float32)
     train = np.flatnonzero((split == "train") & (like_real if args.train_on == "like-real" else True))
