@@ -80,8 +80,8 @@ def describe_threshold(how: dict) -> str:
     if how["method"] == "eer":
         return f"eer: equal error rate {how['eer']:.3f} on {how['n_images']} validation images"
     if how["method"] == "target_fpr":
-        caught = f", fakes caught {how['tpr']:.3f}" if "tpr" in how else ""
-        return f"target_fpr {how['target_fpr']:g}: false positive rate {how['fpr']:.3f}{caught} on validation"
+        return (f"target_fpr {how['target_fpr']:g}: false positive rate {how['fpr']:.3f}, fakes caught "
+                f"{how['tpr']:.3f} on validation")
     return how["method"]
 
 
