@@ -69,7 +69,7 @@ def measure(model_name: str, image_size: int, backend: str, precision: str, *, b
         load_engine,
         random_validation,
     )
-    from realfake.models import build_model
+    from realfake.models import build_model, input_shape
 
     row = job_row(dict(model_name=model_name, image_size=image_size, backend=backend, precision=precision, batch=batch))
     reason = backend_module(backend).unavailable_reason(device)
@@ -81,10 +81,10 @@ def measure(model_name: str, image_size: int, backend: str, precision: str, *, b
     engine_dir = build_engine_from_model(
         model, scratch / f"{model_name}-{image_size}-{backend}-{precision}", architecture=model_name,
         image_size=image_size, backend=backend, precision=precision, batch=(1, batch, batch), device=device,
-        validation=random_validation(image_size, n=64, batch_size=64))
+        validation=random_validation(input_shape(model_name, image_size), n=64, batch_size=64))
     row["build_s"] = time.perf_counter() - started
     torch._dynamo.reset()
-    images = torch.randn(batch, 3, image_size, image_size, device=device)
+    images = torch.randn(batch, *input_shape(model_name, image_size), device=device)
     started = time.perf_counter()
     engine = load_engine(engine_dir, device=device)
     engine.predict(images)
@@ -108,7 +108,7 @@ def measure_compile_probe(model_name: str, image_size: int, probe: str, precisio
                           min_seconds: float, repeats: int, device: str = "cuda", **_) -> dict:
     import torch
     from realfake.engines.inference import PRECISION_DTYPES, AutocastRunner, CastInput
-    from realfake.models import build_model
+    from realfake.models import build_model, input_shape
 
     row = job_row(dict(model_name=model_name, image_size=image_size, probe=probe, precision=precision, batch=batch))
     torch.manual_seed(0)
@@ -125,7 +125,7 @@ def measure_compile_probe(model_name: str, image_size: int, probe: str, precisio
         with torch.inference_mode():
             return runner(images)
 
-    images = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=torch.channels_last)
+    images = torch.randn(batch, *input_shape(model_name, image_size), device=device).contiguous(memory_format=torch.channels_last)
     started = time.perf_counter()
     predict(images)
     _sync(device)

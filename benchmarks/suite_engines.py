@@ -96,14 +96,15 @@ def _variant(backend: str, precision: str) -> str:
 def model_figures(model_name: str, image_size: int, *, device: str, variants: Sequence[tuple[str, str]],
                   batch_sizes: Sequence[int], cfg: EngineSuiteConfig, repeats: int, scratch: Path) -> list[Figure]:
     from realfake.engines.inference import build_engine_from_model, load_engine, random_validation
-    from realfake.models import build_model
+    from realfake.models import build_model, input_shape
 
     prefix = f"{SUITE}/{model_name}@{image_size}"
     sync = sync_for(device)
     torch.manual_seed(0)
     model = build_model(model_name, image_size=image_size).eval()
     batch_range = (1, max(batch_sizes), max(batch_sizes))
-    inputs = {n: torch.randn(n, 3, image_size, image_size, device=device) for n in batch_sizes}
+    shape = input_shape(model_name, image_size)
+    inputs = {n: torch.randn(n, *shape, device=device) for n in batch_sizes}
     figures: dict[tuple[str, int | str], Figure] = {}
     common = {"model": model_name, "image_size": image_size, "device": device}
 
@@ -121,7 +122,7 @@ def model_figures(model_name: str, image_size: int, *, device: str, variants: Se
                 engine_dir = build_engine_from_model(
                     model, scratch / f"{model_name}-{image_size}-{name}", architecture=model_name,
                     image_size=image_size, backend=backend, precision=precision, batch=batch_range, device=device,
-                    validation=random_validation(image_size, n=16, batch_size=16))
+                    validation=random_validation(shape, n=16, batch_size=16))
                 build_s = time.perf_counter() - started
                 torch._dynamo.reset()  # the compile backend's load then pays a (cache-warm) compile
                 started = time.perf_counter()

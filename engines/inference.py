@@ -303,10 +303,14 @@ class Engine:
     range are split into chunks of `batch.max`, a chunk below `batch.min` is padded with zeros."""
 
     def __init__(self, path: Path, meta: dict, runner: Callable[[torch.Tensor], torch.Tensor], device: str):
+        from realfake.models import input_shape, model_input
+
         self.path = Path(path)
         self.meta = meta
         self.engine_id: str = meta["engine_id"]
         self.image_size: int = int(meta["image_size"])
+        self.input: str = model_input(meta["architecture"])  # "pixels" or "ghosts" (JPEG ghost maps)
+        self.input_shape: tuple[int, int, int] = input_shape(meta["architecture"], self.image_size)
         self.threshold: float = float(meta["threshold"])
         self.backend: str = meta["backend"]
         self.precision: str = meta["precision"]
@@ -321,13 +325,16 @@ class Engine:
                 f"batch {self.batch}, {self.device})")
 
     def _check_images(self, images: torch.Tensor) -> None:
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        channels, height, width = self.input_shape
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != channels:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"engine {self.engine_id} takes images of shape (N, 3, {self.image_size}, "
-                             f"{self.image_size}), got {shape}")
-        if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
+            what = "images" if self.input == "pixels" else "JPEG ghost maps"
+            raise ValueError(f"engine {self.engine_id} takes {what} of shape (N, {channels}, {height}, {width}), "
+                             f"got {shape}")
+        if tuple(images.shape[-2:]) != (height, width):
             raise ValueError(f"engine {self.engine_id} ({self.path}) was built for {self.image_size}x{self.image_size} "
-                             f"images, got {tuple(images.shape[-2:])}: load the images at image_size={self.image_size}")
+                             f"images (input {height}x{width}), got {tuple(images.shape[-2:])}: load the images at "
+                             f"image_size={self.image_size}")
 
     def logits(self, images: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """Raw float32 logits (N, num_classes) on the CPU, run in chunks of `chunk_size` images
@@ -480,20 +487,21 @@ class Validation(NamedTuple):
     description: str
 
 
-def random_validation(image_size: int, n: int = 64, batch_size: int = 32, seed: int = 0) -> Validation:
-    """Seeded random normal images without labels: parity only (no --threshold auto)."""
+def random_validation(shape: Sequence[int], n: int = 64, batch_size: int = 32, seed: int = 0) -> Validation:
+    """Seeded random normal inputs of `shape` (C, H, W) without labels: parity only (no --threshold auto)."""
 
     def batches():
         generator = torch.Generator().manual_seed(seed)
         for start in range(0, n, batch_size):
-            yield torch.randn(min(batch_size, n - start), 3, image_size, image_size, generator=generator), None
+            yield torch.randn(min(batch_size, n - start), *shape, generator=generator), None
 
     return Validation(batches, f"{n} random images")
 
 
 def split_validation(data_dir: Path, image_size: int, split: str = "valid", batch_size: int = 32,
-                     num_workers: int = 2) -> Validation:
-    """The files of `split` in DATA_DIR's manifest, through the torchvision loader (in order)."""
+                     num_workers: int = 2, input: str = "pixels") -> Validation:
+    """The files of `split` in DATA_DIR's manifest, through the torchvision loader (in order), or
+    their JPEG ghost maps (input="ghosts", read from the data set's map cache when there)."""
     from realfake.pipelines.loaders import get_loader
     from realfake.pipelines.manifest import read_manifest
 
@@ -502,9 +510,15 @@ def split_validation(data_dir: Path, image_size: int, split: str = "valid", batc
         raise ValueError(f"the {split} split of {data_dir} is empty: an engine needs validation images for its "
                          "parity check and threshold; prepare the data with a non-zero valid fraction")
 
+    extra = {}
+    if input == "ghosts":
+        from realfake.pipelines.jpeg_ghosts import cache_paths_for
+
+        extra = dict(input="ghosts", cache_paths=cache_paths_for(data_dir, image_size, [r.sha256 for r in rows]))
+
     def batches():
         loader = get_loader([r.path for r in rows], [r.label for r in rows], train=False, backend="torch",
-                            image_size=image_size, batch_size=batch_size, num_workers=num_workers)
+                            image_size=image_size, batch_size=batch_size, num_workers=num_workers, **extra)
         for batch in loader:
             if batch.errors:
                 index, reason = batch.errors[0]
@@ -563,11 +577,14 @@ def measure_parity(p_eager: torch.Tensor, p_engine: torch.Tensor, threshold: flo
         "max_abs_diff_p": float(diff.max()) if diff.numel() else 0.0,
         "mean_abs_diff_p": float(diff.mean()) if diff.numel() else 0.0,
         "label_agreement": float(agree.mean()) if agree.numel() else 1.0,
+        "label_flips": int((agree == 0).sum()),
         "tolerance": tolerance,
         "min_label_agreement": MIN_LABEL_AGREEMENT[precision],
     }
-    result["passed"] = (result["max_abs_diff_p"] <= tolerance
-                        and result["label_agreement"] >= result["min_label_agreement"])
+    # One flip is always allowed: an `auto` threshold is one of the validation scores, so that image sits
+    # exactly at it and any rounding moves it (on a small split, one flip is more than 1-2%).
+    allowed_flips = max(1, int((1.0 - result["min_label_agreement"]) * result["n_images"]))
+    result["passed"] = result["max_abs_diff_p"] <= tolerance and result["label_flips"] <= allowed_flips
     return result
 
 
@@ -652,6 +669,7 @@ def build_engine_from_model(
     """Build an engine directory from an in-memory model (what `build_engine` does after loading a
     run; benchmarks call it with random weights). `model` must be `build_model(architecture,
     image_size=..., dropout=...)` with trained weights. Returns `out`."""
+    from realfake.models import input_shape, model_input
     from realfake.pipelines.spec import CLASS_NAMES, MEAN, STD
 
     started = time.perf_counter()
@@ -664,7 +682,8 @@ def build_engine_from_model(
     precision, precision_why = resolve_precision(precision, device)
     check_precision(precision, device)
     log.info("engine precision: %s (%s)", precision, precision_why)
-    validation = validation or random_validation(image_size)
+    shape = input_shape(architecture, int(image_size))
+    validation = validation or random_validation(shape)
     class_names = list(class_names or CLASS_NAMES)
     if "fake" not in class_names:
         raise ValueError(f"class names {class_names} have no 'fake' class: p_fake is undefined")
@@ -673,6 +692,7 @@ def build_engine_from_model(
         "format_version": FORMAT_VERSION,
         "engine_id": None,
         "architecture": architecture,
+        "input": model_input(architecture),
         "image_size": int(image_size),
         "num_classes": len(class_names),
         "dropout": dropout,
@@ -698,7 +718,7 @@ def build_engine_from_model(
     }
     out = Path(out)
     with _partial_dir(out) as work:
-        example = torch.randn(max(2, min(batch.opt, 8)), 3, image_size, image_size, device=device)
+        example = torch.randn(max(2, min(batch.opt, 8)), *shape, device=device)
         chosen, module, artifact = _build_artifact(backend, model, example, batch, precision, work, device, meta)
         meta["artifact"] = {"file": artifact, "sha256": sha256_file(work / artifact)}
         runner = module.load(work, meta, device)
@@ -765,7 +785,8 @@ def build_engine(
     source = {"run_dir": str(run_dir), "checkpoint": checkpoint, "epoch": state.get("epoch"),
               "checkpoint_sha256": sha256_file(run_dir / f"{checkpoint}.pt"), "data_dir": str(data_dir),
               "manifest_sha256": config["manifest_sha256"]}
-    validation = split_validation(data_dir, int(config["image_size"]), num_workers=num_workers)
+    validation = split_validation(data_dir, int(config["image_size"]), num_workers=num_workers,
+                                  input=config.get("input", "pixels"))
     return build_engine_from_model(
         model, out, architecture=config["model"], image_size=int(config["image_size"]), backend=backend,
         precision=precision, batch=batch, threshold=threshold, target_fpr=target_fpr, device=device,

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("sgd", "adam", "adadelta")
+OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr")
 
 
@@ -30,6 +30,8 @@ def make_optimizer(name: str, params, *, lr: float, momentum: float, weight_deca
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":  # decoupled weight decay (Loshchilov & Hutter), not Adam's L2 term
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "adadelta":
         return torch.optim.Adadelta(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")

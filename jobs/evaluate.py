@@ -59,11 +59,20 @@ def run_evaluate(
                          "its splits may overlap the training data; train again on the new data")
     run_device = resolve_device(device)
     model = model.to(run_device)
+    input_kind = config.get("input", "pixels")
+    if input_kind == "ghosts" and tta == "crops":
+        raise ValueError(f"{config['model']} reads JPEG ghost maps, which resized crops would blur: use --tta flip")
 
     def scores(split_rows, name):
+        extra = {}
+        if input_kind == "ghosts":
+            from realfake.pipelines.jpeg_ghosts import cache_paths_for
+
+            extra = dict(input="ghosts", cache_paths=cache_paths_for(data_dir, config["image_size"],
+                                                                     [r.sha256 for r in split_rows]))
         data = get_loader([r.path for r in split_rows], [r.label for r in split_rows], train=False, backend=loader,
                           image_size=config["image_size"], batch_size=batch_size, num_workers=num_workers,
-                          device=run_device)
+                          device=run_device, **extra)
         p, y, indices, _ = predict(model, data, torch.device(run_device), progress=progress,
                                    desc=f"evaluate {name}", tta=tta)
         if len(indices) != len(split_rows) or sorted(indices.tolist()) != list(range(len(split_rows))):

@@ -124,6 +124,19 @@ PRESETS: dict[str, dict] = {
              "train": {"image_size": 600, "train_crop": 320, "batch_size": 32, "pseudo_fakes": 0.5}},
         ],
     },
+    "jpeg-ghosts": {
+        "description": "ghost_cnn on JPEG ghost maps (pipelines/jpeg_ghosts.py) at native 600 px, from scratch: "
+                       "AdamW 2e-3, one-cycle, 30 epochs, horizontal flips; evaluated with flip TTA at the valid "
+                       "split's EER threshold. Sized for 2 CPU cores: the maps (2.5 min for CIPLAB, computed once "
+                       "into DATA_DIR/cache) and about 8 min a seed.",
+        "seeds": [0, 1, 2],
+        "train": {"model": "ghost_cnn", "image_size": 600, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-3,
+                  "schedule": "onecycle", "epochs": 30, "batch_size": 32, "compile": False},
+        "evaluate": {"calibrate": True, "tta": "flip"},
+        "configs": [
+            {"name": "ghosts", "label": "ghost_cnn on JPEG ghost maps, 600 px, 30 epochs, TTA flip", "train": {}},
+        ],
+    },
 }
 
 # CPU-sized: the same configurations at 64 px with short schedules, decoded once (--cache memory).

@@ -77,6 +77,17 @@ def _check_recipe(args: dict) -> None:
                          f"{args['image_size']} (0 = off)")
 
 
+def _check_ghost_recipe(args: dict) -> None:
+    """Options that act on pixels mean nothing for a model that reads JPEG ghost maps."""
+    pixel_only = {"pseudo_fakes": "--pseudo-fakes", "real_only": "--real-only", "train_crop": "--train-crop"}
+    given = [flag for key, flag in pixel_only.items() if args[key]]
+    if args["cache"] != "none":
+        given.append(f"--cache {args['cache']}")
+    if given:
+        raise ValueError(f"{args['model']} reads JPEG ghost maps, not pixels, so {', '.join(given)} do not apply "
+                         "(its maps are always kept in memory and cached on disk): drop them")
+
+
 def _check_any_size(model: str, image_size: int, crop: int, build_model) -> None:
     """Crops need a model that takes any input size: one whose weights do not depend on it."""
     full = {k: v.shape for k, v in build_model(model, image_size=image_size).state_dict().items()}
@@ -101,7 +112,7 @@ def run_train(
     step_size: int = 0,
     gamma: float = 0.1,
     dropout: float | None = None,
-    image_size: int = 128,
+    image_size: int | None = None,
     augment: bool = True,
     compile: bool | None = None,
     amp: bool = False,
@@ -129,6 +140,10 @@ def run_train(
 ) -> dict:
     """Train `model` on DATA_DIR's train split, validating on its valid split each epoch.
 
+    image_size None is the model's own default (the report's 128; 600 for ghost_cnn). ghost_cnn reads
+    JPEG ghost maps, not pixels (`pipelines/jpeg_ghosts.py`): they are computed once per file into
+    DATA_DIR/cache and augmented with horizontal flips only (`augment`).
+
     Recipe options (all off by default, so the default run is the report's):
 
     Args:
@@ -146,13 +161,15 @@ def run_train(
     from realfake.engines import recipes, trainer
     from realfake.engines.inference import resolve_device
     from realfake.engines.metrics import save_curves_png
-    from realfake.models import build_model
+    from realfake.models import build_model, default_image_size, model_input
     from realfake.pipelines.loaders import get_loader
     from realfake.pipelines.manifest import manifest_sha256, read_manifest
     from realfake.pipelines.pseudo_fakes import DEFAULT_SPEC, train_batch_transform
     from realfake.pipelines.spec import CLASS_NAMES, MEAN, STD, AugmentSpec
 
     data_dir = Path(data_dir).resolve()
+    if image_size is None:
+        image_size = default_image_size(model)
     args = dict(model=model, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
                 weight_decay=weight_decay, step_size=step_size, gamma=gamma, dropout=dropout,
                 image_size=image_size, augment=augment, compile=compile, amp=amp, channels_last=channels_last,
@@ -179,6 +196,9 @@ def run_train(
     if args["epochs"] < 1:
         raise ValueError("--epochs must be at least 1")
     _check_recipe(args)
+    input_kind = model_input(args["model"])
+    if input_kind == "ghosts":
+        _check_ghost_recipe(args)
 
     train_rows = read_manifest(data_dir, "train")
     if args["real_only"]:
@@ -208,7 +228,18 @@ def run_train(
 
     augment_spec = (AugmentSpec() if args["blur"] else AugmentSpec(blur_p=0.0)) if args["augment"] else None
     train_files, valid_files = [r.path for r in train_rows], [r.path for r in valid_rows]
-    if args["cache"] == "none":
+    if input_kind == "ghosts":
+        from realfake.pipelines.jpeg_ghosts import cache_paths_for
+
+        ghost_kw = dict(input="ghosts", image_size=args["image_size"], batch_size=args["batch_size"],
+                        num_workers=args["num_workers"], seed=args["seed"], progress=progress)
+        train_loader = get_loader(train_files, [r.label for r in train_rows], train=True, augment=augment_spec,
+                                  cache_paths=cache_paths_for(data_dir, args["image_size"], [r.sha256 for r in train_rows]),
+                                  **ghost_kw)
+        valid_loader = get_loader(valid_files, [r.label for r in valid_rows], train=False,
+                                  cache_paths=cache_paths_for(data_dir, args["image_size"], [r.sha256 for r in valid_rows]),
+                                  **ghost_kw)
+    elif args["cache"] == "none":
         loader_kw = dict(backend=args["loader"], image_size=args["image_size"], batch_size=args["batch_size"],
                          num_workers=args["num_workers"], seed=args["seed"], device=run_device)
         train_loader = get_loader(train_files, [r.label for r in train_rows], train=True, augment=augment_spec,
@@ -244,11 +275,13 @@ def run_train(
     else:
         run_dir = _new_run_dir(Path(out), name, args["model"])
         config = {
-            "model": args["model"], "image_size": args["image_size"], "dropout": args["dropout"],
+            "model": args["model"], "input": input_kind, "image_size": args["image_size"], "dropout": args["dropout"],
             "mean": list(MEAN), "std": list(STD), "class_names": list(CLASS_NAMES),
             "data_dir": str(data_dir), "manifest_sha256": manifest_sha256(data_dir),
             "n_train": len(train_rows), "n_valid": len(valid_rows),
-            "augment_spec": augment_spec.to_dict() if augment_spec else None,
+            # Ghost maps are augmented by horizontal flips alone (see jpeg_ghosts.InMemoryGhostLoader).
+            "augment_spec": ({"hflip_p": 0.5} if input_kind == "ghosts" else augment_spec.to_dict())
+            if augment_spec else None,
             "schedule": _resolved_schedule(args),
             "pseudo_fake_spec": DEFAULT_SPEC.to_dict() if args["pseudo_fakes"] else None,
             "args": args, "created": dt.datetime.now().isoformat(timespec="seconds"),

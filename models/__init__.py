@@ -3,13 +3,16 @@
     model = build_model("resnet18", image_size=128, weights=Path("resnet18-imagenet.pth"),
                         freeze_backbone=True)
 
-Every model maps float images (N, 3, H, W), normalized with `realfake.pipelines.spec.MEAN/STD`, to
-logits (N, num_classes); class order is `CLASS_NAMES` ("real", "fake"). Forward passes have no
-data-dependent control flow, so the models work with channels_last, torch.compile and torch.export.
+Every model maps a float input batch to logits (N, num_classes); class order is `CLASS_NAMES`
+("real", "fake"). Its `input` says what the batch holds: "pixels", images (N, 3, S, S) normalized
+with `realfake.pipelines.spec.MEAN/STD`, or "ghosts", JPEG ghost maps (N, 33, S/8, S/8) of S-pixel
+images (`realfake.pipelines.jpeg_ghosts`). Forward passes have no data-dependent control flow, so
+the models work with channels_last, torch.compile and torch.export.
 
 - simple_cnn, deep_cnn: the report's Model 1 and Model 2 (`report_cnns.py`); built for one image size.
 - resnet18, efficientnet_b0, mobilenet_v3_small: torchvision nets with a new head
   (`torchvision_nets.py`); any input size >= 32.
+- ghost_cnn: a small CNN over JPEG ghost maps (`ghost_cnn.py`); any size >= 64, default 600.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import report_cnns, torchvision_nets
+from . import ghost_cnn, report_cnns, torchvision_nets
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,11 @@ class _ModelSpec:
     build: Callable[[int, int, float | None], nn.Module]  # (num_classes, image_size, dropout)
     min_image_size: int
     head: str  # qualified name of the final linear layer (the part freeze_backbone keeps trainable)
+    input: str = "pixels"  # or "ghosts": see the module docstring
+    default_image_size: int = 128  # the report's
+
+
+INPUTS = ("pixels", "ghosts")
 
 
 _MODELS: dict[str, _ModelSpec] = {
@@ -40,6 +48,8 @@ _MODELS: dict[str, _ModelSpec] = {
         name: _ModelSpec(getattr(torchvision_nets, name), torchvision_nets.MIN_IMAGE_SIZE, head)
         for name, head in torchvision_nets.HEAD_LAYERS.items()
     },
+    "ghost_cnn": _ModelSpec(ghost_cnn.ghost_cnn, ghost_cnn.MIN_IMAGE_SIZE, "fc", input="ghosts",
+                            default_image_size=ghost_cnn.DEFAULT_IMAGE_SIZE),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
@@ -58,6 +68,24 @@ def _spec(name: str) -> _ModelSpec:
 def min_image_size(name: str) -> int:
     """Smallest input side (pixels) that model `name` accepts."""
     return _spec(name).min_image_size
+
+
+def model_input(name: str) -> str:
+    """What model `name` reads: "pixels" or "ghosts"."""
+    return _spec(name).input
+
+
+def default_image_size(name: str) -> int:
+    return _spec(name).default_image_size
+
+
+def input_shape(name: str, image_size: int) -> tuple[int, int, int]:
+    """(C, H, W) of one input of model `name` built for `image_size` pixels."""
+    if model_input(name) == "ghosts":
+        from realfake.pipelines.jpeg_ghosts import CHANNELS, grid_cells
+
+        return (CHANNELS, grid_cells(image_size), grid_cells(image_size))
+    return (3, image_size, image_size)
 
 
 def build_model(
@@ -194,4 +222,5 @@ def load_weights(model: nn.Module, path: Path | str, *, head: str, model_name: s
         log.info("%s: loaded %d tensors from %s", model_name, len(matched), path)
 
 
-__all__ = ["MODEL_NAMES", "build_model", "load_weights", "min_image_size", "read_state_dict"]
+__all__ = ["INPUTS", "MODEL_NAMES", "build_model", "default_image_size", "input_shape", "load_weights",
+           "min_image_size", "model_input", "read_state_dict"]

@@ -35,7 +35,8 @@ _SWAPS_AXES = {5, 6, 7, 8}
 
 # Short, machine-friendly reasons (rejected.csv, score error files). `unreadable` is followed by
 # ": <os error>".
-REASONS = ("empty file", "truncated", "corrupt", "not an image", "unsupported format", "unreadable", "too large")
+REASONS = ("empty file", "truncated", "corrupt", "not an image", "unsupported format", "unreadable", "too large",
+           "not a JPEG")
 
 
 class InvalidImageError(ValueError):
@@ -185,6 +186,17 @@ def load_rgb(
     img, _ = _decode(path, max_pixels, draft_size)
     img = ImageOps.exif_transpose(img)
     return _to_rgb(img)
+
+
+def load_jpeg(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, int]:
+    """Decode a JPEG as stored (no EXIF rotation: its 8x8 block grid is in stored orientation) and return
+    (the decoded PIL JPEG image, its EXIF orientation, 1 if none). Readers of compression traces (JPEG
+    ghost maps) need the file's own quantization tables, so any other format raises "not a JPEG"."""
+    img, info = _decode(path, max_pixels)
+    if info.format not in ("JPEG", "MPO"):
+        img.close()
+        raise InvalidImageError(path, "not a JPEG")
+    return img, int(img.getexif().get(0x0112) or 1)
 
 
 def too_large(width: int, height: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bool:

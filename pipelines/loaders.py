@@ -2,6 +2,7 @@
 `get_pytorch_train_loader`). `auto` picks the best available: DALI GPU > DALI CPU > torchvision.
 
 A loader is iterable over `Batch`, has `.backend`, `len()` (batches) and `set_epoch(epoch)`.
+`input="ghosts"` gives JPEG ghost maps instead of pixels (`jpeg_ghosts.py`, the ghost_cnn model's input).
 """
 from __future__ import annotations
 
@@ -43,13 +44,25 @@ def resolve_backend(backend: str = "auto", device: str = "cpu") -> str:
 def get_loader(files: Sequence[str], labels: Sequence[int] | None, *, train: bool, backend: str = "auto",
                image_size: int = DEFAULT_IMAGE_SIZE, batch_size: int = 32, augment: AugmentSpec | None = None,
                num_workers: int = 2, seed: int = 0, shard_id: int = 0, num_shards: int = 1,
-               device: str = "cpu", draft: bool = False, hw_decoder_load: float | None = None):
+               device: str = "cpu", draft: bool = False, hw_decoder_load: float | None = None,
+               input: str = "pixels", cache_paths: Sequence | None = None, progress: bool = True):
     """Build a loader over `files`. Train loaders shuffle and augment (when `augment` is given); eval
-    loaders keep order and deliver every file of the shard exactly once."""
+    loaders keep order and deliver every file of the shard exactly once.
+
+    input="ghosts": JPEG ghost maps of image_size-pixel crops, computed with PIL whatever `backend`
+    says (DALI decodes pixels only); `cache_paths` (one per file) keep them between runs, and train
+    loaders hold the whole set in memory and augment with horizontal flips only (`augment` given).
+    """
     if batch_size < 1:
         raise ValueError(f"batch size {batch_size} must be at least 1")
     if image_size < 8:
         raise ValueError(f"image size {image_size} is too small: use at least 8")
+    if input == "ghosts":
+        return _ghost_loader(files, labels, train=train, backend=backend, image_size=image_size,
+                             batch_size=batch_size, flip=augment is not None, num_workers=num_workers, seed=seed,
+                             shard_id=shard_id, num_shards=num_shards, cache_paths=cache_paths, progress=progress)
+    if input != "pixels":
+        raise ValueError(f"unknown model input {input!r}: pixels or ghosts")
     resolved = resolve_backend(backend, device)
     common = dict(train=train, image_size=image_size, batch_size=batch_size, augment=augment,
                   num_workers=num_workers, seed=seed, shard_id=shard_id, num_shards=num_shards, device=device)
@@ -64,4 +77,26 @@ def get_loader(files: Sequence[str], labels: Sequence[int] | None, *, train: boo
         loader = make_dali_loader(files, labels, **common, **extra)
     log.info("loader: %s (%s, %d files, batch %d)", loader.backend, "train" if train else "eval",
              len(files), batch_size)
+    return loader
+
+
+def _ghost_loader(files, labels, *, train, backend, image_size, batch_size, flip, num_workers, seed, shard_id,
+                  num_shards, cache_paths, progress):
+    from realfake.pipelines import jpeg_ghosts
+
+    if backend == "dali":
+        raise ValueError("--loader dali decodes pixels, but this model reads JPEG ghost maps, which PIL computes: "
+                         "use --loader auto or torch")
+    if train:
+        if num_shards != 1:
+            raise ValueError("ghost-map training loaders are not sharded")
+        loader = jpeg_ghosts.InMemoryGhostLoader(files, labels, train=True, image_size=image_size,
+                                                 batch_size=batch_size, seed=seed, flip=flip,
+                                                 num_workers=num_workers, cache_paths=cache_paths, progress=progress)
+    else:
+        loader = jpeg_ghosts.GhostMapLoader(files, labels, image_size=image_size, batch_size=batch_size,
+                                            num_workers=num_workers, shard_id=shard_id, num_shards=num_shards,
+                                            cache_paths=cache_paths)
+    log.info("loader: %s (%s, %d files, batch %d)", loader.backend, "train" if train else "eval", len(files),
+             batch_size)
     return loader

@@ -44,3 +44,39 @@ def make_prepared(root: Path, n_per_class: int = 12, size: int = 48, seed: int =
     data_dir.mkdir()
     write_manifest(data_dir, sorted(rows, key=lambda r: r.path))
     return data_dir
+
+
+def make_ghost_image(path: Path, label: int, rng: np.random.Generator, size: int = 96) -> None:
+    """A smooth random JPEG saved at quality 90; a fake's 32 px square (on the block grid) went through
+    quality 40 first: a local compression history that JPEG ghost maps show and pixels hardly do."""
+    noise = rng.normal(128, 40, size=(size // 8, size // 8, 3)).clip(0, 255).astype(np.uint8)
+    image = Image.fromarray(noise).resize((size, size), Image.BICUBIC)
+    if label == 1:
+        import io
+
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=40)
+        once = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        x, y = (int(v) * 8 for v in rng.integers(0, (size - 32) // 8 + 1, size=2))
+        image.paste(once.crop((x, y, x + 32, y + 32)), (x, y))
+    image.save(path, format="JPEG", quality=90)
+
+
+def make_ghost_prepared(root: Path, n_per_class: int = 16, size: int = 96, seed: int = 0) -> Path:
+    """DATA_DIR over make_ghost_image JPEGs (12 train, 2 valid, 2 test a class at 16 a class)."""
+    rng = np.random.default_rng(seed)
+    images = root / "images"
+    images.mkdir(parents=True)
+    splits = ("train",) * 6 + ("valid", "test")
+    rows = []
+    for label, name in ((0, "real"), (1, "fake")):
+        for i in range(n_per_class):
+            path = images / f"{name}_{i:03d}.jpg"
+            make_ghost_image(path, label, rng, size)
+            rows.append(ManifestRow(path=str(path), label=label, class_name=name, sha256=f"{label}{i:063d}",
+                                    split=splits[i % len(splits)], group="real" if label == 0 else "easy",
+                                    width=size, height=size))
+    data_dir = root / "data"
+    data_dir.mkdir()
+    write_manifest(data_dir, sorted(rows, key=lambda r: r.path))
+    return data_dir

@@ -417,10 +417,10 @@ def test_cli_build_promote_list_show(run_dir, tmp_path):
 
 def test_tensorrt_input_spec_and_precisions():
     batch = BatchRange(1, 64, 256)
-    spec = trt_backend.input_spec(batch, 128, "fp16")
+    spec = trt_backend.input_spec(batch, (3, 128, 128), "fp16")
     assert spec == {"min_shape": (1, 3, 128, 128), "opt_shape": (64, 3, 128, 128), "max_shape": (256, 3, 128, 128),
                     "dtype": torch.float16}
-    assert trt_backend.input_spec(batch, 224, "fp32")["dtype"] == torch.float32
+    assert trt_backend.input_spec(batch, (3, 224, 224), "fp32")["dtype"] == torch.float32
     assert trt_backend.enabled_precisions("fp32") == {torch.float32}
     assert trt_backend.enabled_precisions("fp16") == {torch.float16}
     assert trt_backend.enabled_precisions("bf16") == {torch.bfloat16}
@@ -428,9 +428,9 @@ def test_tensorrt_input_spec_and_precisions():
         trt_backend.enabled_precisions("int8")
 
     fake_trt = SimpleNamespace(Input=lambda **kw: ("Input", kw))
-    kwargs = trt_backend.compile_kwargs(fake_trt, batch, 128, "bf16")
+    kwargs = trt_backend.compile_kwargs(fake_trt, batch, (3, 128, 128), "bf16")
     assert kwargs["ir"] == "dynamo" and kwargs["enabled_precisions"] == {torch.bfloat16}
-    assert kwargs["inputs"] == [("Input", trt_backend.input_spec(batch, 128, "bf16"))]
+    assert kwargs["inputs"] == [("Input", trt_backend.input_spec(batch, (3, 128, 128), "bf16"))]
 
 
 def test_tensorrt_save_arguments_follow_the_installed_release():
@@ -493,3 +493,19 @@ def test_fp16_engines_on_the_gpu_reload_in_a_fresh_process(run_dir, tmp_path, im
             assert torch.allclose(p, reference[:n], atol=meta["parity"]["tolerance"]), (meta["backend"], n)
     with load_engine(dirs[0]) as engine:
         assert engine.device.type == "cuda" and engine.predict(images.cuda()).device.type == "cpu"
+
+
+def test_parity_allows_the_one_flip_at_an_auto_threshold():
+    # An auto threshold is a validation score: that image flips on any rounding, even on 6 images.
+    p_eager = torch.tensor([0.1, 0.2, 0.6055, 0.7, 0.8, 0.9])
+    p_engine = p_eager.clone()
+    p_engine[2] += 5e-7
+    threshold = float(p_engine[2])
+    parity = inference.measure_parity(p_eager, p_engine, threshold, "fp32", "cpu")
+    assert parity["label_flips"] == 1 and parity["passed"]
+    p_engine[3] = 0.4  # a second flip (and a real difference) fails
+    assert not inference.measure_parity(p_eager, p_engine, threshold, "fp32", "cpu")["passed"]
+    p_engine[3] = 0.7
+    p_eager[1], p_engine[1] = threshold - 1e-6, threshold + 1e-6  # a second flip, within the tolerance
+    parity = inference.measure_parity(p_eager, p_engine, threshold, "fp32", "cpu")
+    assert parity["max_abs_diff_p"] < 1e-4 and parity["label_flips"] == 2 and not parity["passed"]

@@ -6,13 +6,22 @@ import logging
 import pytest
 import torch
 import torchvision
-from realfake.models import MODEL_NAMES, build_model, min_image_size
+from realfake.models import (
+    MODEL_NAMES,
+    build_model,
+    default_image_size,
+    input_shape,
+    min_image_size,
+    model_input,
+)
 from realfake.models.torchvision_nets import DropoutLinear
 from torch.export import Dim, export
 
 REPORT_CNNS = ("simple_cnn", "deep_cnn")
 TORCHVISION_NETS = ("resnet18", "efficientnet_b0", "mobilenet_v3_small")
+GHOST_NETS = ("ghost_cnn",)
 HEADS = {
+    "ghost_cnn": "fc",
     "simple_cnn": "fc2",
     "deep_cnn": "fc2",
     "resnet18": "fc",
@@ -32,7 +41,7 @@ def forward_eval(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_model_names_cover_the_zoo():
-    assert set(MODEL_NAMES) == set(REPORT_CNNS) | set(TORCHVISION_NETS)
+    assert set(MODEL_NAMES) == set(REPORT_CNNS) | set(TORCHVISION_NETS) | set(GHOST_NETS)
     assert isinstance(MODEL_NAMES, tuple)
 
 
@@ -57,9 +66,18 @@ def test_forward_shape_finite_and_channels_last(name, size):
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_min_image_size_works(name):
     size = min_image_size(name)
-    assert size == (16 if name in REPORT_CNNS else 32)
-    logits = forward_eval(build_model(name, image_size=size), torch.randn(2, 3, size, size))
+    assert size == (16 if name in REPORT_CNNS else 64 if name in GHOST_NETS else 32)
+    logits = forward_eval(build_model(name, image_size=size), torch.randn(2, *input_shape(name, size)))
     assert logits.shape == (2, 2)
+
+
+def test_ghost_cnn_reads_ghost_maps_of_any_size():
+    assert model_input("ghost_cnn") == "ghosts" and model_input("resnet18") == "pixels"
+    assert default_image_size("ghost_cnn") == 600 and default_image_size("simple_cnn") == 128
+    assert input_shape("ghost_cnn", 600) == (33, 75, 75) and input_shape("resnet18", 224) == (3, 224, 224)
+    model = build_model("ghost_cnn", image_size=600)
+    assert forward_eval(model, torch.randn(2, 33, 75, 75)).shape == (2, 2)
+    assert forward_eval(model, torch.randn(1, 33, 40, 52)).shape == (1, 2)  # global max-pool: any map size
 
 
 @pytest.mark.parametrize("size", [17, 98, 130])
@@ -130,7 +148,7 @@ def test_freeze_backbone_trains_only_the_head(name, caplog):
     assert trainable == {f"{HEADS[name]}.weight", f"{HEADS[name]}.bias"}
     # A training step reaches the head only.
     model.train()
-    model(torch.randn(2, 3, size, size)).sum().backward()
+    model(torch.randn(2, *input_shape(name, size))).sum().backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None}
     assert grads == trainable
 

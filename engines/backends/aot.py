@@ -96,7 +96,7 @@ def inductor_configs(device: str) -> dict[str, Any]:
 
 
 def export(model: torch.nn.Module, example: torch.Tensor, batch, precision: str, device: str):
-    """The ExportedProgram of the engine: float32 (N, 3, S, S) -> float32 logits, N in the batch range."""
+    """The ExportedProgram of the engine: float32 (N, C, H, W) -> float32 logits, N in the batch range."""
     n = example_batch_size(batch)
     images = torch.randn(n, *example.shape[1:], device=device, dtype=torch.float32)
     return torch.export.export(exportable(model, precision, device), (images,), dynamic_shapes=dynamic_shapes(batch))
@@ -109,7 +109,7 @@ def build(model: torch.nn.Module, example: torch.Tensor, batch, precision: str, 
     program_path = out_dir / "exported.pt2"
     torch.export.save(program, str(program_path))
     try:
-        compile_in_child(program_path, out_dir / ARTIFACT, device=device, image_size=example.shape[-1],
+        compile_in_child(program_path, out_dir / ARTIFACT, device=device, input_shape=tuple(example.shape[1:]),
                          check_batch=example_batch_size(batch), what=f"the {precision} engine on {device}")
     except BaseException:
         (out_dir / ARTIFACT).unlink(missing_ok=True)  # a half-written package must not outlive a fallback
@@ -119,17 +119,18 @@ def build(model: torch.nn.Module, example: torch.Tensor, batch, precision: str, 
     return ARTIFACT
 
 
-def child_command(program: Path, package: Path, device: str, image_size: int, check_batch: int) -> list[str]:
+def child_command(program: Path, package: Path, device: str, input_shape: Sequence[int],
+                  check_batch: int) -> list[str]:
     return [sys.executable, "-m", __name__, str(program), str(package), "--device", device,
-            "--image-size", str(image_size), "--check-batch", str(check_batch),
+            "--input-shape", ",".join(str(d) for d in input_shape), "--check-batch", str(check_batch),
             "--inductor-configs", json.dumps(inductor_configs(device))]
 
 
-def compile_in_child(program: Path, package: Path, *, device: str, image_size: int, check_batch: int,
+def compile_in_child(program: Path, package: Path, *, device: str, input_shape: Sequence[int], check_batch: int,
                      what: str) -> None:
     """Compile, load and call the package in a child process (see the module docstring); raise
     BackendCrash when the child dies by a signal, RuntimeError with its last lines when it fails."""
-    command = child_command(program, package, device, image_size, check_batch)
+    command = child_command(program, package, device, input_shape, check_batch)
     result = subprocess.run(command, capture_output=True, text=True)
     tail = "\n".join(result.stderr.strip().splitlines()[-8:])
     if result.returncode < 0:
@@ -145,13 +146,13 @@ def compile_in_child(program: Path, package: Path, *, device: str, image_size: i
         raise RuntimeError(f"AOTInductor could not compile {what} (exit {result.returncode}):\n{tail}")
 
 
-def _compile_load_and_call(program_path: str, package_path: str, device: str, image_size: int, check_batch: int,
-                           configs: Mapping[str, Any]) -> None:
+def _compile_load_and_call(program_path: str, package_path: str, device: str, input_shape: Sequence[int],
+                           check_batch: int, configs: Mapping[str, Any]) -> None:
     program = torch.export.load(program_path)
     torch._inductor.aoti_compile_and_package(program, package_path=package_path, inductor_configs=dict(configs))
     runner = load_package(package_path, device)
     with torch.inference_mode():
-        runner(torch.randn(check_batch, 3, image_size, image_size, device=device))
+        runner(torch.randn(check_batch, *input_shape, device=device))
     if str(device).startswith("cuda"):
         torch.cuda.synchronize(device)
 
@@ -162,11 +163,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("program")
     parser.add_argument("package")
     parser.add_argument("--device", required=True)
-    parser.add_argument("--image-size", type=int, required=True)
+    parser.add_argument("--input-shape", required=True, help="C,H,W of one input")
     parser.add_argument("--check-batch", type=int, required=True)
     parser.add_argument("--inductor-configs", default="{}")
     args = parser.parse_args(argv)
-    _compile_load_and_call(args.program, args.package, args.device, args.image_size, args.check_batch,
+    shape = tuple(int(d) for d in args.input_shape.split(","))
+    _compile_load_and_call(args.program, args.package, args.device, shape, args.check_batch,
                            json.loads(args.inductor_configs))
 
 

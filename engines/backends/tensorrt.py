@@ -43,7 +43,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,15 +87,15 @@ def enabled_precisions(precision: str) -> set[torch.dtype]:
     return {precision_dtype(precision)}
 
 
-def input_spec(batch, image_size: int, precision: str) -> dict[str, Any]:
-    """Keyword arguments of the one torch_tensorrt.Input: NCHW shapes at MIN/OPT/MAX batch."""
-    chw = (3, int(image_size), int(image_size))
+def input_spec(batch, chw: Sequence[int], precision: str) -> dict[str, Any]:
+    """Keyword arguments of the one torch_tensorrt.Input: NCHW shapes at MIN/OPT/MAX batch, (C, H, W) = chw."""
+    chw = tuple(int(d) for d in chw)
     return {"min_shape": (batch.min, *chw), "opt_shape": (batch.opt, *chw), "max_shape": (batch.max, *chw),
             "dtype": precision_dtype(precision)}
 
 
-def compile_kwargs(torch_tensorrt, batch, image_size: int, precision: str) -> dict[str, Any]:
-    return {"ir": "dynamo", "inputs": [torch_tensorrt.Input(**input_spec(batch, image_size, precision))],
+def compile_kwargs(torch_tensorrt, batch, chw: Sequence[int], precision: str) -> dict[str, Any]:
+    return {"ir": "dynamo", "inputs": [torch_tensorrt.Input(**input_spec(batch, chw, precision))],
             "enabled_precisions": enabled_precisions(precision)}
 
 
@@ -123,11 +123,11 @@ def build(model: torch.nn.Module, example: torch.Tensor, batch, precision: str, 
         raise ValueError("the tensorrt backend builds on a CUDA device only: use --device cuda")
     dtype = precision_dtype(precision)
     model = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
-    image_size = example.shape[-1]
-    trt_module = torch_tensorrt.compile(model, **compile_kwargs(torch_tensorrt, batch, image_size, precision))
+    chw = tuple(example.shape[1:])
+    trt_module = torch_tensorrt.compile(model, **compile_kwargs(torch_tensorrt, batch, chw, precision))
     # An example inside the profile that torch.export does not specialize (batch >= 2 where allowed).
     n = min(max(2, batch.opt), batch.max)
-    sample = torch.randn(n, 3, image_size, image_size, device=device, dtype=dtype)
+    sample = torch.randn(n, *chw, device=device, dtype=dtype)
     path = Path(out_dir) / ARTIFACT
     torch_tensorrt.save(trt_module, str(path), **save_kwargs(torch_tensorrt.save, sample, batch))
     return ARTIFACT

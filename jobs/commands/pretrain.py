@@ -14,7 +14,7 @@ from realfake.jobs.commands.train import MODEL_HELP
 @click.option("--model", default="resnet18", show_default=True, help=MODEL_HELP)
 @click.option("--epochs", default=10, show_default=True)
 @click.option("--batch-size", default=32, show_default=True, help="Real images per batch (the pseudo-fakes come on top).")
-@click.option("--optimizer", type=click.Choice(["sgd", "adam", "adadelta"]), default="adam", show_default=True)
+@click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw", "adadelta"]), default="adam", show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--weight-decay", default=0.0, show_default=True)
 @click.option("--image-size", default=128, show_default=True)

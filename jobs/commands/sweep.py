@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-PRESET_NAMES = ("report-baselines", "pseudo-fakes", "resolution", "cpu-short")
+PRESET_NAMES = ("report-baselines", "pseudo-fakes", "resolution", "jpeg-ghosts", "cpu-short")
 
 
 def _toml_value(value) -> str:
@@ -46,7 +46,8 @@ def preset_toml(name: str, preset: dict) -> str:
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
               help="A built-in spec instead of SPEC: report-baselines (the report's Model 1, Model 2.2, ResNet18), "
                    "pseudo-fakes (ResNet18@224 recipe with/without pseudo-fakes, blur, TTA, pretraining), "
-                   "resolution (128 / 224 / native-resolution crops), cpu-short (the same, sized for 2 CPU cores).")
+                   "resolution (128 / 224 / native-resolution crops), jpeg-ghosts (ghost_cnn on JPEG ghost maps, "
+                   "sized for 2 CPU cores), cpu-short (the pixel models, sized for 2 CPU cores).")
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False,
               help="Prepared data directory (`realfake data prepare`). Required unless --show-preset.")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("sweeps/sweep"),

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-MODEL_HELP = "simple_cnn (report's Model 1), deep_cnn (Model 2), resnet18, efficientnet_b0, mobilenet_v3_small."
+MODEL_HELP = ("simple_cnn (report's Model 1), deep_cnn (Model 2), resnet18, efficientnet_b0, mobilenet_v3_small "
+              "(pixels); ghost_cnn (JPEG ghost maps: how each 8x8 block changes when the file is re-saved at 11 qualities).")
 
 
 @click.command()
@@ -13,14 +14,16 @@ MODEL_HELP = "simple_cnn (report's Model 1), deep_cnn (Model 2), resnet18, effic
 @click.option("--model", default="simple_cnn", show_default=True, help=MODEL_HELP)
 @click.option("--epochs", default=10, show_default=True, help="Epochs to train (with --resume: the new total).")
 @click.option("--batch-size", default=32, show_default=True)
-@click.option("--optimizer", type=click.Choice(["sgd", "adam", "adadelta"]), default="adam", show_default=True)
+@click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw", "adadelta"]), default="adam", show_default=True)
 @click.option("--lr", default=1e-3, show_default=True, help="Learning rate (the report: Adam 0.001, Adadelta 0.1).")
 @click.option("--momentum", default=0.9, show_default=True, help="SGD momentum.")
 @click.option("--weight-decay", default=0.0, show_default=True)
 @click.option("--step-size", default=0, show_default=True, help="StepLR period in epochs; 0 keeps the LR constant.")
 @click.option("--gamma", default=0.1, show_default=True, help="StepLR decay factor.")
 @click.option("--dropout", type=float, default=None, help="Dropout probability (default: the model's own, 0.5 for the report's CNNs).")
-@click.option("--image-size", default=128, show_default=True, help="Images are resized to SIZE x SIZE (the report: 128).")
+@click.option("--image-size", type=int, default=None,
+              help="Images are resized to SIZE x SIZE. Default: the model's own, the report's 128 (600 for ghost_cnn, "
+                   "whose JPEG ghost maps cover a centre crop of SIZE x SIZE pixels at native resolution).")
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="The report's augmentation on the train split only: rotation ±15°, flip, brightness/contrast ±0.2, Gaussian blur.")
 @click.option("--compile/--no-compile", "compile_", default=None,

@@ -1,0 +1,39 @@
+"""GhostCNN: a small CNN over JPEG ghost maps (`realfake.pipelines.jpeg_ghosts`), not over pixels.
+
+Its input is (N, 33, S/8, S/8): 3 YCbCr planes x 11 re-save qualities, one cell per 8x8 JPEG block of
+an S-pixel image. Five 3x3 convolutions (BatchNorm, ReLU) with three 2x2 poolings see 8-cell (64 px)
+neighbourhoods at the end, about a retouched eye or mouth; a global max-pool keeps the strongest
+local evidence anywhere in the face, so a small edit is not averaged away, and any map size works.
+(The network of docs/probes/jpeg_ghosts.py, with a two-class head like every model here.)
+"""
+from __future__ import annotations
+
+from realfake.pipelines.jpeg_ghosts import BLOCK, CHANNELS
+from torch import nn
+
+# Three 2x2 poolings need at least 8 cells a side: 64 pixels.
+MIN_IMAGE_SIZE = 8 * BLOCK
+DEFAULT_IMAGE_SIZE = 600  # CIPLAB's side: the maps cover the whole face
+DEFAULT_DROPOUT = 0.3
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+class GhostCNN(nn.Module):
+    def __init__(self, num_classes: int = 2, width: int = 32, dropout: float = DEFAULT_DROPOUT):
+        super().__init__()
+        self.features = nn.Sequential(
+            _block(CHANNELS, width), _block(width, width), nn.MaxPool2d(2),
+            _block(width, 2 * width), _block(2 * width, 2 * width), nn.MaxPool2d(2), nn.MaxPool2d(2),
+            _block(2 * width, 4 * width), nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.dropout(self.features(x)))
+
+
+def ghost_cnn(num_classes: int, image_size: int, dropout: float | None) -> GhostCNN:
+    return GhostCNN(num_classes, dropout=DEFAULT_DROPOUT if dropout is None else dropout)
