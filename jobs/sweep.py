@@ -135,6 +135,8 @@ PRESETS: dict[str, dict] = {
         "evaluate": {"calibrate": True, "tta": "flip"},
         "configs": [
             {"name": "ghosts", "label": "ghost_cnn on JPEG ghost maps, 600 px, 30 epochs, TTA flip", "train": {}},
+            {"name": "ghosts-shift4-e40", "label": "+ batches shifted by up to 4 cells, 40 epochs",
+             "train": {"ghost_shift": 4, "epochs": 40}},
         ],
     },
 }

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 # Options added after the first runs were saved: a resumed older run gets these (the old behaviour).
 RECIPE_DEFAULTS = dict(pseudo_fakes=0.0, real_only=False, schedule=None, warmup_epochs=0.0, label_smoothing=0.0,
-                       ema=0.0, blur=True, train_crop=0, cache="none")
+                       ema=0.0, blur=True, train_crop=0, cache="none", ghost_shift=0)
 CACHE_CHOICES = ("none", "memory", "gpu")
 
 
@@ -137,6 +137,7 @@ def run_train(
     blur: bool = True,
     train_crop: int = 0,
     cache: str = "none",
+    ghost_shift: int = 0,
 ) -> dict:
     """Train `model` on DATA_DIR's train split, validating on its valid split each epoch.
 
@@ -156,6 +157,7 @@ def run_train(
         blur: Keep the report's Gaussian blur in the augmentation (False = AugmentSpec(blur_p=0)).
         train_crop: Train on random crops of this size of the image_size images; validate and evaluate on the full image (any-size models only). 0 = off.
         cache: Decode the data once into a uint8 cache: none, memory (host) or gpu; augmentation then runs on that device.
+        ghost_shift: ghost_cnn only: move each train batch's maps by up to this many cells (8 px) each way. 0 = off.
     """
     import torch
     from realfake.engines import recipes, trainer
@@ -176,7 +178,8 @@ def run_train(
                 patience=patience, seed=seed, loader=loader, num_workers=num_workers,
                 weights=str(weights) if weights else None, freeze_backbone=freeze_backbone, device=device,
                 pseudo_fakes=pseudo_fakes, real_only=real_only, schedule=schedule, warmup_epochs=warmup_epochs,
-                label_smoothing=label_smoothing, ema=ema, blur=blur, train_crop=train_crop, cache=cache)
+                label_smoothing=label_smoothing, ema=ema, blur=blur, train_crop=train_crop, cache=cache,
+                ghost_shift=ghost_shift)
     checkpoint = None
     if resume is not None:
         run_dir = Path(resume)
@@ -199,6 +202,10 @@ def run_train(
     input_kind = model_input(args["model"])
     if input_kind == "ghosts":
         _check_ghost_recipe(args)
+    elif args["ghost_shift"]:
+        raise ValueError(f"--ghost-shift moves JPEG ghost maps; {args['model']} reads pixels: use --model ghost_cnn")
+    if args["ghost_shift"] < 0:
+        raise ValueError(f"--ghost-shift {args['ghost_shift']} must be 0 (off) or a number of cells")
 
     train_rows = read_manifest(data_dir, "train")
     if args["real_only"]:
@@ -235,7 +242,7 @@ def run_train(
                         num_workers=args["num_workers"], seed=args["seed"], progress=progress)
         train_loader = get_loader(train_files, [r.label for r in train_rows], train=True, augment=augment_spec,
                                   cache_paths=cache_paths_for(data_dir, args["image_size"], [r.sha256 for r in train_rows]),
-                                  **ghost_kw)
+                                  ghost_shift=args["ghost_shift"], **ghost_kw)
         valid_loader = get_loader(valid_files, [r.label for r in valid_rows], train=False,
                                   cache_paths=cache_paths_for(data_dir, args["image_size"], [r.sha256 for r in valid_rows]),
                                   **ghost_kw)
@@ -280,8 +287,8 @@ def run_train(
             "data_dir": str(data_dir), "manifest_sha256": manifest_sha256(data_dir),
             "n_train": len(train_rows), "n_valid": len(valid_rows),
             # Ghost maps are augmented by horizontal flips alone (see jpeg_ghosts.InMemoryGhostLoader).
-            "augment_spec": ({"hflip_p": 0.5} if input_kind == "ghosts" else augment_spec.to_dict())
-            if augment_spec else None,
+            "augment_spec": ({"hflip_p": 0.5, "shift_cells": args["ghost_shift"]} if input_kind == "ghosts"
+                             else augment_spec.to_dict()) if augment_spec else None,
             "schedule": _resolved_schedule(args),
             "pseudo_fake_spec": DEFAULT_SPEC.to_dict() if args["pseudo_fakes"] else None,
             "args": args, "created": dt.datetime.now().isoformat(timespec="seconds"),

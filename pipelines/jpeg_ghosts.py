@@ -191,14 +191,15 @@ class GhostMapLoader:
 
 class InMemoryGhostLoader:
     """Training batches: every file's maps computed (or read from the cache) once into host memory, then
-    shuffled each epoch with random horizontal flips. Shuffle and flips are a pure function of
-    (seed, epoch), so `--resume` is exact. A file without maps stops training (the data set changed
+    shuffled each epoch with random horizontal flips and, with `shift`, each batch moved by up to
+    `shift` cells each way (edges repeated): faces are not all centred alike. Shuffle, flips and shifts
+    are a pure function of (seed, epoch), so `--resume` is exact. A file without maps stops training (the data set changed
     since `realfake data prepare`) rather than shrinking the epoch."""
 
     backend = "jpeg-ghosts-memory"
 
     def __init__(self, files: Sequence[str], labels: Sequence[int], *, train: bool, image_size: int,
-                 batch_size: int, seed: int = 0, flip: bool = True, num_workers: int = 2,
+                 batch_size: int, seed: int = 0, flip: bool = True, shift: int = 0, num_workers: int = 2,
                  cache_paths: Sequence[Path] | None = None, progress: bool = True):
         if len(labels) != len(files):
             raise ValueError(f"{len(files)} files but {len(labels)} labels: pass one label per file")
@@ -214,6 +215,7 @@ class InMemoryGhostLoader:
             self.maps[batch.indices] = batch.images.to(torch.float16)
         self.labels = torch.as_tensor(list(labels), dtype=torch.int64)
         self.train, self.batch_size, self.seed, self.flip = train, batch_size, seed, flip and train
+        self.shift = shift if train else 0
         self.drop_last = train and len(files) > batch_size  # no batch of one for BatchNorm
         self.epoch = 0
 
@@ -234,6 +236,10 @@ class InMemoryGhostLoader:
             if self.flip:
                 mirrored = torch.rand(len(positions), generator=generator) < 0.5
                 maps[mirrored] = maps[mirrored].flip(3)
+            if self.shift:
+                k, side = self.shift, maps.shape[-1]
+                dy, dx = torch.randint(0, 2 * k + 1, (2,), generator=generator).tolist()
+                maps = torch.nn.functional.pad(maps, (k, k, k, k), mode="replicate")[:, :, dy:dy + side, dx:dx + side]
             yield Batch(images=maps, labels=self.labels[positions], indices=positions)
 
 

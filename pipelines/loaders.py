@@ -45,13 +45,15 @@ def get_loader(files: Sequence[str], labels: Sequence[int] | None, *, train: boo
                image_size: int = DEFAULT_IMAGE_SIZE, batch_size: int = 32, augment: AugmentSpec | None = None,
                num_workers: int = 2, seed: int = 0, shard_id: int = 0, num_shards: int = 1,
                device: str = "cpu", draft: bool = False, hw_decoder_load: float | None = None,
-               input: str = "pixels", cache_paths: Sequence | None = None, progress: bool = True):
+               input: str = "pixels", cache_paths: Sequence | None = None, progress: bool = True,
+               ghost_shift: int = 0):
     """Build a loader over `files`. Train loaders shuffle and augment (when `augment` is given); eval
     loaders keep order and deliver every file of the shard exactly once.
 
     input="ghosts": JPEG ghost maps of image_size-pixel crops, computed with PIL whatever `backend`
     says (DALI decodes pixels only); `cache_paths` (one per file) keep them between runs, and train
-    loaders hold the whole set in memory and augment with horizontal flips only (`augment` given).
+    loaders hold the whole set in memory and augment with horizontal flips (`augment` given) and
+    shifts of up to `ghost_shift` cells.
     """
     if batch_size < 1:
         raise ValueError(f"batch size {batch_size} must be at least 1")
@@ -59,7 +61,8 @@ def get_loader(files: Sequence[str], labels: Sequence[int] | None, *, train: boo
         raise ValueError(f"image size {image_size} is too small: use at least 8")
     if input == "ghosts":
         return _ghost_loader(files, labels, train=train, backend=backend, image_size=image_size,
-                             batch_size=batch_size, flip=augment is not None, num_workers=num_workers, seed=seed,
+                             batch_size=batch_size, flip=augment is not None, shift=ghost_shift,
+                             num_workers=num_workers, seed=seed,
                              shard_id=shard_id, num_shards=num_shards, cache_paths=cache_paths, progress=progress)
     if input != "pixels":
         raise ValueError(f"unknown model input {input!r}: pixels or ghosts")
@@ -80,8 +83,8 @@ def get_loader(files: Sequence[str], labels: Sequence[int] | None, *, train: boo
     return loader
 
 
-def _ghost_loader(files, labels, *, train, backend, image_size, batch_size, flip, num_workers, seed, shard_id,
-                  num_shards, cache_paths, progress):
+def _ghost_loader(files, labels, *, train, backend, image_size, batch_size, flip, shift, num_workers, seed,
+                  shard_id, num_shards, cache_paths, progress):
     from realfake.pipelines import jpeg_ghosts
 
     if backend == "dali":
@@ -91,7 +94,7 @@ def _ghost_loader(files, labels, *, train, backend, image_size, batch_size, flip
         if num_shards != 1:
             raise ValueError("ghost-map training loaders are not sharded")
         loader = jpeg_ghosts.InMemoryGhostLoader(files, labels, train=True, image_size=image_size,
-                                                 batch_size=batch_size, seed=seed, flip=flip,
+                                                 batch_size=batch_size, seed=seed, flip=flip, shift=shift,
                                                  num_workers=num_workers, cache_paths=cache_paths, progress=progress)
     else:
         loader = jpeg_ghosts.GhostMapLoader(files, labels, image_size=image_size, batch_size=batch_size,

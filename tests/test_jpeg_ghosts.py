@@ -132,6 +132,28 @@ def test_train_loader_shuffles_and_flips_by_seed_and_epoch(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(indices, other, strict=True))
 
 
+def test_train_loader_shifts_whole_batches_by_whole_cells(tmp_path):
+    files = [str(_jpeg(tmp_path / f"{i}.jpg", seed=i)) for i in range(4)]
+
+    def batch(shift, epoch):
+        loader = get_loader(files, [0, 1, 0, 1], train=True, input="ghosts", image_size=96, batch_size=4,
+                            seed=1, num_workers=0, progress=False, ghost_shift=shift)  # no augment: no flips
+        loader.set_epoch(epoch)
+        (only,) = list(loader)
+        return only
+
+    offsets = []
+    for epoch in range(4):
+        plain, moved = batch(0, epoch), batch(2, epoch)
+        assert torch.equal(plain.indices, moved.indices) and moved.images.shape == plain.images.shape
+        padded = torch.nn.functional.pad(plain.images, (2, 2, 2, 2), mode="replicate")
+        found = [(dy, dx) for dy in range(5) for dx in range(5)
+                 if torch.equal(padded[:, :, dy:dy + 12, dx:dx + 12], moved.images)]
+        assert len(found) == 1
+        offsets += found
+    assert len(set(offsets)) > 1  # the draw changes with the epoch
+
+
 def test_train_loader_names_a_file_without_maps(tmp_path):
     files = [str(_jpeg(tmp_path / "ok.jpg"))]
     Image.new("RGB", (64, 64)).save(tmp_path / "x.png")
@@ -164,12 +186,19 @@ def test_ghost_cnn_learns_a_twice_compressed_region(ghost_run):
 
     run_dir, data_dir = ghost_run
     config = __import__("json").loads((run_dir / "config.json").read_text())
-    assert config["input"] == "ghosts" and config["augment_spec"] == {"hflip_p": 0.5}
+    assert config["input"] == "ghosts" and config["augment_spec"] == {"hflip_p": 0.5, "shift_cells": 0}
     assert len(list(jpeg_ghosts.cache_folder(data_dir, 96).glob("*.npy"))) == 28  # train + valid
     report = run_evaluate(run_dir, split="train", tta="flip", num_workers=0, progress=False)
     assert report["roc_auc"] >= 0.9
     with pytest.raises(ValueError, match="use --tta flip"):
         run_evaluate(run_dir, tta="crops", progress=False)
+
+
+def test_ghost_shift_is_for_ghost_maps_only(tmp_path, ghost_run):
+    from realfake.jobs.train import run_train
+
+    with pytest.raises(ValueError, match="--ghost-shift moves JPEG ghost maps"):
+        run_train(ghost_run[1], model="simple_cnn", epochs=1, ghost_shift=2, out=tmp_path, progress=False)
 
 
 @pytest.mark.parametrize("option", [{"pseudo_fakes": 0.5}, {"train_crop": 64}, {"cache": "memory"}])

@@ -69,6 +69,9 @@ MODEL_HELP = ("simple_cnn (report's Model 1), deep_cnn (Model 2), resnet18, effi
 @click.option("--cache", type=click.Choice(["none", "memory", "gpu"]), default="none", show_default=True,
               help="Decode the data once into a uint8 cache (host memory or GPU; the --loader backend decodes) and "
                    "augment each epoch on that device with batched tensor ops: epochs then cost the model, not the decoder.")
+@click.option("--ghost-shift", type=click.IntRange(0), default=0, show_default=True,
+              help="ghost_cnn only: move each training batch's JPEG ghost maps by up to N cells (8 px) each way, "
+                   "edges repeated (faces are not all centred alike). 0 = off.")
 def train(data_dir, compile_, **options):
     """Train a model on a prepared DATA_DIR (see `realfake data prepare`).
 
