@@ -1,4 +1,6 @@
-"""Research probe (issue 8), not part of the product: JPEG ghost maps + a small CNN, from scratch.
+"""Research probe (issue 8): JPEG ghost maps + a small CNN, from scratch. The product has grown from it
+(`realfake train --model ghost_cnn`, `realfake sweep --preset jpeg-ghosts`); this script keeps what the
+product does not: training on the "like-real" files only, and the occlusion test.
 
 Each image is re-saved as JPEG with its own quantization tables (PIL quality="keep") and at the
 standard qualities 50, 55, ..., 95; the squared difference to the original, per YCbCr plane, averaged
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import io
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -28,34 +29,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
+from realfake.models.ghost_cnn import GhostCNN
+from realfake.pipelines.jpeg_ghosts import raw_maps
 from sklearn.metrics import roc_auc_score, roc_curve
 
-QUALITIES = ["keep", *range(50, 100, 5)]
-BLOCK = 8
 # Region priors of docs/quality.md (fractions of the height / width), and which CCCC bit edits each.
 REGIONS = {"left eye": (0.44, 0.36, 0), "right eye": (0.44, 0.64, 1), "nose": (0.58, 0.50, 2), "mouth": (0.73, 0.50, 3)}
 
 
-def ycbcr(img: Image.Image) -> np.ndarray:
-    return np.asarray(img.convert("YCbCr"), dtype=np.float32).transpose(2, 0, 1)
-
-
 def ghost_maps(path: str) -> np.ndarray:
-    """(3 * len(QUALITIES), H/8, W/8) mean squared re-save error per 8x8 block and YCbCr plane."""
-    with Image.open(path) as im:
-        im.load()
-        base = ycbcr(im)
-        h, w = (base.shape[1] // BLOCK) * BLOCK, (base.shape[2] // BLOCK) * BLOCK
-        maps = []
-        for quality in QUALITIES:
-            buf = io.BytesIO()
-            if quality == "keep":
-                im.save(buf, format="JPEG", quality="keep")
-            else:
-                im.convert("RGB").save(buf, format="JPEG", quality=quality)
-            err = (base - ycbcr(Image.open(io.BytesIO(buf.getvalue())))) ** 2
-            maps.append(err[:, :h, :w].reshape(3, h // BLOCK, BLOCK, w // BLOCK, BLOCK).mean((2, 4)))
-    return np.concatenate(maps)
+    """(33, H/8, W/8) mean squared re-save error per 8x8 block and YCbCr plane: the product's maps
+    (realfake.pipelines.jpeg_ghosts) before their log and centring, which main() does."""
+    return raw_maps(path, 10**6)
 
 
 def table_id(path: str) -> str:
@@ -64,11 +49,8 @@ def table_id(path: str) -> str:
 
 
 def net(channels: int) -> nn.Module:
-    def block(i, o):
-        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU())
-    return nn.Sequential(block(channels, 32), block(32, 32), nn.MaxPool2d(2), block(32, 64), block(64, 64),
-                         nn.MaxPool2d(2), nn.MaxPool2d(2), block(64, 128), nn.AdaptiveMaxPool2d(1), nn.Flatten(),
-                         nn.Dropout(0.3), nn.Linear(128, 1))
+    # ghost_cnn with one logit (binary cross-entropy) instead of the product's two-class head
+    return GhostCNN(num_classes=1)
 
 
 def predict(model, x):
