@@ -512,9 +512,9 @@ def split_validation(data_dir: Path, image_size: int, split: str = "valid", batc
 
     extra = {}
     if input == "ghosts":
-        from realfake.pipelines.jpeg_ghosts import cache_paths_for
+        from realfake.pipelines.jpeg_ghosts import manifest_loader_options
 
-        extra = dict(input="ghosts", cache_paths=cache_paths_for(data_dir, image_size, [r.sha256 for r in rows]))
+        extra = manifest_loader_options(data_dir, image_size, rows)
 
     def batches():
         loader = get_loader([r.path for r in rows], [r.label for r in rows], train=False, backend="torch",

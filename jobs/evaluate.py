@@ -66,10 +66,9 @@ def run_evaluate(
     def scores(split_rows, name):
         extra = {}
         if input_kind == "ghosts":
-            from realfake.pipelines.jpeg_ghosts import cache_paths_for
+            from realfake.pipelines.jpeg_ghosts import manifest_loader_options
 
-            extra = dict(input="ghosts", cache_paths=cache_paths_for(data_dir, config["image_size"],
-                                                                     [r.sha256 for r in split_rows]))
+            extra = manifest_loader_options(data_dir, config["image_size"], split_rows)
         data = get_loader([r.path for r in split_rows], [r.label for r in split_rows], train=False, backend=loader,
                           image_size=config["image_size"], batch_size=batch_size, num_workers=num_workers,
                           device=run_device, **extra)

@@ -143,7 +143,7 @@ def run_train(
 
     image_size None is the model's own default (the report's 128; 600 for ghost_cnn). ghost_cnn reads
     JPEG ghost maps, not pixels (`pipelines/jpeg_ghosts.py`): they are computed once per file into
-    DATA_DIR/cache and augmented with horizontal flips only (`augment`).
+    DATA_DIR/cache; `augment` flips them horizontally and `ghost_shift` moves them (nothing else applies).
 
     Recipe options (all off by default, so the default run is the report's):
 
@@ -236,16 +236,15 @@ def run_train(
     augment_spec = (AugmentSpec() if args["blur"] else AugmentSpec(blur_p=0.0)) if args["augment"] else None
     train_files, valid_files = [r.path for r in train_rows], [r.path for r in valid_rows]
     if input_kind == "ghosts":
-        from realfake.pipelines.jpeg_ghosts import cache_paths_for
+        from realfake.pipelines.jpeg_ghosts import manifest_loader_options
 
-        ghost_kw = dict(input="ghosts", image_size=args["image_size"], batch_size=args["batch_size"],
-                        num_workers=args["num_workers"], seed=args["seed"], progress=progress)
+        ghost_kw = dict(image_size=args["image_size"], batch_size=args["batch_size"], num_workers=args["num_workers"],
+                        seed=args["seed"], progress=progress)
         train_loader = get_loader(train_files, [r.label for r in train_rows], train=True, augment=augment_spec,
-                                  cache_paths=cache_paths_for(data_dir, args["image_size"], [r.sha256 for r in train_rows]),
-                                  ghost_shift=args["ghost_shift"], **ghost_kw)
-        valid_loader = get_loader(valid_files, [r.label for r in valid_rows], train=False,
-                                  cache_paths=cache_paths_for(data_dir, args["image_size"], [r.sha256 for r in valid_rows]),
-                                  **ghost_kw)
+                                  ghost_shift=args["ghost_shift"], **ghost_kw,
+                                  **manifest_loader_options(data_dir, args["image_size"], train_rows))
+        valid_loader = get_loader(valid_files, [r.label for r in valid_rows], train=False, **ghost_kw,
+                                  **manifest_loader_options(data_dir, args["image_size"], valid_rows))
     elif args["cache"] == "none":
         loader_kw = dict(backend=args["loader"], image_size=args["image_size"], batch_size=args["batch_size"],
                          num_workers=args["num_workers"], seed=args["seed"], device=run_device)
@@ -286,9 +285,9 @@ def run_train(
             "mean": list(MEAN), "std": list(STD), "class_names": list(CLASS_NAMES),
             "data_dir": str(data_dir), "manifest_sha256": manifest_sha256(data_dir),
             "n_train": len(train_rows), "n_valid": len(valid_rows),
-            # Ghost maps are augmented by horizontal flips alone (see jpeg_ghosts.InMemoryGhostLoader).
-            "augment_spec": ({"hflip_p": 0.5, "shift_cells": args["ghost_shift"]} if input_kind == "ghosts"
-                             else augment_spec.to_dict()) if augment_spec else None,
+            # Ghost maps are only flipped and shifted (see jpeg_ghosts.InMemoryGhostLoader).
+            "augment_spec": ({"hflip_p": 0.5 if augment_spec else 0.0, "shift_cells": args["ghost_shift"]}
+                             if input_kind == "ghosts" else augment_spec.to_dict() if augment_spec else None),
             "schedule": _resolved_schedule(args),
             "pseudo_fake_spec": DEFAULT_SPEC.to_dict() if args["pseudo_fakes"] else None,
             "args": args, "created": dt.datetime.now().isoformat(timespec="seconds"),
