@@ -89,12 +89,8 @@ def raw_maps(path: str | os.PathLike, image_size: int) -> np.ndarray:
     image_size / 8, in display orientation. Raises InvalidImageError (incl. "not a JPEG")."""
     img, orientation = load_jpeg(path)
     with img:
-        width, height = img.size
-        if orientation in (5, 6, 7, 8):  # image_size bounds the displayed sides
-            width, height = height, width
-        side_w, side_h = min(width, image_size), min(height, image_size)
-        if orientation in (5, 6, 7, 8):
-            side_w, side_h = side_h, side_w
+        # A square bound: the same on the stored and the displayed (EXIF-turned) sides.
+        side_w, side_h = min(img.size[0], image_size), min(img.size[1], image_size)
         left, top = (img.size[0] - side_w) // 2 // MCU * MCU, (img.size[1] - side_h) // 2 // MCU * MCU
         crop = img if (side_w, side_h) == img.size else img.crop((left, top, left + side_w, top + side_h))
         h, w = side_h // BLOCK * BLOCK, side_w // BLOCK * BLOCK

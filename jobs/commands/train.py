@@ -83,6 +83,8 @@ def train(data_dir, compile_, **options):
       realfake train data/ciplab --model resnet18 --epochs 5 --out runs
       realfake train data/ciplab --model resnet18 --image-size 224 --pseudo-fakes 0.5 \\
           --schedule cosine --warmup-epochs 2 --label-smoothing 0.1 --ema 0.999 --cache gpu
+      realfake train data/ciplab --model ghost_cnn --optimizer adamw --lr 2e-3 --weight-decay 1e-3 \\
+          --schedule onecycle --epochs 40 --ghost-shift 4     # then evaluate it with --checkpoint last
     """
     from realfake.jobs.train import run_train
 
