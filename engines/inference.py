@@ -225,11 +225,12 @@ def parity_tolerance(precision: str, device: str) -> float:
 # --- helpers the backends share --------------------------------------------------------------------
 
 def model_from_meta(meta: Mapping[str, Any]) -> nn.Module:
-    """An untrained module of the engine's architecture (eval mode, CPU)."""
-    from realfake.models import build_model
+    """An untrained module of the engine's architecture (eval mode, CPU): an Ensemble of `members` of it
+    when the engine averages several runs."""
+    from realfake.models import build_ensemble
 
-    return build_model(meta["architecture"], num_classes=int(meta["num_classes"]), image_size=int(meta["image_size"]),
-                       dropout=meta.get("dropout")).eval()
+    return build_ensemble(meta["architecture"], int(meta.get("members", 1)), num_classes=int(meta["num_classes"]),
+                          image_size=int(meta["image_size"]), dropout=meta.get("dropout")).eval()
 
 
 class CastInput(nn.Module):
@@ -668,8 +669,8 @@ def build_engine_from_model(
 ) -> Path:
     """Build an engine directory from an in-memory model (what `build_engine` does after loading a
     run; benchmarks call it with random weights). `model` must be `build_model(architecture,
-    image_size=..., dropout=...)` with trained weights. Returns `out`."""
-    from realfake.models import input_shape, model_input
+    image_size=..., dropout=...)` with trained weights, or an Ensemble of such models. Returns `out`."""
+    from realfake.models import Ensemble, input_shape, model_input
     from realfake.pipelines.spec import CLASS_NAMES, MEAN, STD
 
     started = time.perf_counter()
@@ -693,6 +694,7 @@ def build_engine_from_model(
         "engine_id": None,
         "architecture": architecture,
         "input": model_input(architecture),
+        "members": len(model.members) if isinstance(model, Ensemble) else 1,
         "image_size": int(image_size),
         "num_classes": len(class_names),
         "dropout": dropout,
@@ -768,16 +770,19 @@ def build_engine(
     device: str = "cpu",
     checkpoint: str = "best",
     num_workers: int = 2,
+    ensemble: Sequence[str | Path] = (),
 ) -> Path:
     """Compile RUN_DIR's checkpoint into engine directory `out`, with parity and (for
-    threshold="auto") the operating point measured on the run's validation split. Returns `out`."""
+    threshold="auto") the operating point measured on the run's validation split. Returns `out`.
+    `ensemble`: other runs of the same model and data set; the engine averages p_fake over all."""
     from realfake.pipelines.manifest import manifest_sha256
 
     run_dir = Path(run_dir).resolve()
     parse_batch(batch), parse_threshold(threshold)  # bad options fail before the checkpoint loads
-    from realfake.engines.trainer import load_run
+    from realfake.engines.trainer import load_runs
 
-    model, config, state = load_run(run_dir, checkpoint)
+    members = [run_dir, *(Path(p).resolve() for p in ensemble)]
+    model, config, state = load_runs(members, checkpoint)
     data_dir = Path(config["data_dir"])
     if manifest_sha256(data_dir) != config["manifest_sha256"]:
         raise ValueError(f"the manifest in {data_dir} changed since {run_dir} was trained: its validation split "
@@ -785,6 +790,9 @@ def build_engine(
     source = {"run_dir": str(run_dir), "checkpoint": checkpoint, "epoch": state.get("epoch"),
               "checkpoint_sha256": sha256_file(run_dir / f"{checkpoint}.pt"), "data_dir": str(data_dir),
               "manifest_sha256": config["manifest_sha256"]}
+    if len(members) > 1:
+        source["ensemble"] = [{"run_dir": str(p), "checkpoint_sha256": sha256_file(p / f"{checkpoint}.pt")}
+                              for p in members]
     validation = split_validation(data_dir, int(config["image_size"]), num_workers=num_workers,
                                   input=config.get("input", "pixels"))
     return build_engine_from_model(

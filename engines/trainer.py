@@ -249,6 +249,28 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[nn.Module, 
     return model.eval(), config, state
 
 
+def load_runs(run_dirs, checkpoint: str = "best") -> tuple[nn.Module, dict, dict]:
+    """load_run of the first run, or with several an Ensemble of their models (the first run's config and
+    checkpoint dict). The runs must share model, image size, classes and data set (the manifest's sha256):
+    an ensemble is evaluated on, and calibrated with, splits none of its members trained on."""
+    from realfake.models import Ensemble
+
+    run_dirs = list(run_dirs)
+    model, config, state = load_run(run_dirs[0], checkpoint)
+    if len(run_dirs) == 1:
+        return model, config, state
+    members = [model]
+    for other in run_dirs[1:]:
+        member, other_config, _ = load_run(other, checkpoint)
+        for key in ("model", "image_size", "class_names", "manifest_sha256"):
+            if other_config.get(key) != config.get(key):
+                raise ValueError(f"{other} cannot join an ensemble with {run_dirs[0]}: its {key} differs "
+                                 f"({other_config.get(key)!r} vs {config.get(key)!r}); ensemble runs of one model, "
+                                 "image size and data set")
+        members.append(member)
+    return Ensemble(members).eval(), config, state
+
+
 def restore(checkpoint: dict, model, optimizer, scheduler, scaler=None, ema=None) -> TrainState:
     if (ema is not None) != (checkpoint.get("ema") is not None):
         raise ValueError("the checkpoint was saved " + ("without" if ema is not None else "with")

@@ -19,6 +19,7 @@ def run_evaluate(
     progress: bool = True,
     tta: str = "none",
     calibrate: bool = False,
+    ensemble: list[InputPath] | None = None,
 ) -> dict:
     """Evaluate RUN_DIR's checkpoint on a split of the data it was trained on; writes report.json,
     report.md, confusion.png and roc.png into the run directory (suffixed by split when not test).
@@ -26,6 +27,7 @@ def run_evaluate(
     Args:
         tta: Test-time augmentation, p_fake averaged over views: none, flip (image + mirror) or crops (image and 5 crops of 7/8 side resized back, each also mirrored: 12 views).
         calibrate: Replace threshold by the valid split's equal-error-rate threshold (same checkpoint and TTA): a decision point chosen without the evaluated split.
+        ensemble: Other runs of the same model and data set (e.g. other seeds): p_fake is the mean over RUN_DIR and these, same checkpoint and TTA. The report files get an "_ensemble" suffix.
     """
     import torch
     from realfake.engines.inference import resolve_device
@@ -37,7 +39,7 @@ def run_evaluate(
         save_roc_png,
     )
     from realfake.engines.recipes import TTA_MODES
-    from realfake.engines.trainer import load_run, predict
+    from realfake.engines.trainer import load_runs, predict
     from realfake.pipelines.images import file_encoding
     from realfake.pipelines.loaders import get_loader
     from realfake.pipelines.manifest import manifest_sha256, read_manifest
@@ -49,7 +51,8 @@ def run_evaluate(
         raise ValueError(f"unknown --tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
     if calibrate and split == "valid":
         raise ValueError("--calibrate picks the threshold on the valid split: evaluate --split test (or train)")
-    model, config, state = load_run(run_dir, checkpoint)
+    members = [run_dir, *(Path(p) for p in ensemble or ())]
+    model, config, state = load_runs(members, checkpoint)
     data_dir = Path(config["data_dir"])
     rows = read_manifest(data_dir, split)
     if not rows:
@@ -90,14 +93,17 @@ def run_evaluate(
     p_fake, labels, backend = scores(rows, split)
     metrics = classification_metrics(labels, p_fake, threshold=threshold, groups=[r.group for r in rows],
                                      encodings=[file_encoding(r.path) for r in rows])
-    suffix = "" if split == "test" else f"_{split}"
+    suffix = ("" if split == "test" else f"_{split}") + ("_ensemble" if len(members) > 1 else "")
     title = f"{config['model']} @ {config['image_size']}px — {split} split ({checkpoint} checkpoint, epoch {state['epoch']})"
     if tta != "none":
         title += f", test-time augmentation: {tta}"
     if calibrate:
         title += ", threshold from the valid split's EER"
+    if len(members) > 1:
+        title += f", ensemble of {len(members)} runs"
     report = {"run_dir": str(run_dir), "split": split, "checkpoint": checkpoint, "epoch": state["epoch"],
               "model": config["model"], "loader": backend, "tta": tta, "threshold_source": threshold_source,
+              "ensemble": [str(p) for p in members] if len(members) > 1 else None,
               "metrics": metrics,
               "predictions": [{"path": r.path, "label": r.label, "group": r.group, "p_fake": float(p)}
                               for r, p in zip(rows, p_fake, strict=True)]}
@@ -109,4 +115,5 @@ def run_evaluate(
     return {"run_dir": str(run_dir), "split": split, "n": metrics["n"], "accuracy": metrics["accuracy"],
             "f1_fake": metrics["f1_fake"], "roc_auc": metrics["roc_auc"], "eer": metrics["eer"],
             "report": str(run_dir / f"report{suffix}.md"), "loader": backend, "tta": tta,
-            "threshold": metrics["threshold"], "threshold_source": threshold_source}
+            "threshold": metrics["threshold"], "threshold_source": threshold_source,
+            "ensemble": report["ensemble"]}

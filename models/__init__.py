@@ -133,6 +133,25 @@ def build_model(
     return model
 
 
+class Ensemble(nn.Module):
+    """Models of one architecture run on the same input: logits whose softmax is the members' mean
+    probability (log of the mean), so every consumer of logits averages p_fake over the members."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.stack([member(x).float().softmax(1) for member in self.members]).mean(0)
+        return p.clamp_min(1e-12).log()
+
+
+def build_ensemble(name: str, members: int, **kwargs) -> nn.Module:
+    """`members` untrained build_model(name, **kwargs) in an Ensemble; one member is the plain model."""
+    models = [build_model(name, **kwargs) for _ in range(members)]
+    return models[0] if members == 1 else Ensemble(models)
+
+
 def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     """The state dict in a torch.save file (plain, or under "model"/"state_dict"), wrapper prefixes removed."""
     path = Path(path)
@@ -222,5 +241,5 @@ def load_weights(model: nn.Module, path: Path | str, *, head: str, model_name: s
         log.info("%s: loaded %d tensors from %s", model_name, len(matched), path)
 
 
-__all__ = ["INPUTS", "MODEL_NAMES", "build_model", "default_image_size", "input_shape", "load_weights",
+__all__ = ["INPUTS", "MODEL_NAMES", "Ensemble", "build_ensemble", "build_model", "default_image_size", "input_shape", "load_weights",
            "min_image_size", "model_input", "read_state_dict"]

@@ -235,3 +235,39 @@ def test_ghost_engine_scores_jpegs_and_records_other_files_as_errors(ghost_run, 
     with pytest.raises(ValueError, match="DALI decodes pixels only"):
         run_score([folder], tmp_path / "dali.csv", engine=engine_dir, loader="dali", progress=False)
     assert not (tmp_path / "dali.csv").exists()
+
+
+def test_an_ensemble_of_runs_averages_their_p_fake(ghost_run, tmp_path):
+    import json
+
+    from realfake.engines.inference import build_engine, load_engine
+    from realfake.jobs.evaluate import run_evaluate
+    from realfake.jobs.train import run_train
+
+    run_dir, data_dir = ghost_run
+    other = Path(run_train(data_dir, model="ghost_cnn", image_size=96, epochs=2, batch_size=8, seed=1,
+                           out=tmp_path, name="seed1", num_workers=0, progress=False)["run_dir"])
+    p = {}
+    for name, run in (("a", run_dir), ("b", other)):
+        summary = run_evaluate(run, split="valid", tta="flip", num_workers=0, progress=False)
+        p[name] = {r["path"]: r["p_fake"] for r in json.loads((Path(summary["run_dir"]) / "report_valid.json")
+                                                              .read_text())["predictions"]}
+    summary = run_evaluate(run_dir, split="valid", tta="flip", ensemble=[other], num_workers=0, progress=False)
+    assert summary["ensemble"] == [str(run_dir), str(other)] and summary["report"].endswith("report_valid_ensemble.md")
+    both = json.loads((run_dir / "report_valid_ensemble.json").read_text())["predictions"]
+    for row in both:
+        assert row["p_fake"] == pytest.approx((p["a"][row["path"]] + p["b"][row["path"]]) / 2, abs=1e-6)
+
+    engine_dir = build_engine(run_dir, tmp_path / "engine", backend="eager", ensemble=[other], num_workers=0)
+    with load_engine(engine_dir) as engine:
+        assert engine.meta["members"] == 2 and len(engine.meta["source"]["ensemble"]) == 2
+        maps = torch.randn(3, 33, 12, 12)
+        from realfake.engines.trainer import load_run
+
+        singles = [torch.softmax(load_run(r)[0](maps), 1)[:, 1] for r in (run_dir, other)]
+        assert torch.allclose(engine.predict(maps), (singles[0] + singles[1]) / 2, atol=1e-5)
+
+    bigger = Path(run_train(data_dir, model="ghost_cnn", image_size=128, epochs=1, batch_size=8, out=tmp_path,
+                            name="128px", num_workers=0, progress=False)["run_dir"])
+    with pytest.raises(ValueError, match="its image_size differs"):
+        run_evaluate(run_dir, ensemble=[bigger], progress=False)

@@ -39,7 +39,10 @@ def engine():
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
 @click.option("--device", default="auto", show_default=True,
               help="auto, cpu or cuda[:N]: the device the engine is built for and runs on.")
-def build(run_dir, **options):
+@click.option("--ensemble", "ensemble", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Another run of the same model and data set (repeatable, e.g. other seeds): the engine averages "
+                   "p_fake over RUN_DIR and these.")
+def build(run_dir, ensemble, **options):
     """Compile RUN_DIR's checkpoint into an engine directory: the artifact plus engine.json
     (architecture, image size, mean/std, threshold, backend, precision, batch range, versions, and
     parity against eager fp32 on the run's validation images). A build whose parity is worse than the
@@ -54,7 +57,7 @@ def build(run_dir, **options):
     from realfake.jobs.engine import run_engine_build
 
     try:
-        s = run_engine_build(run_dir=run_dir, **options)
+        s = run_engine_build(run_dir=run_dir, ensemble=list(ensemble), **options)
     except BackendCrash as exc:  # the compiler's process died: its message says what to use instead
         raise click.ClickException(str(exc)) from exc
     parity = s["parity"]
@@ -62,7 +65,8 @@ def build(run_dir, **options):
     click.echo(f"Engine {s['engine_id']} written to {s['engine_dir']} in {s['build_s']:.1f} s")
     click.echo(f"  backend    {s['backend']} ({s['backend_reason']}), {s['precision']}, {s['device']}, "
                f"batch {batch['min']}:{batch['opt']}:{batch['max']}")
-    click.echo(f"  model      {s['model']} @ {s['image_size']} px")
+    members = f", ensemble of {s['members']} runs" if s["members"] > 1 else ""
+    click.echo(f"  model      {s['model']} @ {s['image_size']} px{members}")
     click.echo(f"  threshold  {s['threshold']:.4f} ({describe_threshold(s['threshold_detail'])})")
     click.echo(f"  parity     max |dp| {parity['max_abs_diff_p']:.2e} (tolerance {parity['tolerance']:.0e}), "
                f"mean {parity['mean_abs_diff_p']:.2e}, label agreement {parity['label_agreement']:.4f} "

@@ -21,7 +21,10 @@ import click
 @click.option("--calibrate", is_flag=True,
               help="Use the valid split's equal-error-rate threshold instead of --threshold (same checkpoint and "
                    "TTA): training with pseudo-fakes shifts the class prior, so 0.5 is no longer the balanced point.")
-def evaluate(run_dir, **options):
+@click.option("--ensemble", "ensemble", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Another run of the same model and data set (repeatable, e.g. other seeds): p_fake is the mean "
+                   "over RUN_DIR and these; the report files get an _ensemble suffix.")
+def evaluate(run_dir, ensemble, **options):
     """Evaluate RUN_DIR on a split of its data: accuracy, per-class precision/recall/F1, confusion
     matrix, ROC AUC, average precision, EER, recall per difficulty group.
 
@@ -29,6 +32,6 @@ def evaluate(run_dir, **options):
     """
     from realfake.jobs.evaluate import run_evaluate
 
-    summary = run_evaluate(run_dir=run_dir, **options)
+    summary = run_evaluate(run_dir=run_dir, ensemble=list(ensemble), **options)
     click.echo(Path(summary["report"]).read_text())
     click.echo(f"Report: {summary['report']} (and report.json, confusion.png, roc.png beside it)")
