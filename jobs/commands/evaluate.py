@@ -34,4 +34,6 @@ def evaluate(run_dir, ensemble, **options):
 
     summary = run_evaluate(run_dir=run_dir, ensemble=list(ensemble), **options)
     click.echo(Path(summary["report"]).read_text())
-    click.echo(f"Report: {summary['report']} (and report.json, confusion.png, roc.png beside it)")
+    stem = Path(summary["report"]).stem  # report, report_valid, report_ensemble, ...
+    suffix = stem[len("report"):]
+    click.echo(f"Report: {summary['report']} (and {stem}.json, confusion{suffix}.png, roc{suffix}.png beside it)")
