@@ -38,9 +38,6 @@ class _ModelSpec:
     default_image_size: int = 128  # the report's
 
 
-INPUTS = ("pixels", "ghosts")
-
-
 _MODELS: dict[str, _ModelSpec] = {
     "simple_cnn": _ModelSpec(report_cnns.simple_cnn, report_cnns.MIN_IMAGE_SIZE, "fc2"),
     "deep_cnn": _ModelSpec(report_cnns.deep_cnn, report_cnns.MIN_IMAGE_SIZE, "fc2"),
@@ -241,5 +238,5 @@ def load_weights(model: nn.Module, path: Path | str, *, head: str, model_name: s
         log.info("%s: loaded %d tensors from %s", model_name, len(matched), path)
 
 
-__all__ = ["INPUTS", "MODEL_NAMES", "Ensemble", "build_ensemble", "build_model", "default_image_size", "input_shape", "load_weights",
-           "min_image_size", "model_input", "read_state_dict"]
+__all__ = ["MODEL_NAMES", "Ensemble", "build_ensemble", "build_model", "default_image_size", "input_shape",
+           "load_weights", "min_image_size", "model_input", "read_state_dict"]
