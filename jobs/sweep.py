@@ -127,8 +127,8 @@ PRESETS: dict[str, dict] = {
     "jpeg-ghosts": {
         "description": "ghost_cnn on JPEG ghost maps (pipelines/jpeg_ghosts.py) at native 600 px, from scratch: "
                        "AdamW 2e-3, one-cycle, 30 epochs, horizontal flips; the last checkpoint evaluated with flip TTA "
-                       "at the valid split's EER threshold. Sized for 2 CPU cores: the maps (2.5 min for CIPLAB, computed once "
-                       "into DATA_DIR/cache) and about 8 min a seed.",
+                       "at the valid split's EER threshold. Sized for 2 CPU cores: the maps (3 min for CIPLAB, computed once "
+                       "into DATA_DIR/cache), then 7-14 min a run, about 65 min in all.",
         "seeds": [0, 1, 2],
         "train": {"model": "ghost_cnn", "image_size": 600, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-3,
                   "schedule": "onecycle", "epochs": 30, "batch_size": 32, "compile": False},
