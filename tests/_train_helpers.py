@@ -27,8 +27,10 @@ def make_images(folder: Path, n: int, size: int = 40) -> list[str]:
 
 
 def make_prepared(root: Path, n_per_class: int = 12, size: int = 48, seed: int = 0,
-                  splits=("train",) * 8 + ("valid",) * 2 + ("test",) * 2) -> Path:
-    """DATA_DIR with a manifest over n_per_class real + n_per_class fake JPEGs."""
+                  splits=("train",) * 8 + ("valid",) * 2 + ("test",) * 2, make=None) -> Path:
+    """DATA_DIR with a manifest over n_per_class real + n_per_class fake JPEGs, each written by
+    make(path, label, rng, size) (default make_image)."""
+    make = make or make_image
     rng = np.random.default_rng(seed)
     images = root / "images"
     images.mkdir(parents=True)
@@ -36,7 +38,7 @@ def make_prepared(root: Path, n_per_class: int = 12, size: int = 48, seed: int =
     for label, name in ((0, "real"), (1, "fake")):
         for i in range(n_per_class):
             path = images / f"{name}_{i:03d}.jpg"
-            make_image(path, label, rng, size)
+            make(path, label, rng, size)
             rows.append(ManifestRow(path=str(path), label=label, class_name=name, sha256=f"{label}{i:063d}",
                                     split=splits[i % len(splits)], group="real" if label == 0 else "easy",
                                     width=size, height=size))
@@ -64,19 +66,5 @@ def make_ghost_image(path: Path, label: int, rng: np.random.Generator, size: int
 
 def make_ghost_prepared(root: Path, n_per_class: int = 16, size: int = 96, seed: int = 0) -> Path:
     """DATA_DIR over make_ghost_image JPEGs (12 train, 2 valid, 2 test a class at 16 a class)."""
-    rng = np.random.default_rng(seed)
-    images = root / "images"
-    images.mkdir(parents=True)
-    splits = ("train",) * 6 + ("valid", "test")
-    rows = []
-    for label, name in ((0, "real"), (1, "fake")):
-        for i in range(n_per_class):
-            path = images / f"{name}_{i:03d}.jpg"
-            make_ghost_image(path, label, rng, size)
-            rows.append(ManifestRow(path=str(path), label=label, class_name=name, sha256=f"{label}{i:063d}",
-                                    split=splits[i % len(splits)], group="real" if label == 0 else "easy",
-                                    width=size, height=size))
-    data_dir = root / "data"
-    data_dir.mkdir()
-    write_manifest(data_dir, sorted(rows, key=lambda r: r.path))
-    return data_dir
+    return make_prepared(root, n_per_class, size, seed, splits=("train",) * 6 + ("valid", "test"),
+                         make=make_ghost_image)
