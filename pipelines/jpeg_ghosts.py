@@ -144,7 +144,9 @@ class GhostMapDataset(Dataset):
         label = -1 if self.labels is None else int(self.labels[index])
         cached = self.cache_paths[index] if self.cache_paths is not None else None
         if cached is not None and cached.is_file():
-            return torch.from_numpy(np.load(cached).astype(np.float32)), label, index, None
+            maps = self._read(cached)
+            if maps is not None:
+                return torch.from_numpy(maps), label, index, None
         try:
             maps = ghost_maps(self.files[index], self.image_size)
         except InvalidImageError as exc:
@@ -155,6 +157,21 @@ class GhostMapDataset(Dataset):
             os.replace(tmp, cached)
             maps = maps.astype(np.float16).astype(np.float32)  # what a later read gives
         return torch.from_numpy(maps), label, index, None
+
+
+    def _read(self, cached: Path) -> np.ndarray | None:
+        """The cached maps, or None for a file that is unreadable or of another shape (computed again)."""
+        cells = grid_cells(self.image_size)
+        try:
+            maps = np.load(cached)
+        except (OSError, ValueError, EOFError):
+            log.warning("%s is damaged: computing those maps again", cached)
+            return None
+        if maps.shape != (CHANNELS, cells, cells):
+            log.warning("%s holds maps of shape %s, not %s: computing them again", cached, maps.shape,
+                        (CHANNELS, cells, cells))
+            return None
+        return maps.astype(np.float32)
 
 
 class GhostMapLoader:
@@ -189,8 +206,8 @@ class InMemoryGhostLoader:
     """Training batches: every file's maps computed (or read from the cache) once into host memory, then
     shuffled each epoch with random horizontal flips and, with `shift`, each batch moved by up to
     `shift` cells each way (edges repeated): faces are not all centred alike. Shuffle, flips and shifts
-    are a pure function of (seed, epoch), so `--resume` is exact. A file without maps stops training (the data set changed
-    since `realfake data prepare`) rather than shrinking the epoch."""
+    are a pure function of (seed, epoch), so `--resume` is exact. A file without maps stops training
+    (the data set changed since `realfake data prepare`) rather than shrinking the epoch."""
 
     backend = "jpeg-ghosts-memory"
 

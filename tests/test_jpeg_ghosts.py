@@ -109,6 +109,15 @@ def test_cache_is_written_whole_and_read_back(tmp_path):
     second = next(iter(get_loader(files, None, train=False, input="ghosts", image_size=96, batch_size=8,
                                   num_workers=0, cache_paths=cache)))
     assert second.errors == () and torch.equal(first.images, second.images)
+    # a damaged or foreign cache file is computed again, not trusted (the files are back for that)
+    for i in range(3):
+        _jpeg(tmp_path / f"{i}.jpg", seed=i)
+    cache[0].write_bytes(b"not numpy")
+    np.save(cache[1], np.zeros((3, 4, 4), dtype=np.float16))
+    third = next(iter(get_loader(files, None, train=False, input="ghosts", image_size=96, batch_size=8,
+                                 num_workers=0, cache_paths=cache)))
+    assert torch.equal(first.images, third.images)
+    assert np.load(cache[0]).shape == np.load(cache[1]).shape == (33, 12, 12)
 
 
 def test_train_loader_shuffles_and_flips_by_seed_and_epoch(tmp_path):
