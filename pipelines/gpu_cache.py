@@ -19,14 +19,13 @@ Shuffle and augmentation are a pure function of (seed, epoch), so `--resume` is 
 from __future__ import annotations
 
 import logging
-import math
 import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 from realfake.pipelines import batch_ops
-from realfake.pipelines.spec import MEAN, STD, AugmentSpec, Batch
+from realfake.pipelines.spec import MEAN, STD, AugmentSpec, Batch, InMemoryBatches
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
@@ -102,7 +101,7 @@ def augment_batch(images: torch.Tensor, spec: AugmentSpec, generator: torch.Gene
     return out
 
 
-class CachedLoader:
+class CachedLoader(InMemoryBatches):
     """The standard Loader protocol (iterable of Batch, len, set_epoch, .backend) over a decoded cache."""
 
     def __init__(self, files: Sequence[str], labels: Sequence[int] | None, *, train: bool, image_size: int,
@@ -126,14 +125,6 @@ class CachedLoader:
         self.drop_last = train and n > batch_size  # as the torch loader: no batch of one for BatchNorm
         self.mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self):
         n = len(self.labels)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, JpegImagePlugin
 from realfake.pipelines.images import InvalidImageError, load_jpeg
-from realfake.pipelines.spec import Batch
+from realfake.pipelines.spec import Batch, InMemoryBatches
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -202,7 +202,7 @@ class GhostMapLoader:
                               collate_fn=collate, persistent_workers=False)
 
 
-class InMemoryGhostLoader:
+class InMemoryGhostLoader(InMemoryBatches):
     """Training batches: every file's maps computed (or read from the cache) once into host memory, then
     shuffled each epoch with random horizontal flips and, with `shift`, each batch moved by up to
     `shift` cells each way (edges repeated): faces are not all centred alike. Shuffle, flips and shifts
@@ -230,14 +230,6 @@ class InMemoryGhostLoader:
         self.train, self.batch_size, self.seed, self.flip = train, batch_size, seed, flip and train
         self.shift = shift if train else 0
         self.drop_last = train and len(files) > batch_size  # no batch of one for BatchNorm
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self):
         n = len(self.labels)

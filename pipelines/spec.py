@@ -4,6 +4,7 @@ DALI and torchvision loaders both read these, so one change here changes every b
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -52,3 +53,21 @@ class Batch(NamedTuple):
     labels: torch.Tensor
     indices: torch.Tensor
     errors: tuple[tuple[int, str], ...] = ()
+
+
+class InMemoryBatches:
+    """len() and set_epoch() of the Loader protocol for loaders that hold a whole set in memory
+    (`gpu_cache.CachedLoader`, `jpeg_ghosts.InMemoryGhostLoader`): they set `labels` (N,), `batch_size`
+    and `drop_last`, and read `epoch` to draw each epoch's order."""
+
+    labels: torch.Tensor
+    batch_size: int
+    drop_last: bool
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
