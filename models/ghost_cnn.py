@@ -1,9 +1,10 @@
 """GhostCNN: a small CNN over JPEG ghost maps (`realfake.pipelines.jpeg_ghosts`), not over pixels.
 
 Its input is (N, 33, S/8, S/8): 3 YCbCr planes x 11 re-save qualities, one cell per 8x8 JPEG block of
-an S-pixel image. Five 3x3 convolutions (BatchNorm, ReLU) with three 2x2 poolings see 8-cell (64 px)
-neighbourhoods at the end, about a retouched eye or mouth; a global max-pool keeps the strongest
-local evidence anywhere in the face, so a small edit is not averaged away, and any map size works.
+an S-pixel image. Five 3x3 convolutions (BatchNorm, ReLU) and three 2x2 poolings: the last
+convolution's outputs sit 8 cells (64 px) apart and each sees 36 cells (288 px), an eye or mouth with
+the face around it to compare with; a global max-pool keeps the strongest local evidence anywhere in
+the face, so a small edit is not averaged away, and any map size works.
 (The network of docs/probes/jpeg_ghosts.py, with a two-class head like every model here.)
 """
 from __future__ import annotations
