@@ -503,7 +503,7 @@ def split_validation(data_dir: Path, image_size: int, split: str = "valid", batc
                      num_workers: int = 2, input: str = "pixels") -> Validation:
     """The files of `split` in DATA_DIR's manifest, through the torchvision loader (in order), or
     their JPEG ghost maps (input="ghosts", read from the data set's map cache when there)."""
-    from realfake.pipelines.loaders import get_loader
+    from realfake.pipelines.loaders import get_loader, manifest_loader_options
     from realfake.pipelines.manifest import read_manifest
 
     rows = read_manifest(data_dir, split)
@@ -511,11 +511,7 @@ def split_validation(data_dir: Path, image_size: int, split: str = "valid", batc
         raise ValueError(f"the {split} split of {data_dir} is empty: an engine needs validation images for its "
                          "parity check and threshold; prepare the data with a non-zero valid fraction")
 
-    extra = {}
-    if input == "ghosts":
-        from realfake.pipelines.jpeg_ghosts import manifest_loader_options
-
-        extra = manifest_loader_options(data_dir, image_size, rows)
+    extra = manifest_loader_options(input, data_dir, image_size, rows)
 
     def batches():
         loader = get_loader([r.path for r in rows], [r.label for r in rows], train=False, backend="torch",

@@ -41,7 +41,7 @@ def run_evaluate(
     from realfake.engines.recipes import TTA_MODES
     from realfake.engines.trainer import load_runs, predict
     from realfake.pipelines.images import file_encoding
-    from realfake.pipelines.loaders import get_loader
+    from realfake.pipelines.loaders import get_loader, manifest_loader_options
     from realfake.pipelines.manifest import manifest_sha256, read_manifest
 
     run_dir = Path(run_dir)
@@ -67,14 +67,10 @@ def run_evaluate(
         raise ValueError(f"{config['model']} reads JPEG ghost maps, which resized crops would blur: use --tta flip")
 
     def scores(split_rows, name):
-        extra = {}
-        if input_kind == "ghosts":
-            from realfake.pipelines.jpeg_ghosts import manifest_loader_options
-
-            extra = manifest_loader_options(data_dir, config["image_size"], split_rows)
         data = get_loader([r.path for r in split_rows], [r.label for r in split_rows], train=False, backend=loader,
                           image_size=config["image_size"], batch_size=batch_size, num_workers=num_workers,
-                          device=run_device, **extra)
+                          device=run_device,
+                          **manifest_loader_options(input_kind, data_dir, config["image_size"], split_rows))
         p, y, indices, _ = predict(model, data, torch.device(run_device), progress=progress,
                                    desc=f"evaluate {name}", tta=tta)
         if len(indices) != len(split_rows) or sorted(indices.tolist()) != list(range(len(split_rows))):

@@ -164,7 +164,7 @@ def run_train(
     from realfake.engines.inference import resolve_device
     from realfake.engines.metrics import save_curves_png
     from realfake.models import build_model, default_image_size, model_input
-    from realfake.pipelines.loaders import get_loader
+    from realfake.pipelines.loaders import get_loader, manifest_loader_options
     from realfake.pipelines.manifest import manifest_sha256, read_manifest
     from realfake.pipelines.pseudo_fakes import DEFAULT_SPEC, train_batch_transform
     from realfake.pipelines.spec import CLASS_NAMES, MEAN, STD, AugmentSpec
@@ -236,15 +236,13 @@ def run_train(
     augment_spec = (AugmentSpec() if args["blur"] else AugmentSpec(blur_p=0.0)) if args["augment"] else None
     train_files, valid_files = [r.path for r in train_rows], [r.path for r in valid_rows]
     if input_kind == "ghosts":
-        from realfake.pipelines.jpeg_ghosts import manifest_loader_options
-
         ghost_kw = dict(image_size=args["image_size"], batch_size=args["batch_size"], num_workers=args["num_workers"],
                         seed=args["seed"], progress=progress)
         train_loader = get_loader(train_files, [r.label for r in train_rows], train=True, augment=augment_spec,
                                   ghost_shift=args["ghost_shift"], **ghost_kw,
-                                  **manifest_loader_options(data_dir, args["image_size"], train_rows))
+                                  **manifest_loader_options("ghosts", data_dir, args["image_size"], train_rows))
         valid_loader = get_loader(valid_files, [r.label for r in valid_rows], train=False, **ghost_kw,
-                                  **manifest_loader_options(data_dir, args["image_size"], valid_rows))
+                                  **manifest_loader_options("ghosts", data_dir, args["image_size"], valid_rows))
     elif args["cache"] == "none":
         loader_kw = dict(backend=args["loader"], image_size=args["image_size"], batch_size=args["batch_size"],
                          num_workers=args["num_workers"], seed=args["seed"], device=run_device)

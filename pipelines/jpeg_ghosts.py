@@ -252,8 +252,3 @@ def cache_paths_for(data_dir: str | os.PathLike, image_size: int, sha256s: Seque
     folder = cache_folder(data_dir, image_size)
     folder.mkdir(parents=True, exist_ok=True)
     return [folder / f"{sha}.npy" for sha in sha256s]
-
-
-def manifest_loader_options(data_dir: str | os.PathLike, image_size: int, rows) -> dict:
-    """get_loader keywords for maps of manifest `rows` of a prepared data set, cached there."""
-    return {"input": "ghosts", "cache_paths": cache_paths_for(data_dir, image_size, [r.sha256 for r in rows])}

@@ -83,6 +83,16 @@ def get_loader(files: Sequence[str], labels: Sequence[int] | None, *, train: boo
     return loader
 
 
+def manifest_loader_options(input: str, data_dir, image_size: int, rows) -> dict:
+    """Extra get_loader keywords for manifest `rows` of a prepared data set read as `input`: none for
+    pixels; for ghost maps, the input and the data set's map cache (DATA_DIR/cache, by content sha256)."""
+    if input != "ghosts":
+        return {}
+    from realfake.pipelines.jpeg_ghosts import cache_paths_for
+
+    return {"input": "ghosts", "cache_paths": cache_paths_for(data_dir, image_size, [r.sha256 for r in rows])}
+
+
 def _ghost_loader(files, labels, *, train, backend, image_size, batch_size, flip, shift, num_workers, seed,
                   shard_id, num_shards, cache_paths, progress):
     from realfake.pipelines import jpeg_ghosts
