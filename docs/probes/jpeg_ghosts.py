@@ -11,7 +11,7 @@ trained on the train split of a `realfake data prepare` manifest (horizontal fli
 30 epochs) and evaluated on the valid and test splits, overall and on the fakes saved with the same
 quantization tables as the real images ("like-real": there the tables cannot give a fake away).
 
-    python docs/probes/jpeg_ghosts.py DATA/manifest.csv --cache /tmp/ghosts.npy --seeds 0,1,2 [--train-on like-real]
+    python docs/probes/jpeg_ghosts.py DATA/manifest.csv --cache ghost_maps.npy --seeds 0,1,2 [--train-on like-real]
 
 Cost on 2 CPU cores: 2.5 min for the maps of the 1735 CIPLAB images, about 8 min a seed. Results and
 what they mean: docs/quality.md.
