@@ -1,5 +1,6 @@
-"""Training-recipe pieces beyond the report's: learning-rate schedules with warm-up, weight EMA, and
-test-time augmentation. Plain functions over torch's own schedulers and `swa_utils.AveragedModel`.
+"""Training-recipe pieces beyond the report's: learning-rate schedules with warm-up, weight EMA,
+test-time augmentation, and the edited-region auxiliary loss (`RegionLoss`). Plain functions over
+torch's own schedulers and `swa_utils.AveragedModel`.
 
 Schedules (`--schedule`):
 - constant: the report's (no change); with --warmup-epochs a linear ramp first.
@@ -124,3 +125,64 @@ def tta_views(images: torch.Tensor, mode: str) -> list[torch.Tensor]:
                                                          antialias=False))
         return views + [v.flip(-1) for v in views]
     raise ValueError(f"unknown test-time augmentation {mode!r}: choose one of {', '.join(TTA_MODES)}")
+
+
+class RegionLoss(torch.nn.Module):
+    """An auxiliary training loss that asks the model to point at what was edited.
+
+    CIPLAB's fake file names say which regions the editor changed (left eye, right eye, nose, mouth;
+    `pipelines.prepare.edited_regions`). A 1x1 convolution turns the model's last feature map (a grid
+    over the face) into one score per cell; a region's score is the highest in the 3x3 cells around
+    that region's prior position (`pipelines.pseudo_fakes.REGIONS`, measured on the CIPLAB portraits),
+    and a binary cross-entropy asks it to be high where the region was edited and low elsewhere
+    (every region of a real image is unedited). Files whose regions are unknown (NaN) add nothing.
+
+    It only trains: the head is not part of the model, so checkpoints' "model", evaluation and engines
+    are unchanged. It reads the feature map through a forward hook on `model.feature_map_layer()`, kept
+    in training mode only (an EMA copy validating in eval mode leaves it alone).
+    """
+
+    def __init__(self, model: torch.nn.Module, weight: float):
+        super().__init__()
+        from realfake.pipelines.prepare import EDIT_REGIONS
+        from realfake.pipelines.pseudo_fakes import REGIONS
+
+        if not hasattr(model, "feature_map_layer"):
+            raise ValueError(f"--region-loss needs a model with a feature map over the face (ghost_cnn); "
+                             f"{type(model).__name__} has none")
+        if weight <= 0:
+            raise ValueError(f"--region-loss {weight} must be above 0 (0 = off)")
+        self.weight = weight
+        self.centres = [REGIONS[name][:2] for name in EDIT_REGIONS]  # (x, y) fractions of the image
+        with torch.random.fork_rng(devices=[]):  # same seed, same dropout masks with or without the head
+            self.head = torch.nn.Conv2d(model.map_channels, 1, 1)
+        self._map = None
+        model.feature_map_layer().register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output) -> None:
+        if module.training:
+            self._map = output
+
+    def region_scores(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(N, len(EDIT_REGIONS)) logits: the head's highest cell near each region's prior position."""
+        cells = self.head(feature_map)[:, 0]
+        h, w = cells.shape[1:]
+        scores = []
+        for x, y in self.centres:
+            row, col = min(int(y * h), h - 1), min(int(x * w), w - 1)
+            scores.append(cells[:, max(row - 1, 0):row + 2, max(col - 1, 0):col + 2].amax((1, 2)))
+        return torch.stack(scores, 1)
+
+    def forward(self, regions: torch.Tensor) -> torch.Tensor:
+        """weight x BCE of the last training forward's region scores against `regions` (N, R), NaN = unknown."""
+        feature_map, self._map = self._map, None
+        if feature_map is None:
+            raise RuntimeError("RegionLoss is called after a training forward pass of its model, which it reads")
+        if regions.shape != (feature_map.shape[0], len(self.centres)):
+            raise ValueError(f"region targets shaped {tuple(regions.shape)} for a batch of {feature_map.shape[0]}: "
+                             f"expected one row of {len(self.centres)} per image")
+        scores = self.region_scores(feature_map).float()
+        known = ~torch.isnan(regions)
+        if not known.any():
+            return scores.sum() * 0.0  # no known region in this batch: zero, still on the graph
+        return self.weight * torch.nn.functional.binary_cross_entropy_with_logits(scores[known], regions[known])

@@ -73,12 +73,13 @@ def _check_errors(batch) -> None:
 
 def train_one_epoch(model, criterion, optimizer, loader, device, epoch: int, *, scaler=None, amp=False,
                     channels_last=False, progress=True, batch_transform=None, scheduler=None,
-                    ema=None) -> tuple[float, float]:
+                    ema=None, aux_loss=None) -> tuple[float, float]:
     """One pass over the training loader; returns (mean loss, accuracy).
 
     batch_transform(images, labels, epoch, step) -> (images, labels) runs on the device after the
     loader (pseudo-fakes, crops); `scheduler` is stepped after every batch when given (per-batch
-    schedules); `ema` (an AveragedModel) is updated after every optimizer step.
+    schedules); `ema` (an AveragedModel) is updated after every optimizer step; `aux_loss(regions)`
+    (a `recipes.RegionLoss`) is added to the loss of every batch, from the batch's `regions`.
     """
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
@@ -93,13 +94,18 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch: int, *, 
         with autocast(device, amp):
             logits = model(images)
             loss = criterion(logits, labels)
+            objective = loss  # what is minimized; `loss` (the classification part) is what the epoch line reports
+            if aux_loss is not None:
+                if batch.regions is None:
+                    raise ValueError("this training loader gives no edited-region targets for --region-loss")
+                objective = loss + aux_loss(batch.regions.to(device))
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
-            scaler.scale(loss).backward()
+            scaler.scale(objective).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
+            objective.backward()
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -180,13 +186,15 @@ class TrainState:
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState, args: dict,
-                    scaler=None, ema=None) -> None:
+                    scaler=None, ema=None, aux_loss=None) -> None:
     """The resume checkpoint. With an EMA, "model" holds the EMA weights (what is evaluated and built
-    into engines), "train_model" the raw weights and "ema" the averager's state."""
+    into engines), "train_model" the raw weights and "ema" the averager's state; "aux_loss" holds the
+    training-only head of a region loss."""
     checkpoint = {
         "model": (ema.module if ema is not None else model).state_dict(),
         "train_model": model.state_dict() if ema is not None else None,
         "ema": ema.state_dict() if ema is not None else None,
+        "aux_loss": aux_loss.state_dict() if aux_loss is not None else None,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -271,13 +279,18 @@ def load_runs(run_dirs, checkpoint: str = "best") -> tuple[nn.Module, dict, dict
     return Ensemble(members).eval(), config, state
 
 
-def restore(checkpoint: dict, model, optimizer, scheduler, scaler=None, ema=None) -> TrainState:
+def restore(checkpoint: dict, model, optimizer, scheduler, scaler=None, ema=None, aux_loss=None) -> TrainState:
     if (ema is not None) != (checkpoint.get("ema") is not None):
         raise ValueError("the checkpoint was saved " + ("without" if ema is not None else "with")
                          + " an EMA of the weights: resume with the run's own options")
+    if (aux_loss is not None) != (checkpoint.get("aux_loss") is not None):
+        raise ValueError("the checkpoint was saved " + ("without" if aux_loss is not None else "with")
+                         + " a region loss: resume with the run's own options")
     model.load_state_dict(checkpoint["train_model"] if ema is not None else checkpoint["model"])
     if ema is not None:
         ema.load_state_dict(checkpoint["ema"])
+    if aux_loss is not None:
+        aux_loss.load_state_dict(checkpoint["aux_loss"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
     if scaler is not None and checkpoint.get("scaler"):
@@ -303,12 +316,13 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
 def fit(model, *, train_loader, valid_loader, optimizer, scheduler, device, run_dir: Path, epochs: int,
         args: dict, state: TrainState | None = None, compiled_model=None, patience: int | None = None,
         amp=False, channels_last=False, scaler=None, progress=True, echo=print, per_batch_scheduler=False,
-        label_smoothing: float = 0.0, ema=None, batch_transform=None) -> TrainState:
+        label_smoothing: float = 0.0, ema=None, batch_transform=None, aux_loss=None) -> TrainState:
     """Train from `state.epoch + 1` to `epochs`. `model` is the eager module whose weights are saved;
     `compiled_model` (torch.compile of it, sharing weights) runs the steps when given.
 
     label_smoothing applies to the training loss only (validation loss stays the plain cross-entropy,
-    comparable across runs); with `ema` the EMA weights are validated and saved as best/last "model".
+    comparable across runs); with `ema` the EMA weights are validated and saved as best/last "model";
+    `aux_loss` (a region loss) adds to the training loss only and is saved in last.pt for resume.
     """
     run_dir = Path(run_dir)
     state = state or TrainState()
@@ -321,7 +335,8 @@ def fit(model, *, train_loader, valid_loader, optimizer, scheduler, device, run_
         train_loss, train_acc = train_one_epoch(runner, train_criterion, optimizer, train_loader, device, epoch,
                                                 scaler=scaler, amp=amp, channels_last=channels_last,
                                                 progress=progress, batch_transform=batch_transform,
-                                                scheduler=scheduler if per_batch_scheduler else None, ema=ema)
+                                                scheduler=scheduler if per_batch_scheduler else None, ema=ema,
+                                                aux_loss=aux_loss)
         valid_loss, valid_acc = evaluate(ema.module if ema is not None else runner, criterion, valid_loader,
                                          device, amp=amp, channels_last=channels_last)
         if not per_batch_scheduler:
@@ -337,7 +352,7 @@ def fit(model, *, train_loader, valid_loader, optimizer, scheduler, device, run_
             save_weights(run_dir / "best.pt", ema.module if ema is not None else model, state, args)
         else:
             state.epochs_without_improvement += 1
-        save_checkpoint(run_dir / "last.pt", model, optimizer, scheduler, state, args, scaler, ema)
+        save_checkpoint(run_dir / "last.pt", model, optimizer, scheduler, state, args, scaler, ema, aux_loss)
         write_history(run_dir, state.history)
         if patience and state.epochs_without_improvement >= patience:
             echo(f"Early stopping: valid loss has not improved for {patience} epochs "

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 # Options added after the first runs were saved: a resumed older run gets these (the old behaviour).
 RECIPE_DEFAULTS = dict(pseudo_fakes=0.0, real_only=False, schedule=None, warmup_epochs=0.0, label_smoothing=0.0,
-                       ema=0.0, blur=True, train_crop=0, cache="none", ghost_shift=0)
+                       ema=0.0, blur=True, train_crop=0, cache="none", ghost_shift=0, region_loss=0.0)
 CACHE_CHOICES = ("none", "memory", "gpu")
 
 
@@ -88,6 +88,24 @@ def _check_ghost_recipe(args: dict) -> None:
                          "(its maps are always kept in memory and cached on disk): drop them")
 
 
+def _edited_regions(rows) -> list:
+    """Per train row, which regions were edited (`prepare.edited_regions`; None where the name does not say).
+    A region loss with no fake to learn from is refused rather than trained on reals alone."""
+    from realfake.pipelines.prepare import edited_regions
+
+    regions = [edited_regions(r.path, r.label) for r in rows]
+    fakes = [bits for bits, r in zip(regions, rows, strict=True) if r.label != 0]
+    unknown = sum(bits is None for bits in fakes)
+    if fakes and unknown == len(fakes):
+        raise ValueError(f"--region-loss needs the edited regions of the fakes, which CIPLAB file names carry "
+                         f"(mid_103_0011.jpg: nose and mouth), but none of the {len(fakes)} train fakes has such a "
+                         "name: drop --region-loss for this data set")
+    if unknown:
+        log.warning("--region-loss: %d of %d train fakes have no region code in their name; they train the "
+                    "real/fake head only", unknown, len(fakes))
+    return regions
+
+
 def _check_any_size(model: str, image_size: int, crop: int, build_model) -> None:
     """Crops need a model that takes any input size: one whose weights do not depend on it."""
     full = {k: v.shape for k, v in build_model(model, image_size=image_size).state_dict().items()}
@@ -138,6 +156,7 @@ def run_train(
     train_crop: int = 0,
     cache: str = "none",
     ghost_shift: int = 0,
+    region_loss: float = 0.0,
 ) -> dict:
     """Train `model` on DATA_DIR's train split, validating on its valid split each epoch.
 
@@ -158,6 +177,7 @@ def run_train(
         train_crop: Train on random crops of this size of the image_size images; validate and evaluate on the full image (any-size models only). 0 = off.
         cache: Decode the data once into a uint8 cache: none, memory (host) or gpu; augmentation then runs on that device.
         ghost_shift: ghost_cnn only: move each train batch's maps by up to this many cells (8 px) each way. 0 = off.
+        region_loss: ghost_cnn only: weight of an auxiliary loss asking its feature map to point at the regions the fake file names say were edited (CIPLAB's ..._CCCC.jpg; `engines.recipes.RegionLoss`). 0 = off.
     """
     import torch
     from realfake.engines import recipes, trainer
@@ -179,7 +199,7 @@ def run_train(
                 weights=str(weights) if weights else None, freeze_backbone=freeze_backbone, device=device,
                 pseudo_fakes=pseudo_fakes, real_only=real_only, schedule=schedule, warmup_epochs=warmup_epochs,
                 label_smoothing=label_smoothing, ema=ema, blur=blur, train_crop=train_crop, cache=cache,
-                ghost_shift=ghost_shift)
+                ghost_shift=ghost_shift, region_loss=region_loss)
     checkpoint = None
     if resume is not None:
         run_dir = Path(resume)
@@ -206,6 +226,11 @@ def run_train(
         raise ValueError(f"--ghost-shift moves JPEG ghost maps; {args['model']} reads pixels: use --model ghost_cnn")
     if args["ghost_shift"] < 0:
         raise ValueError(f"--ghost-shift {args['ghost_shift']} must be 0 (off) or a number of cells")
+    if args["region_loss"] and input_kind != "ghosts":
+        raise ValueError(f"--region-loss is measured and wired for ghost_cnn; {args['model']} reads pixels: "
+                         "use --model ghost_cnn or drop it")
+    if args["region_loss"] < 0:
+        raise ValueError(f"--region-loss {args['region_loss']} must be 0 (off) or a positive weight (e.g. 1)")
 
     train_rows = read_manifest(data_dir, "train")
     if args["real_only"]:
@@ -214,6 +239,7 @@ def run_train(
     if not train_rows or not valid_rows:
         raise ValueError(f"{data_dir} has {len(train_rows)} train and {len(valid_rows)} valid files: "
                          "prepare it with non-zero train and valid fractions")
+    train_regions = _edited_regions(train_rows) if args["region_loss"] else None
     run_device = resolve_device(args["device"])
     device_obj = torch.device(run_device)
     use_compile = args["compile"] if args["compile"] is not None else run_device.startswith("cuda")
@@ -228,10 +254,13 @@ def run_train(
         net = net.to(memory_format=torch.channels_last)
     if args["train_crop"]:
         _check_any_size(args["model"], args["image_size"], args["train_crop"], build_model)
-    opt = trainer.make_optimizer(args["optimizer"], [p for p in net.parameters() if p.requires_grad],
-                                 lr=args["lr"], momentum=args["momentum"], weight_decay=args["weight_decay"])
-    scaler = torch.amp.GradScaler("cuda") if args["amp"] and run_device.startswith("cuda") else None
+    # The EMA copy is made before the region loss hooks the model, so it never carries the hook.
     ema_model = recipes.make_ema(net, args["ema"]) if args["ema"] else None
+    region_loss = recipes.RegionLoss(net, args["region_loss"]).to(device_obj) if args["region_loss"] else None
+    trained = [p for p in net.parameters() if p.requires_grad] + (list(region_loss.parameters()) if region_loss else [])
+    opt = trainer.make_optimizer(args["optimizer"], trained, lr=args["lr"], momentum=args["momentum"],
+                                 weight_decay=args["weight_decay"])
+    scaler = torch.amp.GradScaler("cuda") if args["amp"] and run_device.startswith("cuda") else None
 
     augment_spec = (AugmentSpec() if args["blur"] else AugmentSpec(blur_p=0.0)) if args["augment"] else None
     train_files, valid_files = [r.path for r in train_rows], [r.path for r in valid_rows]
@@ -239,7 +268,7 @@ def run_train(
         ghost_kw = dict(image_size=args["image_size"], batch_size=args["batch_size"], num_workers=args["num_workers"],
                         seed=args["seed"], progress=progress)
         train_loader = get_loader(train_files, [r.label for r in train_rows], train=True, augment=augment_spec,
-                                  ghost_shift=args["ghost_shift"], **ghost_kw,
+                                  ghost_shift=args["ghost_shift"], regions=train_regions, **ghost_kw,
                                   **manifest_loader_options("ghosts", data_dir, args["image_size"], train_rows))
         valid_loader = get_loader(valid_files, [r.label for r in valid_rows], train=False, **ghost_kw,
                                   **manifest_loader_options("ghosts", data_dir, args["image_size"], valid_rows))
@@ -271,7 +300,7 @@ def run_train(
 
     state = None
     if checkpoint is not None:
-        state = trainer.restore(checkpoint, net, opt, sched, scaler, ema=ema_model)
+        state = trainer.restore(checkpoint, net, opt, sched, scaler, ema=ema_model, aux_loss=region_loss)
         config["resumed"] = config.get("resumed", []) + [{"at_epoch": state.epoch,
                                                           "date": dt.datetime.now().isoformat(timespec="seconds")}]
         config["args"] = args
@@ -301,7 +330,8 @@ def run_train(
                         compiled_model=compiled, patience=args["patience"], amp=args["amp"],
                         channels_last=args["channels_last"], scaler=scaler, progress=progress,
                         echo=lambda line: print(line, flush=True), per_batch_scheduler=per_batch,
-                        label_smoothing=args["label_smoothing"], ema=ema_model, batch_transform=batch_transform)
+                        label_smoothing=args["label_smoothing"], ema=ema_model, batch_transform=batch_transform,
+                        aux_loss=region_loss)
     save_curves_png(state.history, run_dir / "curves.png", title=f"{args['model']} @ {args['image_size']}px")
     last = state.history[-1]
     return {"run_dir": str(run_dir), "model": args["model"], "epochs_run": state.epoch,

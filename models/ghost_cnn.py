@@ -31,9 +31,15 @@ class GhostCNN(nn.Module):
             _block(2 * width, 4 * width), nn.AdaptiveMaxPool2d(1), nn.Flatten())
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(4 * width, num_classes)
+        self.map_channels = 4 * width
 
     def forward(self, x):
         return self.fc(self.dropout(self.features(x)))
+
+    def feature_map_layer(self) -> nn.Module:
+        """The last convolution block, before the global max-pool: its (N, map_channels, S/64, S/64)
+        output lies on a grid over the face (`engines.recipes.RegionLoss` reads it while training)."""
+        return self.features[7]
 
 
 def ghost_cnn(num_classes: int, image_size: int, dropout: float | None) -> GhostCNN:

@@ -207,15 +207,20 @@ class InMemoryGhostLoader(InMemoryBatches):
     shuffled each epoch with random horizontal flips and, with `shift`, each batch moved by up to
     `shift` cells each way (edges repeated): faces are not all centred alike. Shuffle, flips and shifts
     are a pure function of (seed, epoch), so `--resume` is exact. A file without maps stops training
-    (the data set changed since `realfake data prepare`) rather than shrinking the epoch."""
+    (the data set changed since `realfake data prepare`) rather than shrinking the epoch.
+
+    `regions` (one per file: a tuple of 0/1 per edited region, `prepare.EDIT_REGIONS` order, or None
+    where unknown) ride along as `Batch.regions`, the two eyes swapped where a map is mirrored."""
 
     backend = "jpeg-ghosts-memory"
 
     def __init__(self, files: Sequence[str], labels: Sequence[int], *, train: bool, image_size: int,
                  batch_size: int, seed: int = 0, flip: bool = True, shift: int = 0, num_workers: int = 2,
-                 cache_paths: Sequence[Path] | None = None, progress: bool = True):
+                 cache_paths: Sequence[Path] | None = None, progress: bool = True,
+                 regions: Sequence[Sequence[int] | None] | None = None):
         if len(labels) != len(files):
             raise ValueError(f"{len(files)} files but {len(labels)} labels: pass one label per file")
+        self.regions = None if regions is None else _regions_tensor(regions, len(files))
         cells = grid_cells(image_size)
         self.maps = torch.zeros((len(files), CHANNELS, cells, cells), dtype=torch.float16)
         source = GhostMapLoader(files, labels, image_size=image_size, batch_size=16, num_workers=num_workers,
@@ -238,14 +243,35 @@ class InMemoryGhostLoader(InMemoryBatches):
         for b in range(len(self)):
             positions = order[b * self.batch_size:(b + 1) * self.batch_size]
             maps = self.maps[positions].float()
+            regions = None if self.regions is None else self.regions[positions].clone()
             if self.flip:
                 mirrored = torch.rand(len(positions), generator=generator) < 0.5
                 maps[mirrored] = maps[mirrored].flip(3)
+                if regions is not None:  # a mirrored face has its left eye on the right
+                    regions[mirrored] = regions[mirrored][:, _MIRRORED_REGIONS]
             if self.shift:
                 k, side = self.shift, maps.shape[-1]
                 dy, dx = torch.randint(0, 2 * k + 1, (2,), generator=generator).tolist()
                 maps = torch.nn.functional.pad(maps, (k, k, k, k), mode="replicate")[:, :, dy:dy + side, dx:dx + side]
-            yield Batch(images=maps, labels=self.labels[positions], indices=positions)
+            yield Batch(images=maps, labels=self.labels[positions], indices=positions, regions=regions)
+
+
+# EDIT_REGIONS order (left eye, right eye, nose, mouth) after a horizontal flip.
+_MIRRORED_REGIONS = [1, 0, 2, 3]
+
+
+def _regions_tensor(regions: Sequence[Sequence[int] | None], n: int) -> torch.Tensor:
+    from realfake.pipelines.prepare import EDIT_REGIONS
+
+    if len(regions) != n:
+        raise ValueError(f"{n} files but {len(regions)} region entries: pass one per file (None where unknown)")
+    out = torch.full((n, len(EDIT_REGIONS)), float("nan"))
+    for i, bits in enumerate(regions):
+        if bits is not None:
+            if len(bits) != len(EDIT_REGIONS):
+                raise ValueError(f"file #{i}: {len(bits)} region bits, expected {len(EDIT_REGIONS)} ({', '.join(EDIT_REGIONS)})")
+            out[i] = torch.as_tensor([float(b) for b in bits])
+    return out
 
 
 def cache_paths_for(data_dir: str | os.PathLike, image_size: int, sha256s: Sequence[str]) -> list[Path]:

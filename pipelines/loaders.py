@@ -46,24 +46,28 @@ def get_loader(files: Sequence[str], labels: Sequence[int] | None, *, train: boo
                num_workers: int = 2, seed: int = 0, shard_id: int = 0, num_shards: int = 1,
                device: str = "cpu", draft: bool = False, hw_decoder_load: float | None = None,
                input: str = "pixels", cache_paths: Sequence | None = None, progress: bool = True,
-               ghost_shift: int = 0):
+               ghost_shift: int = 0, regions: Sequence | None = None):
     """Build a loader over `files`. Train loaders shuffle and augment (when `augment` is given); eval
     loaders keep order and deliver every file of the shard exactly once.
 
     input="ghosts": JPEG ghost maps of image_size-pixel crops, computed with PIL whatever `backend`
     says (DALI decodes pixels only); `cache_paths` (one per file) keep them between runs, and train
     loaders hold the whole set in memory and augment with horizontal flips (`augment` given) and
-    shifts of up to `ghost_shift` cells.
+    shifts of up to `ghost_shift` cells; `regions` (one per file, see `prepare.edited_regions`) come
+    with their batches as `Batch.regions` (ghost-map train loaders only).
     """
     if batch_size < 1:
         raise ValueError(f"batch size {batch_size} must be at least 1")
     if image_size < 8:
         raise ValueError(f"image size {image_size} is too small: use at least 8")
+    if regions is not None and not (input == "ghosts" and train):
+        raise ValueError("edited-region targets come with ghost-map training loaders only (--region-loss is for "
+                         "ghost_cnn)")
     if input == "ghosts":
         return _ghost_loader(files, labels, train=train, backend=backend, image_size=image_size,
                              batch_size=batch_size, flip=augment is not None, shift=ghost_shift,
-                             num_workers=num_workers, seed=seed,
-                             shard_id=shard_id, num_shards=num_shards, cache_paths=cache_paths, progress=progress)
+                             num_workers=num_workers, seed=seed, shard_id=shard_id, num_shards=num_shards,
+                             cache_paths=cache_paths, progress=progress, regions=regions)
     if input != "pixels":
         raise ValueError(f"unknown model input {input!r}: pixels or ghosts")
     resolved = resolve_backend(backend, device)
@@ -94,7 +98,7 @@ def manifest_loader_options(input: str, data_dir, image_size: int, rows) -> dict
 
 
 def _ghost_loader(files, labels, *, train, backend, image_size, batch_size, flip, shift, num_workers, seed,
-                  shard_id, num_shards, cache_paths, progress):
+                  shard_id, num_shards, cache_paths, progress, regions):
     from realfake.pipelines import jpeg_ghosts
 
     if backend == "dali":
@@ -105,7 +109,8 @@ def _ghost_loader(files, labels, *, train, backend, image_size, batch_size, flip
             raise ValueError("ghost-map training loaders are not sharded")
         loader = jpeg_ghosts.InMemoryGhostLoader(files, labels, train=True, image_size=image_size,
                                                  batch_size=batch_size, seed=seed, flip=flip, shift=shift,
-                                                 num_workers=num_workers, cache_paths=cache_paths, progress=progress)
+                                                 num_workers=num_workers, cache_paths=cache_paths, progress=progress,
+                                                 regions=regions)
     else:
         loader = jpeg_ghosts.GhostMapLoader(files, labels, image_size=image_size, batch_size=batch_size,
                                             num_workers=num_workers, shard_id=shard_id, num_shards=num_shards,

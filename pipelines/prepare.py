@@ -59,6 +59,10 @@ _EXTRACT_MARKER = ".realfake-extracted.json"  # says OUT/images is ours to repla
 # Folder names that say which class a folder holds (lower case) -> label.
 CLASS_DIR_NAMES = {"real": 0, "training_real": 0, "fake": 1, "training_fake": 1}
 _GROUP_RE = re.compile(r"^(easy|mid|hard)_\d+_\d+", re.IGNORECASE)
+# CIPLAB fake names end in a code of four bits: which of these regions the editor changed, in this
+# order (left and right as the image shows them: easy_104_1000.jpg has its image-left eye replaced).
+EDIT_REGIONS = ("left_eye", "right_eye", "nose", "mouth")
+_EDIT_CODE_RE = re.compile(r"_([01]{4})\.[^.]+$")
 _SKIP_DIRS = ("__MACOSX",)
 
 
@@ -275,6 +279,15 @@ def group_of(path: Path, label: int) -> str:
         return "real"
     m = _GROUP_RE.match(path.name)
     return m.group(1).lower() if m else ""
+
+
+def edited_regions(path: str | Path, label: int) -> tuple[int, ...] | None:
+    """Which EDIT_REGIONS a file's editor changed, from CIPLAB's file names (mid_103_0011.jpg -> nose
+    and mouth): all 0 for a real image, None for a fake whose name carries no four-bit code."""
+    if label == 0:
+        return (0,) * len(EDIT_REGIONS)
+    m = _EDIT_CODE_RE.search(Path(path).name)
+    return tuple(int(bit) for bit in m.group(1)) if m else None
 
 
 # --------------------------------------------------------------------------------------------------

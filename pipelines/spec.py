@@ -47,12 +47,15 @@ class Batch(NamedTuple):
     images: float (N,3,H,W), normalized with MEAN/STD; labels: (N,) int64 (-1 where unknown);
     indices: (N,) int64 positions in the loader's file list; errors: (index, reason) for files of this
     batch that could not be decoded: they are left out of the tensors, never silently dropped.
+    regions: (N, R) float, which face regions were edited (1) or not (0), NaN where unknown; only from
+    training loaders given them (`prepare.edited_regions`, for `--region-loss`), else None.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     indices: torch.Tensor
     errors: tuple[tuple[int, str], ...] = ()
+    regions: torch.Tensor | None = None
 
 
 class InMemoryBatches:

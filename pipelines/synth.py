@@ -29,11 +29,12 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from realfake.pipelines.prepare import EDIT_REGIONS
 
 ROOT_NAME = "real_and_fake_face"
 REAL_DIR, FAKE_DIR = "training_real", "training_fake"
 MARKER_NAME = "synth.json"
-REGIONS = ("left_eye", "right_eye", "nose", "mouth")  # order of the CCCC code bits
+REGIONS = EDIT_REGIONS  # order of the CCCC code bits, as the archive's names (prepare.edited_regions reads them)
 GROUP_CYCLE = ("easy", "mid", "hard", "mid")  # fake k gets GROUP_CYCLE[k % 4]: the archive's 1:2:1
 JPEG_QUALITY = 90
 _SUPERSAMPLE = 2  # draw at 2x and box-downsample: anti-aliased edges without a slow renderer

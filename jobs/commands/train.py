@@ -72,6 +72,10 @@ MODEL_HELP = ("simple_cnn (report's Model 1), deep_cnn (Model 2), resnet18, effi
 @click.option("--ghost-shift", type=click.IntRange(0), default=0, show_default=True,
               help="ghost_cnn only: move each training batch's JPEG ghost maps by up to N cells (8 px) each way, "
                    "edges repeated (faces are not all centred alike). 0 = off.")
+@click.option("--region-loss", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="ghost_cnn only: weight of an auxiliary loss that asks the network's feature map to point at the "
+                   "regions each fake's file name says were edited (CIPLAB's ..._CCCC.jpg: left eye, right eye, nose, "
+                   "mouth); training only, the saved model is unchanged. 0 = off.")
 def train(data_dir, compile_, **options):
     """Train a model on a prepared DATA_DIR (see `realfake data prepare`).
 
@@ -84,7 +88,7 @@ def train(data_dir, compile_, **options):
       realfake train data/ciplab --model resnet18 --image-size 224 --pseudo-fakes 0.5 \\
           --schedule cosine --warmup-epochs 2 --label-smoothing 0.1 --ema 0.999 --cache gpu
       realfake train data/ciplab --model ghost_cnn --optimizer adamw --lr 2e-3 --weight-decay 1e-3 \\
-          --schedule onecycle --epochs 40 --ghost-shift 4     # then evaluate it with --checkpoint last
+          --schedule onecycle --epochs 40 --ghost-shift 4 --region-loss 1   # then evaluate it with --checkpoint last
     """
     from realfake.jobs.train import run_train
 
