@@ -128,7 +128,7 @@ PRESETS: dict[str, dict] = {
         "description": "ghost_cnn on JPEG ghost maps (pipelines/jpeg_ghosts.py) at native 600 px, from scratch: "
                        "AdamW 2e-3, one-cycle, 30 epochs, horizontal flips; the last checkpoint evaluated with flip TTA "
                        "at the valid split's EER threshold. Sized for 2 CPU cores: the maps (3 min for CIPLAB, computed once "
-                       "into DATA_DIR/cache), then 7-14 min a run, about 65 min in all.",
+                       "into DATA_DIR/cache), then 7-14 min a run, about 100 min for the three rows.",
         "seeds": [0, 1, 2],
         "train": {"model": "ghost_cnn", "image_size": 600, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-3,
                   "schedule": "onecycle", "epochs": 30, "batch_size": 32, "compile": False},
@@ -139,6 +139,8 @@ PRESETS: dict[str, dict] = {
             {"name": "ghosts", "label": "ghost_cnn on JPEG ghost maps, 600 px, 30 epochs, TTA flip", "train": {}},
             {"name": "ghosts-shift4-e40", "label": "+ batches shifted by up to 4 cells, 40 epochs",
              "train": {"ghost_shift": 4, "epochs": 40}},
+            {"name": "ghosts-regions", "label": "+ the edited-region loss (--region-loss 1)",
+             "train": {"ghost_shift": 4, "epochs": 40, "region_loss": 1.0}},
         ],
     },
 }
