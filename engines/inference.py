@@ -1,6 +1,6 @@
 """Inference engines: a selected model compiled once into an engine directory, loaded by every scoring job.
 
-    engine_dir = build_engine("runs/simple_cnn-20250101", "engines/m1", backend="aot", threshold="auto")
+    engine_dir = build_engine("runs/simple_cnn-20250101", "engines_out/m1", backend="aot", threshold="auto")
     engine = load_engine(engine_dir)            # or load_engine(promoted_engine())
     p_fake = engine.predict(images)             # (N, 3, S, S) normalized float -> (N,) float32 on the CPU
 

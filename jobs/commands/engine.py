@@ -50,8 +50,8 @@ def build(run_dir, ensemble, **options):
 
     \b
     Examples:
-      realfake engine build runs/simple_cnn-1 --out engines/m1 --backend aot --threshold auto
-      realfake engine build runs/resnet18-1 --out engines/r18-trt --backend tensorrt --precision fp16
+      realfake engine build runs/simple_cnn-1 --out engines_out/m1 --backend aot --threshold auto
+      realfake engine build runs/resnet18-1 --out engines_out/r18-trt --backend tensorrt --precision fp16
     """
     from realfake.engines.inference import BackendCrash
     from realfake.jobs.engine import run_engine_build

@@ -78,7 +78,7 @@ def score_folders(ctx, folders, as_json, **options):
 
     \b
       realfake score incoming/ --out scores.csv
-      realfake score a/ b/ --engine engines/m1 --out scores.parquet
+      realfake score a/ b/ --engine engines_out/m1 --out scores.parquet
       realfake score incoming/ --shard 0/2 --out s0.csv   (and 1/2 -> s1.csv elsewhere)
       realfake score merge scores.csv s0.csv s1.csv
     """

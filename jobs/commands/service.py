@@ -202,7 +202,7 @@ def submit() -> None:
 
     \b
       realfake submit nightly.toml
-      realfake submit score incoming/ --engine engines/m1 --wait
+      realfake submit score incoming/ --engine engines_out/m1 --wait
       realfake submit score --help         (the flags of one kind)
 
     The whole spec is checked before anything is queued: unknown keys, wrong types and input paths
