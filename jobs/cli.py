@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "data": "data:data",
     "train": "train:train",
     "evaluate": "evaluate:evaluate",
+    "evaluate-scores": "evaluate:evaluate_scores",
     "runs": "runs:runs",
     "demo": "demo:demo",
     "engine": "engine:engine",

@@ -113,3 +113,58 @@ def run_evaluate(
             "report": str(run_dir / f"report{suffix}.md"), "loader": backend, "tta": tta,
             "threshold": metrics["threshold"], "threshold_source": threshold_source,
             "ensemble": report["ensemble"]}
+
+
+def run_evaluate_scores(scores: InputPath, data_dir: InputPath, split: str = "test") -> dict:
+    """Metrics of a `realfake score` output against the labels of DATA_DIR's split: the engine's own
+    p_fake and threshold, the same report as `evaluate` (how a built engine does on images it never saw).
+
+    Every file of the split must have been scored (a missing one would flatter or hurt the figures
+    silently); scores of other files are ignored. Writes SCORES.<split>-report.md/.json,
+    .<split>-confusion.png and .<split>-roc.png beside the scores.
+    """
+    from realfake.engines.metrics import (
+        classification_metrics,
+        format_report_md,
+        save_confusion_png,
+        save_roc_png,
+    )
+    from realfake.jobs.score_writers import errors_path, read_rows, resolve_output
+    from realfake.pipelines.images import file_encoding
+    from realfake.pipelines.manifest import read_manifest
+
+    scores_file = resolve_output(scores)
+    if not scores_file.exists():
+        raise FileNotFoundError(f"{scores_file} does not exist: pass the --out of a `realfake score` run")
+    rows = read_manifest(Path(data_dir), split)
+    if not rows:
+        raise ValueError(f"split {split!r} of {data_dir} is empty: evaluate another --split")
+    scored = {str(Path(r["path"]).resolve()): r for r in read_rows(scores_file)}
+    picked = [scored.get(str(Path(r.path).resolve())) for r in rows]
+    missing = [r.path for r, s in zip(rows, picked, strict=True) if s is None]
+    if missing:
+        errors = errors_path(scores_file)
+        why = f" ({errors} lists the files that could not be scored, with the reason)" if errors.exists() else ""
+        raise ValueError(f"{len(missing)} of the {len(rows)} {split} files of {data_dir} are not in {scores_file}, "
+                         f"e.g. {missing[0]}{why}: score the folders the data set was prepared from into it "
+                         "(`realfake score SRC --engine ENGINE --out SCORES` resumes and adds them)")
+    engine_ids = sorted({s["engine_id"] for s in picked})
+    thresholds = sorted({s["threshold"] for s in picked})
+    if len(engine_ids) > 1 or len(thresholds) > 1:
+        raise ValueError(f"{scores_file} holds the {split} files' scores of {len(engine_ids)} engines "
+                         f"({', '.join(engine_ids)}): score them again with one engine into a new file")
+    metrics = classification_metrics([r.label for r in rows], [s["p_fake"] for s in picked],
+                                     threshold=thresholds[0], groups=[r.group for r in rows],
+                                     encodings=[file_encoding(r.path) for r in rows])
+    stem = f"{scores_file}.{split}-"
+    title = f"engine {engine_ids[0]} — {split} split of {data_dir} ({scores_file.name}, the engine's threshold)"
+    report = {"scores": str(scores_file), "data_dir": str(data_dir), "split": split, "engine_id": engine_ids[0],
+              "metrics": metrics}
+    Path(stem + "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    Path(stem + "report.md").write_text(format_report_md(metrics, title=title))
+    save_confusion_png(metrics, Path(stem + "confusion.png"))
+    if metrics["roc_auc"] is not None:
+        save_roc_png([r.label for r in rows], [s["p_fake"] for s in picked], Path(stem + "roc.png"))
+    return {"scores": str(scores_file), "split": split, "n": metrics["n"], "accuracy": metrics["accuracy"],
+            "roc_auc": metrics["roc_auc"], "threshold": metrics["threshold"], "engine_id": engine_ids[0],
+            "report": stem + "report.md"}

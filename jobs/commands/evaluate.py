@@ -37,3 +37,26 @@ def evaluate(run_dir, ensemble, **options):
     stem = Path(summary["report"]).stem  # report, report_valid, report_ensemble, ...
     suffix = stem[len("report"):]
     click.echo(f"Report: {summary['report']} (and {stem}.json, confusion{suffix}.png, roc{suffix}.png beside it)")
+
+
+@click.command("evaluate-scores")
+@click.argument("scores", type=click.Path(exists=True, path_type=Path))
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
+def evaluate_scores(scores, data_dir, split):
+    """How an engine does on a split of a prepared data set, from its `realfake score` output SCORES
+    (.csv, .jsonl, .parquet, or a job's output folder): the same report as `evaluate`, with the
+    engine's own p_fake and threshold. Every file of the split must be in SCORES.
+
+    Writes SCORES.<split>-report.md/.json, -confusion.png and -roc.png beside SCORES.
+
+    \b
+    Example:
+      realfake score ../shared/data/real_and_fake_face --engine engines_out/ghosts-regions --out scores.csv
+      realfake evaluate-scores scores.csv data --split test
+    """
+    from realfake.jobs.evaluate import run_evaluate_scores
+
+    summary = run_evaluate_scores(scores, data_dir, split)
+    click.echo(Path(summary["report"]).read_text())
+    click.echo(f"Report: {summary['report']} (and the .json and .png files beside it)")

@@ -1,0 +1,96 @@
+"""`realfake evaluate-scores`: a score output joined with a prepared split's labels."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from realfake.jobs.cli import main
+from realfake.jobs.evaluate import run_evaluate_scores
+from realfake.jobs.score_writers import RESULT_COLUMNS, errors_path, open_writer
+from realfake.pipelines.manifest import read_manifest
+from sklearn.metrics import roc_auc_score
+
+
+def _write_scores(path, items, *, threshold=0.4, engine_id="e1"):
+    """items: (path, p_fake) pairs, written the way `realfake score` writes its rows."""
+    writer = open_writer(path, RESULT_COLUMNS, resume=False)
+    writer.write([{"path": p, "size": 1, "mtime": "2026-12-06T00:00:00+00:00", "p_fake": float(v),
+                   "label": "fake" if v >= threshold else "real", "threshold": threshold, "engine_id": engine_id}
+                  for p, v in items])
+    writer.close()
+    return path
+
+
+def _split_scores(prepared, split, seed=0):
+    rows = read_manifest(prepared, split)
+    rng = np.random.default_rng(seed)
+    # informative but imperfect: fakes lean high
+    p = np.clip(0.3 * np.array([r.label for r in rows]) + rng.uniform(0, 0.7, len(rows)), 0, 1)
+    return rows, p
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_metrics_are_the_engines_own_on_the_split(prepared, tmp_path, suffix):
+    rows, p = _split_scores(prepared, "test")
+    train = read_manifest(prepared, "train")
+    # other files' scores (here the train split, all called fake) must not count
+    items = [(r.path, v) for r, v in zip(rows, p, strict=True)] + [(r.path, 1.0) for r in train]
+    scores = _write_scores(tmp_path / f"scores{suffix}", items)
+
+    summary = run_evaluate_scores(scores, prepared, "test")
+
+    y = np.array([r.label for r in rows])
+    assert summary["n"] == len(rows)
+    assert summary["roc_auc"] == pytest.approx(roc_auc_score(y, p))
+    assert summary["accuracy"] == pytest.approx(np.mean((p >= 0.4) == y))
+    assert summary["threshold"] == pytest.approx(0.4)
+    report = json.loads((tmp_path / f"scores{suffix}.test-report.json").read_text())
+    assert report["engine_id"] == "e1"
+    assert set(report["metrics"]["recall_per_group"]) == {r.group for r in rows}
+    assert (tmp_path / f"scores{suffix}.test-roc.png").stat().st_size > 0
+    assert (tmp_path / f"scores{suffix}.test-confusion.png").stat().st_size > 0
+
+
+def test_paths_are_matched_resolved(prepared, tmp_path):
+    rows, p = _split_scores(prepared, "valid")
+    # the same files named through a relative path
+    items = [(os.path.relpath(r.path), v) for r, v in zip(rows, p, strict=True)]
+    scores = _write_scores(tmp_path / "scores.csv", items)
+    assert run_evaluate_scores(scores, prepared, "valid")["n"] == len(rows)
+
+
+def test_a_missing_file_is_an_error_naming_it(prepared, tmp_path):
+    rows, p = _split_scores(prepared, "test")
+    scores = _write_scores(tmp_path / "scores.csv", [(r.path, v) for r, v in zip(rows[1:], p[1:], strict=True)])
+    errors_path(scores).write_text(f"path,reason,engine_id\n{rows[0].path},truncated JPEG,e1\n")
+    with pytest.raises(ValueError, match=f"1 of the {len(rows)} test files") as excinfo:
+        run_evaluate_scores(scores, prepared, "test")
+    assert rows[0].path in str(excinfo.value)
+    assert str(errors_path(scores)) in str(excinfo.value)
+
+
+def test_scores_of_two_engines_are_refused(prepared, tmp_path):
+    rows, p = _split_scores(prepared, "test")
+    scores = tmp_path / "scores.jsonl"
+    writer = open_writer(scores, RESULT_COLUMNS, resume=False)
+    for k, (r, v) in enumerate(zip(rows, p, strict=True)):
+        writer.write([{"path": r.path, "size": 1, "mtime": "m", "p_fake": float(v), "label": "real",
+                       "threshold": 0.5, "engine_id": f"e{k % 2}"}])
+    writer.close()
+    with pytest.raises(ValueError, match="2 engines"):
+        run_evaluate_scores(scores, prepared, "test")
+
+
+def test_cli_prints_the_report_and_fails_clearly(prepared, tmp_path):
+    rows, p = _split_scores(prepared, "test")
+    scores = _write_scores(tmp_path / "scores.csv", [(r.path, v) for r, v in zip(rows, p, strict=True)])
+    res = CliRunner().invoke(main, ["evaluate-scores", str(scores), str(prepared)])
+    assert res.exit_code == 0, res.output
+    assert "ROC AUC" in res.output and "scores.csv.test-report.md" in res.output
+
+    res = CliRunner().invoke(main, ["evaluate-scores", str(scores), str(prepared), "--split", "valid"])
+    assert res.exit_code != 0
+    assert "valid files" in res.output and "realfake score" in res.output
