@@ -230,7 +230,8 @@ def model_from_meta(meta: Mapping[str, Any]) -> nn.Module:
     from realfake.models import build_ensemble
 
     return build_ensemble(meta["architecture"], int(meta.get("members", 1)), num_classes=int(meta["num_classes"]),
-                          image_size=int(meta["image_size"]), dropout=meta.get("dropout")).eval()
+                          image_size=int(meta["image_size"]), dropout=meta.get("dropout"),
+                          width=meta.get("width")).eval()
 
 
 class CastInput(nn.Module):
@@ -657,6 +658,7 @@ def build_engine_from_model(
     device: str = "cpu",
     validation: Validation | None = None,
     dropout: float | None = None,
+    width: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     class_names: Sequence[str] | None = None,
@@ -665,7 +667,7 @@ def build_engine_from_model(
 ) -> Path:
     """Build an engine directory from an in-memory model (what `build_engine` does after loading a
     run; benchmarks call it with random weights). `model` must be `build_model(architecture,
-    image_size=..., dropout=...)` with trained weights, or an Ensemble of such models. Returns `out`."""
+    image_size=..., dropout=..., width=...)` with trained weights, or an Ensemble of such models. Returns `out`."""
     from realfake.models import Ensemble, input_shape, model_input
     from realfake.pipelines.spec import CLASS_NAMES, MEAN, STD
 
@@ -694,6 +696,7 @@ def build_engine_from_model(
         "image_size": int(image_size),
         "num_classes": len(class_names),
         "dropout": dropout,
+        "width": width,
         "mean": list(mean or MEAN),
         "std": list(std or STD),
         "class_names": class_names,
@@ -794,7 +797,7 @@ def build_engine(
     return build_engine_from_model(
         model, out, architecture=config["model"], image_size=int(config["image_size"]), backend=backend,
         precision=precision, batch=batch, threshold=threshold, target_fpr=target_fpr, device=device,
-        validation=validation, dropout=config.get("dropout"), mean=config.get("mean"), std=config.get("std"),
+        validation=validation, dropout=config.get("dropout"), width=config.get("width"), mean=config.get("mean"), std=config.get("std"),
         class_names=config.get("class_names"), source=source)
 
 

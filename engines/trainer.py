@@ -252,7 +252,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[nn.Module, 
     config = read_run_config(run_dir)
     state = load_checkpoint(Path(run_dir) / f"{checkpoint}.pt")
     model = build_model(config["model"], num_classes=len(config.get("class_names") or CLASS_NAMES),
-                        image_size=config["image_size"], dropout=config.get("dropout"))
+                        image_size=config["image_size"], dropout=config.get("dropout"), width=config.get("width"))
     model.load_state_dict(state["model"])
     return model.eval(), config, state
 
@@ -270,7 +270,7 @@ def load_runs(run_dirs, checkpoint: str = "best") -> tuple[nn.Module, dict, dict
     members = [model]
     for other in run_dirs[1:]:
         member, other_config, _ = load_run(other, checkpoint)
-        for key in ("model", "image_size", "class_names", "manifest_sha256"):
+        for key in ("model", "width", "image_size", "class_names", "manifest_sha256"):
             if other_config.get(key) != config.get(key):
                 raise ValueError(f"{other} cannot join an ensemble with {run_dirs[0]}: its {key} differs "
                                  f"({other_config.get(key)!r} vs {config.get(key)!r}); ensemble runs of one model, "

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 # Options added after the first runs were saved: a resumed older run gets these (the old behaviour).
 RECIPE_DEFAULTS = dict(pseudo_fakes=0.0, real_only=False, schedule=None, warmup_epochs=0.0, label_smoothing=0.0,
-                       ema=0.0, blur=True, train_crop=0, cache="none", ghost_shift=0, region_loss=0.0)
+                       ema=0.0, blur=True, train_crop=0, cache="none", ghost_shift=0, region_loss=0.0, width=None)
 CACHE_CHOICES = ("none", "memory", "gpu")
 
 
@@ -157,6 +157,7 @@ def run_train(
     cache: str = "none",
     ghost_shift: int = 0,
     region_loss: float = 0.0,
+    width: int | None = None,
 ) -> dict:
     """Train `model` on DATA_DIR's train split, validating on its valid split each epoch.
 
@@ -178,6 +179,7 @@ def run_train(
         cache: Decode the data once into a uint8 cache: none, memory (host) or gpu; augmentation then runs on that device.
         ghost_shift: ghost_cnn only: move each train batch's maps by up to this many cells (8 px) each way. 0 = off.
         region_loss: ghost_cnn only: weight of an auxiliary loss asking its feature map to point at the regions the fake file names say were edited (CIPLAB's ..._CCCC.jpg; `engines.recipes.RegionLoss`). 0 = off.
+        width: ghost_cnn only: channels of its first blocks (later blocks 2x and 4x; default 32). None = the model's own.
     """
     import torch
     from realfake.engines import recipes, trainer
@@ -199,7 +201,7 @@ def run_train(
                 weights=str(weights) if weights else None, freeze_backbone=freeze_backbone, device=device,
                 pseudo_fakes=pseudo_fakes, real_only=real_only, schedule=schedule, warmup_epochs=warmup_epochs,
                 label_smoothing=label_smoothing, ema=ema, blur=blur, train_crop=train_crop, cache=cache,
-                ghost_shift=ghost_shift, region_loss=region_loss)
+                ghost_shift=ghost_shift, region_loss=region_loss, width=width)
     checkpoint = None
     if resume is not None:
         run_dir = Path(resume)
@@ -247,7 +249,7 @@ def run_train(
         log.warning("--amp on a CPU uses bf16 autocast, which is many times slower on CPUs without bf16 units")
 
     torch.manual_seed(args["seed"])
-    net = build_model(args["model"], image_size=args["image_size"], dropout=args["dropout"],
+    net = build_model(args["model"], image_size=args["image_size"], dropout=args["dropout"], width=args["width"],
                       weights=Path(args["weights"]) if args["weights"] else None,
                       freeze_backbone=args["freeze_backbone"]).to(device_obj)
     if args["channels_last"]:
@@ -309,6 +311,7 @@ def run_train(
         run_dir = _new_run_dir(Path(out), name, args["model"])
         config = {
             "model": args["model"], "input": input_kind, "image_size": args["image_size"], "dropout": args["dropout"],
+            "width": args["width"],
             "mean": list(MEAN), "std": list(STD), "class_names": list(CLASS_NAMES),
             "data_dir": str(data_dir), "manifest_sha256": manifest_sha256(data_dir),
             "n_train": len(train_rows), "n_valid": len(valid_rows),

@@ -36,6 +36,7 @@ class _ModelSpec:
     head: str  # qualified name of the final linear layer (the part freeze_backbone keeps trainable)
     input: str = "pixels"  # or "ghosts": see the module docstring
     default_image_size: int = 128  # the report's
+    has_width: bool = False  # build takes width= (channels of the first block; later blocks scale with it)
 
 
 _MODELS: dict[str, _ModelSpec] = {
@@ -46,7 +47,7 @@ _MODELS: dict[str, _ModelSpec] = {
         for name, head in torchvision_nets.HEAD_LAYERS.items()
     },
     "ghost_cnn": _ModelSpec(ghost_cnn.ghost_cnn, ghost_cnn.MIN_IMAGE_SIZE, "fc", input="ghosts",
-                            default_image_size=ghost_cnn.DEFAULT_IMAGE_SIZE),
+                            default_image_size=ghost_cnn.DEFAULT_IMAGE_SIZE, has_width=True),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
@@ -91,6 +92,7 @@ def build_model(
     num_classes: int = 2,
     image_size: int = 128,
     dropout: float | None = None,
+    width: int | None = None,
     weights: Path | str | None = None,
     freeze_backbone: bool = False,
 ) -> nn.Module:
@@ -118,7 +120,12 @@ def build_model(
     if dropout is not None and not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout {dropout} is out of range: use a rate in [0, 1), or None for the default")
 
-    model = spec.build(num_classes, image_size, dropout)
+    if width is not None:
+        if not spec.has_width:
+            raise ValueError(f"{name} has a fixed width: --width applies to ghost_cnn only")
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"width must be a positive number of channels, got {width!r}")
+    model = spec.build(num_classes, image_size, dropout, **({} if width is None else {"width": width}))
     if weights is not None:
         load_weights(model, weights, head=spec.head, model_name=name)
     if freeze_backbone:

@@ -16,6 +16,7 @@ from torch import nn
 MIN_IMAGE_SIZE = 8 * BLOCK
 DEFAULT_IMAGE_SIZE = 600  # CIPLAB's side: the maps cover the whole face
 DEFAULT_DROPOUT = 0.3
+DEFAULT_WIDTH = 32  # channels of the first blocks; 64 and 128 after
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -23,7 +24,7 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class GhostCNN(nn.Module):
-    def __init__(self, num_classes: int = 2, width: int = 32, dropout: float = DEFAULT_DROPOUT):
+    def __init__(self, num_classes: int = 2, width: int = DEFAULT_WIDTH, dropout: float = DEFAULT_DROPOUT):
         super().__init__()
         self.features = nn.Sequential(
             _block(CHANNELS, width), _block(width, width), nn.MaxPool2d(2),
@@ -42,5 +43,6 @@ class GhostCNN(nn.Module):
         return self.features[7]
 
 
-def ghost_cnn(num_classes: int, image_size: int, dropout: float | None) -> GhostCNN:
-    return GhostCNN(num_classes, dropout=DEFAULT_DROPOUT if dropout is None else dropout)
+def ghost_cnn(num_classes: int, image_size: int, dropout: float | None, width: int | None = None) -> GhostCNN:
+    return GhostCNN(num_classes, width=DEFAULT_WIDTH if width is None else width,
+                    dropout=DEFAULT_DROPOUT if dropout is None else dropout)

@@ -1,5 +1,6 @@
 """JPEG ghost maps (pipelines/jpeg_ghosts.py) and the ghost_cnn model end to end: train, evaluate,
 engine, score."""
+import json
 import shutil
 from pathlib import Path
 
@@ -247,8 +248,6 @@ def test_ghost_engine_scores_jpegs_and_records_other_files_as_errors(ghost_run, 
 
 
 def test_an_ensemble_of_runs_averages_their_p_fake(ghost_run, tmp_path):
-    import json
-
     from realfake.engines.inference import build_engine, load_engine
     from realfake.jobs.evaluate import run_evaluate
     from realfake.jobs.train import run_train
@@ -280,3 +279,28 @@ def test_an_ensemble_of_runs_averages_their_p_fake(ghost_run, tmp_path):
                             name="128px", num_workers=0, progress=False)["run_dir"])
     with pytest.raises(ValueError, match="its image_size differs"):
         run_evaluate(run_dir, ensemble=[bigger], progress=False)
+
+
+def test_width_is_recorded_and_rebuilt_by_evaluate_ensembles_and_engines(ghost_run, tmp_path):
+    from realfake.engines.inference import build_engine, load_engine
+    from realfake.engines.trainer import load_run, load_runs
+    from realfake.jobs.train import run_train
+    from realfake.models import build_model
+
+    assert sum(p.numel() for p in build_model("ghost_cnn", image_size=96, width=8).parameters()) < \
+        sum(p.numel() for p in build_model("ghost_cnn", image_size=96).parameters())
+    with pytest.raises(ValueError, match="ghost_cnn only"):
+        build_model("simple_cnn", width=8)
+    run_dir, data_dir = ghost_run
+    narrow = Path(run_train(data_dir, model="ghost_cnn", image_size=96, epochs=1, batch_size=8, width=8,
+                            out=tmp_path, name="w8", num_workers=0, progress=False)["run_dir"])
+    assert json.loads((narrow / "config.json").read_text())["width"] == 8
+    model, _, _ = load_run(narrow)
+    assert model.fc.in_features == 4 * 8
+    with pytest.raises(ValueError, match="its width differs"):
+        load_runs([run_dir, narrow])
+    engine_dir = build_engine(narrow, tmp_path / "engine", backend="eager", num_workers=0)
+    with load_engine(engine_dir) as engine:
+        assert engine.meta["width"] == 8
+        maps = torch.randn(2, 33, 12, 12)
+        assert torch.allclose(engine.predict(maps), torch.softmax(model(maps), 1)[:, 1], atol=1e-6)

@@ -21,6 +21,8 @@ MODEL_HELP = ("simple_cnn (report's Model 1), deep_cnn (Model 2), resnet18, effi
 @click.option("--step-size", default=0, show_default=True, help="StepLR period in epochs; 0 keeps the LR constant.")
 @click.option("--gamma", default=0.1, show_default=True, help="StepLR decay factor.")
 @click.option("--dropout", type=float, default=None, help="Dropout probability (default: the model's own, 0.5 for the report's CNNs).")
+@click.option("--width", type=click.IntRange(min=1), default=None,
+              help="ghost_cnn only: channels of its first blocks, later ones 2x and 4x (default 32; 48 costs ~1.8x).")
 @click.option("--image-size", type=int, default=None,
               help="Images are resized to SIZE x SIZE. Default: the model's own, the report's 128 (600 for ghost_cnn, "
                    "whose JPEG ghost maps cover a centre crop of SIZE x SIZE pixels at native resolution).")
