@@ -72,6 +72,7 @@ PARITY_TOLERANCE = {"fp32": 1e-4, "fp32-cuda": 2e-3, "fp16": 1e-2, "bf16": 5e-2}
 # threshold, so this gate bites only when many images sit right at the threshold.
 MIN_LABEL_AGREEMENT = {"fp32": 0.99, "fp16": 0.98, "bf16": 0.98}
 PARITY_MAX_IMAGES = 512  # validation images compared at build (the threshold uses the whole split)
+ENGINE_TTA = ("none", "flip")  # test-time views an engine can average (crops resize: not for ghost maps)
 
 CORE_FIELDS = ("format_version", "architecture", "image_size", "num_classes", "mean", "std", "class_names",
                "threshold", "backend", "precision", "batch", "channels_last", "device")
@@ -227,11 +228,11 @@ def parity_tolerance(precision: str, device: str) -> float:
 def model_from_meta(meta: Mapping[str, Any]) -> nn.Module:
     """An untrained module of the engine's architecture (eval mode, CPU): an Ensemble of `members` of it
     when the engine averages several runs."""
-    from realfake.models import build_ensemble
+    from realfake.models import MirrorAverage, build_ensemble
 
-    return build_ensemble(meta["architecture"], int(meta.get("members", 1)), num_classes=int(meta["num_classes"]),
-                          image_size=int(meta["image_size"]), dropout=meta.get("dropout"),
-                          width=meta.get("width")).eval()
+    model = build_ensemble(meta["architecture"], int(meta.get("members", 1)), num_classes=int(meta["num_classes"]),
+                           image_size=int(meta["image_size"]), dropout=meta.get("dropout"), width=meta.get("width"))
+    return (MirrorAverage(model) if meta.get("tta", "none") == "flip" else model).eval()
 
 
 class CastInput(nn.Module):
@@ -659,6 +660,7 @@ def build_engine_from_model(
     validation: Validation | None = None,
     dropout: float | None = None,
     width: int | None = None,
+    tta: str = "none",
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     class_names: Sequence[str] | None = None,
@@ -667,8 +669,9 @@ def build_engine_from_model(
 ) -> Path:
     """Build an engine directory from an in-memory model (what `build_engine` does after loading a
     run; benchmarks call it with random weights). `model` must be `build_model(architecture,
-    image_size=..., dropout=..., width=...)` with trained weights, or an Ensemble of such models. Returns `out`."""
-    from realfake.models import Ensemble, input_shape, model_input
+    image_size=..., dropout=..., width=...)` with trained weights, or an Ensemble of such models. Returns `out`.
+    tta="flip" builds the model averaged with its run on the mirror image (twice the compute)."""
+    from realfake.models import Ensemble, MirrorAverage, input_shape, model_input
     from realfake.pipelines.spec import CLASS_NAMES, MEAN, STD
 
     started = time.perf_counter()
@@ -686,6 +689,8 @@ def build_engine_from_model(
     class_names = list(class_names or CLASS_NAMES)
     if "fake" not in class_names:
         raise ValueError(f"class names {class_names} have no 'fake' class: p_fake is undefined")
+    if tta not in ENGINE_TTA:
+        raise ValueError(f"unknown --tta {tta!r} for an engine: choose one of {', '.join(ENGINE_TTA)}")
     model = model.eval().to(device)
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -693,6 +698,7 @@ def build_engine_from_model(
         "architecture": architecture,
         "input": model_input(architecture),
         "members": len(model.members) if isinstance(model, Ensemble) else 1,
+        "tta": tta,
         "image_size": int(image_size),
         "num_classes": len(class_names),
         "dropout": dropout,
@@ -717,6 +723,8 @@ def build_engine_from_model(
         "artifact": None,
         "build_s": None,
     }
+    if tta == "flip":
+        model = MirrorAverage(model)
     out = Path(out)
     with _partial_dir(out) as work:
         example = torch.randn(max(2, min(batch.opt, 8)), *shape, device=device)
@@ -770,10 +778,12 @@ def build_engine(
     checkpoint: str = "best",
     num_workers: int = 2,
     ensemble: Sequence[str | Path] = (),
+    tta: str = "none",
 ) -> Path:
     """Compile RUN_DIR's checkpoint into engine directory `out`, with parity and (for
     threshold="auto") the operating point measured on the run's validation split. Returns `out`.
-    `ensemble`: other runs of the same model and data set; the engine averages p_fake over all."""
+    `ensemble`: other runs of the same model and data set; the engine averages p_fake over all.
+    `tta`: "flip" averages p_fake over each image and its mirror, as `evaluate --tta flip` does."""
     from realfake.pipelines.manifest import manifest_sha256
 
     run_dir = Path(run_dir).resolve()
@@ -797,7 +807,8 @@ def build_engine(
     return build_engine_from_model(
         model, out, architecture=config["model"], image_size=int(config["image_size"]), backend=backend,
         precision=precision, batch=batch, threshold=threshold, target_fpr=target_fpr, device=device,
-        validation=validation, dropout=config.get("dropout"), width=config.get("width"), mean=config.get("mean"), std=config.get("std"),
+        validation=validation, dropout=config.get("dropout"), width=config.get("width"), tta=tta,
+        mean=config.get("mean"), std=config.get("std"),
         class_names=config.get("class_names"), source=source)
 
 

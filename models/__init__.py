@@ -150,6 +150,19 @@ class Ensemble(nn.Module):
         return p.clamp_min(1e-12).log()
 
 
+class MirrorAverage(nn.Module):
+    """A model run on the input and on its mirror image (the last axis flipped), with Ensemble's contract:
+    logits whose softmax is the mean of the two probabilities (`evaluate --tta flip` inside an engine)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = (self.model(x).float().softmax(1) + self.model(x.flip(-1)).float().softmax(1)) / 2
+        return p.clamp_min(1e-12).log()
+
+
 def build_ensemble(name: str, members: int, **kwargs) -> nn.Module:
     """`members` untrained build_model(name, **kwargs) in an Ensemble; one member is the plain model."""
     models = [build_model(name, **kwargs) for _ in range(members)]

@@ -304,3 +304,22 @@ def test_width_is_recorded_and_rebuilt_by_evaluate_ensembles_and_engines(ghost_r
         assert engine.meta["width"] == 8
         maps = torch.randn(2, 33, 12, 12)
         assert torch.allclose(engine.predict(maps), torch.softmax(model(maps), 1)[:, 1], atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot"])
+def test_an_engine_built_with_flip_tta_averages_each_image_and_its_mirror(ghost_run, tmp_path, backend):
+    from realfake.engines.inference import build_engine, load_engine
+    from realfake.engines.trainer import load_run
+
+    run_dir, _ = ghost_run
+    engine_dir = build_engine(run_dir, tmp_path / "engine", backend=backend, tta="flip", threshold="auto",
+                              num_workers=0)
+    model = load_run(run_dir)[0]
+    maps = torch.randn(3, 33, 12, 12)
+    expected = (torch.softmax(model(maps), 1)[:, 1] + torch.softmax(model(maps.flip(-1)), 1)[:, 1]) / 2
+    with load_engine(engine_dir) as engine:
+        assert engine.meta["tta"] == "flip"
+        assert torch.allclose(engine.predict(maps), expected, atol=1e-5)
+        assert not torch.allclose(engine.predict(maps), torch.softmax(model(maps), 1)[:, 1], atol=1e-5)
+    with pytest.raises(ValueError, match="unknown --tta 'crops'"):
+        build_engine(run_dir, tmp_path / "crops", backend="eager", tta="crops", num_workers=0)

@@ -42,6 +42,9 @@ def engine():
 @click.option("--ensemble", "ensemble", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Another run of the same model and data set (repeatable, e.g. other seeds): the engine averages "
                    "p_fake over RUN_DIR and these.")
+@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+              help="flip: the engine averages p_fake over each image and its mirror, as `evaluate --tta flip` "
+                   "does (twice the model compute; build with the TTA you evaluated the runs with).")
 def build(run_dir, ensemble, **options):
     """Compile RUN_DIR's checkpoint into an engine directory: the artifact plus engine.json
     (architecture, image size, mean/std, threshold, backend, precision, batch range, versions, and
@@ -66,6 +69,7 @@ def build(run_dir, ensemble, **options):
     click.echo(f"  backend    {s['backend']} ({s['backend_reason']}), {s['precision']}, {s['device']}, "
                f"batch {batch['min']}:{batch['opt']}:{batch['max']}")
     members = f", ensemble of {s['members']} runs" if s["members"] > 1 else ""
+    members += ", flip TTA" if s["tta"] == "flip" else ""
     click.echo(f"  model      {s['model']} @ {s['image_size']} px{members}")
     click.echo(f"  threshold  {s['threshold']:.4f} ({describe_threshold(s['threshold_detail'])})")
     click.echo(f"  parity     max |dp| {parity['max_abs_diff_p']:.2e} (tolerance {parity['tolerance']:.0e}), "
