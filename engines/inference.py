@@ -275,6 +275,8 @@ def compute_engine_id(meta: Mapping[str, Any]) -> str:
     """First 12 hex digits of sha256 over the artifact's hash and the fields that change what the
     engine computes: the same engine always gets the same id, any other engine another."""
     core = {key: meta.get(key) for key in CORE_FIELDS}
+    # Later fields count only when set, so the ids of engines built before them stay valid.
+    core.update({key: meta[key] for key in ("width", "tta") if meta.get(key) not in (None, "none")})
     core["artifact_sha256"] = meta["artifact"]["sha256"]
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:12]
 
