@@ -7,6 +7,19 @@ from pathlib import Path
 from realfake.jobs.params import InputPath
 
 
+def _write_report(report: dict, labels, p_fake, title: str, path_of) -> Path:
+    """report .json and .md, confusion and ROC .png, at path_of(kind, suffix); returns the .md path."""
+    from realfake.engines.metrics import format_report_md, save_confusion_png, save_roc_png
+
+    metrics = report["metrics"]
+    path_of("report", ".json").write_text(json.dumps(report, indent=2) + "\n")
+    path_of("report", ".md").write_text(format_report_md(metrics, title=title))
+    save_confusion_png(metrics, path_of("confusion", ".png"))
+    if metrics["roc_auc"] is not None:
+        save_roc_png(labels, p_fake, path_of("roc", ".png"))
+    return path_of("report", ".md")
+
+
 def run_evaluate(
     run_dir: InputPath,
     split: str = "test",
@@ -31,13 +44,7 @@ def run_evaluate(
     """
     import torch
     from realfake.engines.inference import resolve_device
-    from realfake.engines.metrics import (
-        classification_metrics,
-        equal_error_rate,
-        format_report_md,
-        save_confusion_png,
-        save_roc_png,
-    )
+    from realfake.engines.metrics import classification_metrics, equal_error_rate
     from realfake.engines.recipes import TTA_MODES
     from realfake.engines.trainer import load_runs, predict
     from realfake.pipelines.images import file_encoding
@@ -103,14 +110,10 @@ def run_evaluate(
               "metrics": metrics,
               "predictions": [{"path": r.path, "label": r.label, "group": r.group, "p_fake": float(p)}
                               for r, p in zip(rows, p_fake, strict=True)]}
-    (run_dir / f"report{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (run_dir / f"report{suffix}.md").write_text(format_report_md(metrics, title=title))
-    save_confusion_png(metrics, run_dir / f"confusion{suffix}.png")
-    if metrics["roc_auc"] is not None:
-        save_roc_png(labels, p_fake, run_dir / f"roc{suffix}.png")
+    report_md = _write_report(report, labels, p_fake, title, lambda kind, ext: run_dir / f"{kind}{suffix}{ext}")
     return {"run_dir": str(run_dir), "split": split, "n": metrics["n"], "accuracy": metrics["accuracy"],
             "f1_fake": metrics["f1_fake"], "roc_auc": metrics["roc_auc"], "eer": metrics["eer"],
-            "report": str(run_dir / f"report{suffix}.md"), "loader": backend, "tta": tta,
+            "report": str(report_md), "loader": backend, "tta": tta,
             "threshold": metrics["threshold"], "threshold_source": threshold_source,
             "ensemble": report["ensemble"]}
 
@@ -123,12 +126,7 @@ def run_evaluate_scores(scores: InputPath, data_dir: InputPath, split: str = "te
     silently); scores of other files are ignored. Writes SCORES.<split>-report.md/.json,
     .<split>-confusion.png and .<split>-roc.png beside the scores.
     """
-    from realfake.engines.metrics import (
-        classification_metrics,
-        format_report_md,
-        save_confusion_png,
-        save_roc_png,
-    )
+    from realfake.engines.metrics import classification_metrics
     from realfake.jobs.score_writers import errors_path, read_rows, resolve_output
     from realfake.pipelines.images import file_encoding
     from realfake.pipelines.manifest import read_manifest
@@ -153,18 +151,13 @@ def run_evaluate_scores(scores: InputPath, data_dir: InputPath, split: str = "te
     if len(engine_ids) > 1 or len(thresholds) > 1:
         raise ValueError(f"{scores_file} holds the {split} files' scores of {len(engine_ids)} engines "
                          f"({', '.join(engine_ids)}): score them again with one engine into a new file")
-    metrics = classification_metrics([r.label for r in rows], [s["p_fake"] for s in picked],
-                                     threshold=thresholds[0], groups=[r.group for r in rows],
+    labels, p_fake = [r.label for r in rows], [s["p_fake"] for s in picked]
+    metrics = classification_metrics(labels, p_fake, threshold=thresholds[0], groups=[r.group for r in rows],
                                      encodings=[file_encoding(r.path) for r in rows])
-    stem = f"{scores_file}.{split}-"
     title = f"engine {engine_ids[0]} — {split} split of {data_dir} ({scores_file.name}, the engine's threshold)"
     report = {"scores": str(scores_file), "data_dir": str(data_dir), "split": split, "engine_id": engine_ids[0],
               "metrics": metrics}
-    Path(stem + "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    Path(stem + "report.md").write_text(format_report_md(metrics, title=title))
-    save_confusion_png(metrics, Path(stem + "confusion.png"))
-    if metrics["roc_auc"] is not None:
-        save_roc_png([r.label for r in rows], [s["p_fake"] for s in picked], Path(stem + "roc.png"))
+    report_md = _write_report(report, labels, p_fake, title, lambda kind, ext: Path(f"{scores_file}.{split}-{kind}{ext}"))
     return {"scores": str(scores_file), "split": split, "n": metrics["n"], "accuracy": metrics["accuracy"],
             "roc_auc": metrics["roc_auc"], "threshold": metrics["threshold"], "engine_id": engine_ids[0],
-            "report": stem + "report.md"}
+            "report": str(report_md)}

@@ -137,6 +137,12 @@ def build_model(
     return model
 
 
+def mean_probability_logits(logits: list[torch.Tensor]) -> torch.Tensor:
+    """Logits whose softmax is the mean of the given logits' softmaxes (the log of the mean probability)."""
+    p = torch.stack([x.float().softmax(1) for x in logits]).mean(0)
+    return p.clamp_min(1e-12).log()
+
+
 class Ensemble(nn.Module):
     """Models of one architecture run on the same input: logits whose softmax is the members' mean
     probability (log of the mean), so every consumer of logits averages p_fake over the members."""
@@ -146,8 +152,7 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = torch.stack([member(x).float().softmax(1) for member in self.members]).mean(0)
-        return p.clamp_min(1e-12).log()
+        return mean_probability_logits([member(x) for member in self.members])
 
 
 class MirrorAverage(nn.Module):
@@ -159,8 +164,7 @@ class MirrorAverage(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = (self.model(x).float().softmax(1) + self.model(x.flip(-1)).float().softmax(1)) / 2
-        return p.clamp_min(1e-12).log()
+        return mean_probability_logits([self.model(x), self.model(x.flip(-1))])
 
 
 def build_ensemble(name: str, members: int, **kwargs) -> nn.Module:
