@@ -63,12 +63,9 @@ def throughput(predict, images, *, min_seconds: float, repeats: int) -> float:
 def measure(model_name: str, image_size: int, backend: str, precision: str, *, batch: int, scratch: Path,
             min_seconds: float, repeats: int, device: str = "cuda") -> dict:
     import torch
-    from realfake.engines.inference import (
-        backend_module,
-        build_engine_from_model,
-        load_engine,
-        random_validation,
-    )
+    from realfake.engines.backends import backend_module
+    from realfake.engines.build import build_engine_from_model, random_validation
+    from realfake.engines.runtime import load_engine
     from realfake.models import build_model, input_shape
 
     row = job_row(dict(model_name=model_name, image_size=image_size, backend=backend, precision=precision, batch=batch))
@@ -107,7 +104,8 @@ COMPILE_PROBES = ("autocast-dynamic", "autocast-static", "weights-dynamic", "wei
 def measure_compile_probe(model_name: str, image_size: int, probe: str, precision: str, *, batch: int,
                           min_seconds: float, repeats: int, device: str = "cuda", **_) -> dict:
     import torch
-    from realfake.engines.inference import PRECISION_DTYPES, AutocastRunner, CastInput
+    from realfake.engines.backends.common import AutocastRunner, CastInput
+    from realfake.engines.devices import PRECISION_DTYPES
     from realfake.models import build_model, input_shape
 
     row = job_row(dict(model_name=model_name, image_size=image_size, probe=probe, precision=precision, batch=batch))
@@ -188,7 +186,7 @@ def run_one(job: dict) -> int:
     """The child's side of measure_in_child: one row, printed as JSON."""
     from standalone import import_realfake
 
-    import_realfake("realfake.engines.inference")
+    import_realfake("realfake.engines.build")
     import torch
 
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
@@ -227,7 +225,7 @@ def main(argv=None) -> int:
 
     from standalone import import_realfake
 
-    how = import_realfake("realfake.engines.inference")
+    how = import_realfake("realfake.engines.build")
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -172,7 +172,7 @@ def dali_fixed_costs(files: list[str], threads: int) -> dict[str, float]:
 
 def build_engine(model_name: str, out: Path) -> Path:
     import torch
-    from realfake.engines.inference import build_engine_from_model
+    from realfake.engines.build import build_engine_from_model
     from realfake.models import build_model
 
     torch.manual_seed(0)
@@ -183,7 +183,7 @@ def build_engine(model_name: str, out: Path) -> Path:
 
 def score_rate(folder: Path, engine: Path, loader: str, threads: int, out: Path, header_check: bool = True) -> float:
     """img/s of `realfake score` over the folder, wall time of the whole call (engine load included)."""
-    from realfake.jobs import score as score_module
+    from realfake.jobs.tasks.score import scorer as score_module
 
     score_module.DALI_HEADER_CHECK = header_check
     try:
@@ -215,7 +215,7 @@ def main() -> int:
 
     from standalone import import_realfake
 
-    import_realfake("realfake.jobs.score")
+    import_realfake("realfake.jobs.tasks.score")
     import torch
     from realfake.benchmarks.harness import nvjpeg_rate
 

@@ -25,9 +25,10 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from realfake.pipelines.provenance import dist_version, usable_cores
 
 # The fields of a record's env that must agree for two runs to be compared in absolute terms:
 # the same CPU model and usable core count, the same GPU (or none), the same torch, and the same
@@ -193,23 +194,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def usable_cores() -> int:
-    # The cores this process may run on (a container or taskset can allow fewer than the machine has).
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _dist_version(prefix: str) -> str | None:
-    # By distribution metadata, not by import: importing DALI costs seconds and may need a driver.
-    for dist in metadata.distributions():
-        name = (dist.metadata["Name"] or "").lower()
-        if name == prefix or name.startswith(prefix + "-"):
-            return dist.version
-    return None
-
-
 def git_state(repo: Path | None = None) -> tuple[str | None, bool | None]:
     """(commit, dirty) of the checkout holding this package, or (None, None) outside a git checkout."""
     repo = repo or Path(__file__).resolve().parents[1]
@@ -241,8 +225,8 @@ def capture_env(device: str) -> dict[str, Any]:
         "gpu": gpu,
         "device": "cuda" if device.startswith("cuda") else "cpu",
         "torch": torch.__version__,
-        "torchvision": _dist_version("torchvision"),
-        "dali": _dist_version("nvidia-dali"),
+        "torchvision": dist_version("torchvision"),
+        "dali": dist_version("nvidia-dali"),
         "python": platform.python_version(),
         "torch_threads": torch.get_num_threads(),
         "git_commit": commit,

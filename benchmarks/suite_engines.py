@@ -53,7 +53,8 @@ class EngineSuiteConfig:
 
 
 def config_for(quick: bool, device: str) -> EngineSuiteConfig:
-    from realfake.engines.inference import backend_module, cpu_has_bf16_units
+    from realfake.engines.backends import backend_module
+    from realfake.engines.devices import cpu_has_bf16_units
 
     if device.startswith("cuda"):
         variants = [BASELINE, ("eager", "fp16"), ("compile", "fp16"), ("aot", "fp16")]
@@ -95,7 +96,8 @@ def _variant(backend: str, precision: str) -> str:
 
 def model_figures(model_name: str, image_size: int, *, device: str, variants: Sequence[tuple[str, str]],
                   batch_sizes: Sequence[int], cfg: EngineSuiteConfig, repeats: int, scratch: Path) -> list[Figure]:
-    from realfake.engines.inference import build_engine_from_model, load_engine, random_validation
+    from realfake.engines.build import build_engine_from_model, random_validation
+    from realfake.engines.runtime import load_engine
     from realfake.models import build_model, input_shape
 
     prefix = f"{SUITE}/{model_name}@{image_size}"
@@ -187,7 +189,7 @@ def speed_table(figures: Sequence[Figure]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
-    from realfake.engines.inference import resolve_device
+    from realfake.engines.devices import resolve_device
 
     parser = argparse.ArgumentParser(description="Engine throughput table (the `engines` suite, printed).")
     parser.add_argument("--quick", action="store_true")

@@ -111,7 +111,7 @@ def class_folder(files: Sequence[str]) -> Path:
 
 
 def cache_dir() -> Path:
-    from realfake.engines.inference import realfake_home
+    from realfake.jobs.service.store import realfake_home
 
     return Path(os.environ.get(CACHE_ENV) or realfake_home() / "cache" / "bench-engines")
 
@@ -129,7 +129,9 @@ def cached_engine(model_name: str, backend: str, device: str, image_size: int = 
     """An engine of `model_name` with random weights (seed 0), built once per backend, precision, device
     type and torch version, then reused (an AOT build takes tens of seconds on 2 cores)."""
     import torch
-    from realfake.engines.inference import build_engine_from_model, load_engine, resolve_precision
+    from realfake.engines.build import build_engine_from_model
+    from realfake.engines.devices import resolve_precision
+    from realfake.engines.runtime import load_engine
 
     precision = resolve_precision(precision, device)[0]
     device_type = "cuda" if device.startswith("cuda") else "cpu"
@@ -171,7 +173,7 @@ def naive_pass(folder: Path, model, device: str, batch_size: int, workers: int, 
 
 def realfake_pass(folder: Path, engine: Path, variant: Variant, device: str, batch_size: int, workers: int,
                   out: Path) -> int:
-    from realfake.jobs.score import run_score
+    from realfake.jobs.tasks.score import run_score
 
     summary = run_score([str(folder)], out, engine=str(engine), loader=variant.loader, device=device,
                         batch_size=batch_size, num_workers=workers, engine_threads=variant.engine_threads,
@@ -200,7 +202,7 @@ def timed(fn, *args) -> tuple[int, float, float]:
 
 def model_figures(model_name: str, folder: Path, n_files: int, source: str, cfg: ScoreSuiteConfig,
                   device: str) -> list[Figure]:
-    from realfake.engines.inference import resolve_precision
+    from realfake.engines.devices import resolve_precision
     from realfake.pipelines.loaders import dali_installed
 
     variants = [v for v in cfg.variants if (v.loader != "dali" or dali_installed())

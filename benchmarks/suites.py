@@ -1,4 +1,5 @@
-"""The suite registry and the runner that turns a suite's Figures into history records.
+"""The suite registry, the runner that turns a suite's Figures into history records, and `run_bench`,
+the job function behind `realfake bench run` and the `bench` job kind.
 
 A suite is a module with `run(quick: bool, device: str) -> list[Figure]` (device is "cpu" or
 "cuda[:N]", already resolved). Quick mode must finish in under 2 minutes on 2 CPU cores; full mode
@@ -22,6 +23,7 @@ from realfake.benchmarks.harness import (
     utc_now,
 )
 from realfake.benchmarks.history import append_records, history_path
+from realfake.jobs.service.params import OutputPath
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def run_suites(selected: Mapping[str, SuiteFn], *, quick: bool, device: str, res
                run_id: str | None = None) -> dict[str, Any]:
     """Run each suite, append its figures to `<results_dir>/history.jsonl` as it finishes, and return a
     JSON-serialisable summary (run id, history path, env, figures)."""
-    from realfake.engines.inference import resolve_device
+    from realfake.engines.devices import resolve_device
 
     device = resolve_device(device)
     env = capture_env(device)
@@ -131,3 +133,29 @@ def run_suites(selected: Mapping[str, SuiteFn], *, quick: bool, device: str, res
         "suites": list(selected),
         "figures": summary_figures,
     }
+
+
+def run_bench(
+    suites: list[str] = ["all"],  # noqa: B006 - read only; the job spec validator shows this default
+    quick: bool = True,
+    out: OutputPath = Path("benchmarks/results"),
+    device: str = "auto",
+) -> dict:
+    """Run benchmark suites and append one record per figure to OUT/history.jsonl.
+
+    Args:
+        suites: suite names (pipelines, train, engines, score) or "all": every suite that is
+            installed; the others are skipped with the reason.
+        quick: quick mode (a few models and repeats, under 2 minutes per suite on 2 CPU cores)
+            or full mode (every model, size and backend; for GPUs and nightly jobs).
+        out: results folder whose history.jsonl collects every run; give the same folder to every
+            run (and to `realfake bench compare`), e.g. the repository's benchmarks/results.
+        device: auto (the GPU when torch sees one), cpu or cuda[:N].
+
+    Returns the run id, history path, environment, the suites run and skipped (with the reason),
+    and every figure's median and spread.
+    """
+    selected, skipped = select_suites(suites)
+    summary = run_suites(selected, quick=quick, device=device, results_dir=Path(out))
+    summary["skipped"] = skipped
+    return summary

@@ -1,8 +1,3 @@
-"""Training loop, metrics, and inference engines (eager, torch.compile, AOTInductor, TensorRT)."""
-
-
-def load_engine(path):
-    """Load an engine directory written by `realfake engine build` (see engines/inference.py)."""
-    from realfake.engines.inference import load_engine as _load_engine
-
-    return _load_engine(path)
+"""Training (`trainer`, `recipes`, `metrics`) and inference engines: `devices` (device and precision
+policy), `schema` (engine.json), `build` (compile + parity + threshold), `runtime` (Engine, load_engine),
+`registry` (find, list, promote), one backend per file in `backends/`."""

@@ -259,11 +259,3 @@ def header_problem(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_
     return None
 
 
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in chunks so that big files do not fill memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-

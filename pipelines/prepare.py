@@ -38,10 +38,9 @@ import zipfile
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path, PurePosixPath
 
-from realfake.pipelines.images import InvalidImageError, check_image, sha256_file
+from realfake.pipelines.images import InvalidImageError, check_image
 from realfake.pipelines.manifest import (
     MANIFEST_NAME,
     REJECTED_NAME,
@@ -51,6 +50,7 @@ from realfake.pipelines.manifest import (
     manifest_sha256,
     write_manifest,
 )
+from realfake.pipelines.provenance import sha256_file, versions
 from realfake.pipelines.spec import CLASS_NAMES, IMAGE_EXTENSIONS
 
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)  # the report's train / valid / test
@@ -455,16 +455,6 @@ def _write_rejected(data_dir: Path, rejected: list[dict[str, str]]) -> Path:
     return path
 
 
-def _versions() -> dict[str, str]:
-    out = {}
-    for dist in ("realfake", "pillow", "scikit-learn"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "unknown"
-    return out
-
-
 # --------------------------------------------------------------------------------------------------
 
 
@@ -559,7 +549,7 @@ def prepare(
         accepted={name: sum(1 for r in rows if r.class_name == name) for name in CLASS_NAMES},
         counts=counts, unique_counts=unique, rejected=rejected, duplicate_groups=duplicate_groups,
         encodings=encodings, class_only_encodings=class_only,
-        skipped_copies=[str(p) for p in skipped], ignored_dirs=ignored, created_with=_versions(),
+        skipped_copies=[str(p) for p in skipped], ignored_dirs=ignored, created_with=versions("pillow", "scikit-learn"),
         manifest_sha256=manifest_sha256(out_path), data_dir=str(out_path),
         manifest_path=str(manifest_path), rejected_path=str(rejected_path),
         summary_path=str(out_path / SUMMARY_NAME),

@@ -68,8 +68,8 @@ def write_bad_files(root: Path, seed: int = 1) -> dict[str, str]:
 def build_engines(root: Path) -> tuple[Path, Path]:
     """Two eager engines (different ids) at 32 px from a 1-epoch tiny simple_cnn run."""
     from _train_helpers import make_prepared
-    from realfake.engines.inference import build_engine
-    from realfake.jobs.train import run_train
+    from realfake.engines.build import build_engine
+    from realfake.jobs.tasks.train import run_train
 
     data_dir = make_prepared(root / "data", n_per_class=12, size=40)
     run = run_train(data_dir, model="simple_cnn", image_size=32, batch_size=8, epochs=1, num_workers=0,

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from realfake.jobs.params import InputPath, OutputPath
+from realfake.jobs.service.params import InputPath, OutputPath
 
 
 def sleep_job(*, seconds: float = 0.0, out: OutputPath, tag: str = "", retry_seconds: float | None = None) -> dict:
@@ -102,7 +102,7 @@ def wait_for(predicate, timeout_s: float = 20.0, poll_s: float = 0.05, what: str
 
 
 def pid_gone(pid: int) -> bool:
-    from realfake.jobs.store import pid_alive
+    from realfake.jobs.service.store import pid_alive
 
     return not pid_alive(pid)
 

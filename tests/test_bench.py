@@ -35,7 +35,7 @@ from realfake.benchmarks.harness import (
 )
 from realfake.benchmarks.history import append_records, group_runs, history_path, load_records
 from realfake.benchmarks.plot import plot_history
-from realfake.jobs.bench import run_bench
+from realfake.benchmarks.suites import run_bench
 from realfake.jobs.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -360,7 +360,7 @@ def test_run_bench_job_function_returns_json(tiny_registry, tmp_path):
 
 
 def test_bench_command_module_does_not_import_torch():
-    code = "import sys, realfake.jobs.commands.bench; print('torch' in sys.modules)"
+    code = "import sys, realfake.jobs.cli.bench; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -14,20 +14,18 @@ import pytest
 import torch
 from _train_helpers import make_prepared
 from click.testing import CliRunner
-from realfake.engines import inference
+from realfake.engines import backends, devices, registry
+from realfake.engines import build as build_module
 from realfake.engines.backends import tensorrt as trt_backend
-from realfake.engines.inference import (
-    BatchRange,
-    EngineError,
-    build_engine,
-    load_engine,
-    parse_batch,
-    parse_threshold,
-    read_engine_meta,
-)
+from realfake.engines.backends.common import BackendCrash
+from realfake.engines.build import build_engine
+from realfake.engines.runtime import load_engine
+from realfake.engines.schema import BatchRange, EngineError, parse_batch, parse_threshold, read_engine_meta
 from realfake.engines.trainer import load_run
 from realfake.jobs.cli import main
-from realfake.jobs.train import run_train
+from realfake.jobs.service.store import HOME_ENV, realfake_home
+from realfake.jobs.tasks.train import run_train
+from realfake.pipelines.provenance import sha256_file
 
 IMAGE_SIZE = 32
 BATCH = "1:4:16"  # small enough that the fresh-process check crosses max (20 images)
@@ -55,7 +53,7 @@ def images():
 
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch):
-    monkeypatch.setenv(inference.HOME_ENV, str(tmp_path / "home"))
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "home"))
 
 
 def p_eager(run_dir, images):
@@ -79,7 +77,7 @@ def built(run_dir, engines_root, backend, precision, threshold="auto"):
 
 FRESH_PROCESS = textwrap.dedent("""
     import json, sys, torch
-    from realfake.engines.inference import load_engine
+    from realfake.engines.runtime import load_engine
     images = torch.load(sys.argv[1])
     result = {}
     for path in sys.argv[2:]:
@@ -115,24 +113,24 @@ def test_parse_batch_and_threshold():
 
 
 def test_auto_backend_and_precision_rules():
-    backend, why = inference.resolve_backend("auto", "cpu")
+    backend, why = backends.resolve_backend("auto", "cpu")
     best = next(name for name in ("aot", "compile", "eager")
-                if inference.backend_module(name).unavailable_reason("cpu") is None)
+                if backends.backend_module(name).unavailable_reason("cpu") is None)
     assert backend == best and "tensorrt" in why  # TensorRT passed over on a CPU, with the reason
     with pytest.raises(ValueError, match="tensorrt"):
-        inference.resolve_backend("tensorrt", "cpu")
+        backends.resolve_backend("tensorrt", "cpu")
     with pytest.raises(ValueError, match="unknown backend"):
-        inference.resolve_backend("onnx", "cpu")
+        backends.resolve_backend("onnx", "cpu")
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
-        inference.check_precision("fp16", "cpu")
+        devices.check_precision("fp16", "cpu")
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_units(monkeypatch):
-    assert inference.resolve_precision("fp32", "cpu") == ("fp32", "asked for")
-    monkeypatch.setattr(inference, "cpu_has_bf16_units", lambda: True)
-    assert inference.resolve_precision("auto", "cpu")[0] == "bf16"
-    monkeypatch.setattr(inference, "cpu_has_bf16_units", lambda: False)
-    precision, why = inference.resolve_precision("auto", "cpu")
+    assert devices.resolve_precision("fp32", "cpu") == ("fp32", "asked for")
+    monkeypatch.setattr(devices, "cpu_has_bf16_units", lambda: True)
+    assert devices.resolve_precision("auto", "cpu")[0] == "bf16"
+    monkeypatch.setattr(devices, "cpu_has_bf16_units", lambda: False)
+    precision, why = devices.resolve_precision("auto", "cpu")
     assert precision == "fp32" and "no bf16 units" in why
 
 
@@ -141,7 +139,7 @@ def test_engine_build_precision_auto_records_what_it_chose(run_dir, tmp_path):
                                        "eager", "--precision", "auto", "--batch", "1:4:16", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "e" / "engine.json").read_text())
-    expected = "bf16" if inference.cpu_has_bf16_units() else "fp32"
+    expected = "bf16" if devices.cpu_has_bf16_units() else "fp32"
     assert meta["precision"] == expected and f", {expected}, cpu" in result.output
     assert meta["precision_choice"]["requested"] == "auto" and "auto:" in meta["precision_choice"]["reason"]
 
@@ -161,8 +159,8 @@ def test_eager_engine_json_and_threshold_auto_is_the_eer(run_dir, engines_root):
     assert meta["batch"] == {"min": 1, "opt": 4, "max": 16} and meta["device"] == "cpu"
     assert meta["mean"] == config["mean"] and meta["class_names"] == ["real", "fake"]
     assert meta["source"]["manifest_sha256"] == config["manifest_sha256"]
-    assert meta["source"]["checkpoint_sha256"] == inference.sha256_file(run_dir / "best.pt")
-    assert meta["artifact"] == {"file": "model.pt", "sha256": inference.sha256_file(engine_dir / "model.pt")}
+    assert meta["source"]["checkpoint_sha256"] == sha256_file(run_dir / "best.pt")
+    assert meta["artifact"] == {"file": "model.pt", "sha256": sha256_file(engine_dir / "model.pt")}
     assert meta["versions"]["torch"] == torch.__version__ and len(meta["engine_id"]) == 12
     assert meta["parity"]["n_images"] == 4 and meta["parity"]["max_abs_diff_p"] <= 1e-4
     # the artifact is a plain state dict
@@ -217,8 +215,8 @@ def test_an_aot_build_that_crashes_or_fails_is_a_clear_error_and_leaves_nothing(
     model = load_run(run_dir)[0]
     build = dict(architecture="simple_cnn", image_size=IMAGE_SIZE, backend="aot", batch="1:4:8")
     _child_that(monkeypatch, "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
-    with pytest.raises(inference.BackendCrash, match=r"AOTInductor crashed \(SIGSEGV\).*--backend compile"):
-        inference.build_engine_from_model(model, tmp_path / "crashed", **build)
+    with pytest.raises(BackendCrash, match=r"AOTInductor crashed \(SIGSEGV\).*--backend compile"):
+        build_module.build_engine_from_model(model, tmp_path / "crashed", **build)
     assert not (tmp_path / "crashed").exists()
     result = CliRunner().invoke(main, ["engine", "build", str(run_dir), "--out", str(tmp_path / "cli"), "--backend",
                                        "aot", "--batch", "1:4:8", "--device", "cpu"])
@@ -226,7 +224,7 @@ def test_an_aot_build_that_crashes_or_fails_is_a_clear_error_and_leaves_nothing(
     assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
     _child_that(monkeypatch, "import sys; print('inductor: no kernel for this op', file=sys.stderr); sys.exit(3)")
     with pytest.raises(RuntimeError, match="(?s)could not compile.*exit 3.*no kernel for this op"):
-        inference.build_engine_from_model(model, tmp_path / "failed", **build)
+        build_module.build_engine_from_model(model, tmp_path / "failed", **build)
     assert not (tmp_path / "failed").exists()
 
 
@@ -237,7 +235,7 @@ def test_auto_moves_on_when_a_backend_build_crashes_and_says_why(run_dir, tmp_pa
     _child_that(monkeypatch, "import os, signal, sys; open(sys.argv[1], 'w').write('partial'); "
                              "os.kill(os.getpid(), signal.SIGSEGV)")
     monkeypatch.setattr(compiled, "unavailable_reason", lambda device: "skipped in this test (compiles for 20 s)")
-    out = inference.build_engine_from_model(load_run(run_dir)[0], tmp_path / "e", architecture="simple_cnn",
+    out = build_module.build_engine_from_model(load_run(run_dir)[0], tmp_path / "e", architecture="simple_cnn",
                                             image_size=IMAGE_SIZE, backend="auto", batch="1:4:8")
     meta = read_engine_meta(out)
     assert meta["backend"] == "eager" and meta["parity"]["passed"]
@@ -247,7 +245,7 @@ def test_auto_moves_on_when_a_backend_build_crashes_and_says_why(run_dir, tmp_pa
 
 
 def test_predict_pads_splits_and_checks_shapes(run_dir, engines_root, images):
-    engine_dir = inference.build_engine_from_model(
+    engine_dir = build_module.build_engine_from_model(
         load_run(run_dir)[0], engines_root / "eager-min2", architecture="simple_cnn", image_size=IMAGE_SIZE,
         backend="eager", batch="2:2:4")
     reference = p_eager(run_dir, images)
@@ -266,7 +264,7 @@ def test_predict_pads_splits_and_checks_shapes(run_dir, engines_root, images):
 
 
 def test_parity_failure_writes_nothing(run_dir, tmp_path, monkeypatch):
-    monkeypatch.setitem(inference.PARITY_TOLERANCE, "bf16", 0.0)
+    monkeypatch.setitem(build_module.PARITY_TOLERANCE, "bf16", 0.0)
     out = tmp_path / "never"
     with pytest.raises(ValueError, match="fails parity against eager fp32"):
         build_engine(run_dir, out, backend="eager", precision="bf16", num_workers=0)
@@ -278,18 +276,18 @@ def test_threshold_target_fpr_and_conflicts(run_dir, tmp_path, caplog):
 
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     p = np.array([0.1, 0.2, 0.35, 0.8, 0.3, 0.6, 0.7, 0.9])
-    value, how = inference.choose_threshold("auto", 0.25, labels, p)
+    value, how = build_module.choose_threshold("auto", 0.25, labels, p)
     assert value == threshold_at_fpr(labels, p, 0.25) and how["method"] == "target_fpr" and how["fpr"] <= 0.25
     assert how["tpr"] == np.mean(p[labels == 1] >= value) > 0
     # The top score shared by a real and a fake: under FPR 0.1 only "nothing is fake" is left, and it says so.
     tied = np.array([0.1, 0.2, 0.3, 0.9, 0.9, 0.9, 0.2, 0.3])
-    with caplog.at_level(logging.WARNING, logger="realfake.engines.inference"):
-        value, how = inference.choose_threshold("auto", 0.1, labels, tied)
+    with caplog.at_level(logging.WARNING, logger="realfake.engines.build"):
+        value, how = build_module.choose_threshold("auto", 0.1, labels, tied)
     assert how["fpr"] == how["tpr"] == 0.0 and value > 0.9 and "calls nothing fake" in caplog.text
     with pytest.raises(ValueError, match="target-fpr"):
         build_engine(run_dir, tmp_path / "x", backend="eager", threshold="0.5", target_fpr=0.1)
     with pytest.raises(ValueError, match="both real and fake"):
-        inference.choose_threshold("auto", None, np.zeros(4), p[:4])
+        build_module.choose_threshold("auto", None, np.zeros(4), p[:4])
 
 
 # --- damaged or mismatched engine directories ------------------------------------------------------
@@ -391,11 +389,11 @@ def test_cli_build_promote_list_show(run_dir, tmp_path):
     none = runner.invoke(main, ["engine", "show"])
     assert none.exit_code == 2 and "no engine promoted" in none.output
     with pytest.raises(ValueError, match="no engine promoted"):
-        inference.promoted_engine()
+        registry.promoted_engine(realfake_home())
 
     promoted = runner.invoke(main, ["engine", "promote", str(out)])
     assert promoted.exit_code == 0 and meta["engine_id"] in promoted.output
-    assert inference.promoted_engine() == out.resolve()
+    assert registry.promoted_engine(realfake_home()) == out.resolve()
     shown = runner.invoke(main, ["engine", "show"])
     assert shown.exit_code == 0 and json.loads(shown.output)["engine_id"] == meta["engine_id"]
 
@@ -487,7 +485,7 @@ def test_fp16_engines_on_the_gpu_reload_in_a_fresh_process(run_dir, tmp_path, im
     fresh = predict_in_fresh_process(dirs, images, tmp_path)
     for engine_dir in dirs:
         meta = read_engine_meta(engine_dir)
-        assert meta["device"] == "cuda" and meta["parity"]["tolerance"] == inference.PARITY_TOLERANCE["fp16"]
+        assert meta["device"] == "cuda" and meta["parity"]["tolerance"] == build_module.PARITY_TOLERANCE["fp16"]
         for n in SIZES:
             p = torch.tensor(fresh[str(engine_dir)]["p"][str(n)])
             assert torch.allclose(p, reference[:n], atol=meta["parity"]["tolerance"]), (meta["backend"], n)
@@ -501,11 +499,11 @@ def test_parity_allows_the_one_flip_at_an_auto_threshold():
     p_engine = p_eager.clone()
     p_engine[2] += 5e-7
     threshold = float(p_engine[2])
-    parity = inference.measure_parity(p_eager, p_engine, threshold, "fp32", "cpu")
+    parity = build_module.measure_parity(p_eager, p_engine, threshold, "fp32", "cpu")
     assert parity["label_flips"] == 1 and parity["passed"]
     p_engine[3] = 0.4  # a second flip (and a real difference) fails
-    assert not inference.measure_parity(p_eager, p_engine, threshold, "fp32", "cpu")["passed"]
+    assert not build_module.measure_parity(p_eager, p_engine, threshold, "fp32", "cpu")["passed"]
     p_engine[3] = 0.7
     p_eager[1], p_engine[1] = threshold - 1e-6, threshold + 1e-6  # a second flip, within the tolerance
-    parity = inference.measure_parity(p_eager, p_engine, threshold, "fp32", "cpu")
+    parity = build_module.measure_parity(p_eager, p_engine, threshold, "fp32", "cpu")
     assert parity["max_abs_diff_p"] < 1e-4 and parity["label_flips"] == 2 and not parity["passed"]

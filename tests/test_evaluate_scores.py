@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from realfake.jobs.cli import main
-from realfake.jobs.evaluate import run_evaluate_scores
-from realfake.jobs.score_writers import RESULT_COLUMNS, errors_path, open_writer
+from realfake.jobs.tasks.evaluate import run_evaluate_scores
+from realfake.jobs.tasks.score.writers import RESULT_COLUMNS, errors_path, open_writer
 from realfake.pipelines.manifest import read_manifest
 from sklearn.metrics import roc_auc_score
 

@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
-from realfake.pipelines.images import InvalidImageError, check_image, load_rgb, sha256_file
+from realfake.pipelines.images import InvalidImageError, check_image, load_rgb
+from realfake.pipelines.provenance import sha256_file
 
 
 def _pixels(size=(24, 16), seed=0) -> np.ndarray:

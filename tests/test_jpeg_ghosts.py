@@ -181,7 +181,7 @@ def test_dali_cannot_make_ghost_maps(tmp_path):
 @pytest.fixture(scope="module")
 def ghost_run(tmp_path_factory):
     """ghost_cnn trained on make_ghost_prepared (12 train, 2 valid, 2 test a class at 96 px)."""
-    from realfake.jobs.train import run_train
+    from realfake.jobs.tasks.train import run_train
 
     root = tmp_path_factory.mktemp("ghosts")
     data_dir = make_ghost_prepared(root, n_per_class=16)
@@ -192,7 +192,7 @@ def ghost_run(tmp_path_factory):
 
 
 def test_ghost_cnn_learns_a_twice_compressed_region(ghost_run):
-    from realfake.jobs.evaluate import run_evaluate
+    from realfake.jobs.tasks.evaluate import run_evaluate
 
     run_dir, data_dir = ghost_run
     config = __import__("json").loads((run_dir / "config.json").read_text())
@@ -205,7 +205,7 @@ def test_ghost_cnn_learns_a_twice_compressed_region(ghost_run):
 
 
 def test_ghost_shift_is_for_ghost_maps_only(tmp_path, ghost_run):
-    from realfake.jobs.train import run_train
+    from realfake.jobs.tasks.train import run_train
 
     with pytest.raises(ValueError, match="--ghost-shift moves JPEG ghost maps"):
         run_train(ghost_run[1], model="simple_cnn", epochs=1, ghost_shift=2, out=tmp_path, progress=False)
@@ -213,7 +213,7 @@ def test_ghost_shift_is_for_ghost_maps_only(tmp_path, ghost_run):
 
 @pytest.mark.parametrize("option", [{"pseudo_fakes": 0.5}, {"train_crop": 64}, {"cache": "memory"}])
 def test_pixel_options_are_refused_for_ghost_maps(tmp_path, ghost_run, option):
-    from realfake.jobs.train import run_train
+    from realfake.jobs.tasks.train import run_train
 
     with pytest.raises(ValueError, match="reads JPEG ghost maps, not pixels"):
         run_train(ghost_run[1], model="ghost_cnn", image_size=96, epochs=1, out=tmp_path, progress=False, **option)
@@ -222,8 +222,9 @@ def test_pixel_options_are_refused_for_ghost_maps(tmp_path, ghost_run, option):
 def test_ghost_engine_scores_jpegs_and_records_other_files_as_errors(ghost_run, tmp_path):
     import csv
 
-    from realfake.engines.inference import build_engine, load_engine
-    from realfake.jobs.score import run_score
+    from realfake.engines.build import build_engine
+    from realfake.engines.runtime import load_engine
+    from realfake.jobs.tasks.score import run_score
 
     run_dir, data_dir = ghost_run
     engine_dir = build_engine(run_dir, tmp_path / "engine", backend="aot", threshold="auto", num_workers=0)
@@ -248,9 +249,10 @@ def test_ghost_engine_scores_jpegs_and_records_other_files_as_errors(ghost_run, 
 
 
 def test_an_ensemble_of_runs_averages_their_p_fake(ghost_run, tmp_path):
-    from realfake.engines.inference import build_engine, load_engine
-    from realfake.jobs.evaluate import run_evaluate
-    from realfake.jobs.train import run_train
+    from realfake.engines.build import build_engine
+    from realfake.engines.runtime import load_engine
+    from realfake.jobs.tasks.evaluate import run_evaluate
+    from realfake.jobs.tasks.train import run_train
 
     run_dir, data_dir = ghost_run
     other = Path(run_train(data_dir, model="ghost_cnn", image_size=96, epochs=2, batch_size=8, seed=1,
@@ -282,9 +284,10 @@ def test_an_ensemble_of_runs_averages_their_p_fake(ghost_run, tmp_path):
 
 
 def test_width_is_recorded_and_rebuilt_by_evaluate_ensembles_and_engines(ghost_run, tmp_path):
-    from realfake.engines.inference import build_engine, load_engine
+    from realfake.engines.build import build_engine
+    from realfake.engines.runtime import load_engine
     from realfake.engines.trainer import load_run, load_runs
-    from realfake.jobs.train import run_train
+    from realfake.jobs.tasks.train import run_train
     from realfake.models import build_model
 
     assert sum(p.numel() for p in build_model("ghost_cnn", image_size=96, width=8).parameters()) < \
@@ -308,7 +311,8 @@ def test_width_is_recorded_and_rebuilt_by_evaluate_ensembles_and_engines(ghost_r
 
 @pytest.mark.parametrize("backend", ["eager", "aot"])
 def test_an_engine_built_with_flip_tta_averages_each_image_and_its_mirror(ghost_run, tmp_path, backend):
-    from realfake.engines.inference import build_engine, load_engine
+    from realfake.engines.build import build_engine
+    from realfake.engines.runtime import load_engine
     from realfake.engines.trainer import load_run
 
     run_dir, _ = ghost_run

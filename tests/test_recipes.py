@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from realfake.engines import recipes
 from realfake.engines.trainer import predict
 from realfake.jobs.cli import main
-from realfake.jobs.evaluate import run_evaluate
-from realfake.jobs.train import run_train
+from realfake.jobs.tasks.evaluate import run_evaluate
+from realfake.jobs.tasks.train import run_train
 from realfake.pipelines.spec import Batch
 
 TINY = dict(model="simple_cnn", image_size=32, batch_size=8, num_workers=0, loader="torch", progress=False)

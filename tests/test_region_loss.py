@@ -162,8 +162,8 @@ def coded_data(tmp_path_factory):
 
 def test_region_loss_trains_resumes_exactly_and_leaves_the_model_as_it_was(coded_data, tmp_path):
     from realfake.engines import trainer
-    from realfake.jobs.evaluate import run_evaluate
-    from realfake.jobs.train import run_train
+    from realfake.jobs.tasks.evaluate import run_evaluate
+    from realfake.jobs.tasks.train import run_train
 
     common = dict(GHOST, region_loss=1.0, ghost_shift=1, out=tmp_path)
     run_train(coded_data, epochs=2, name="straight", **common)
@@ -199,7 +199,7 @@ def _fresh_training_parts():
 
 
 def test_region_loss_changes_the_training_and_is_recorded(coded_data, tmp_path):
-    from realfake.jobs.train import run_train
+    from realfake.jobs.tasks.train import run_train
 
     run_train(coded_data, epochs=1, name="plain", out=tmp_path, **GHOST)
     run_train(coded_data, epochs=1, name="regions", out=tmp_path, region_loss=1.0, **GHOST)
@@ -211,7 +211,7 @@ def test_region_loss_changes_the_training_and_is_recorded(coded_data, tmp_path):
 
 
 def test_region_loss_is_refused_where_it_cannot_work(coded_data, tmp_path):
-    from realfake.jobs.train import run_train
+    from realfake.jobs.tasks.train import run_train
 
     with pytest.raises(ValueError, match="wired for ghost_cnn"):
         run_train(coded_data, model="simple_cnn", epochs=1, region_loss=1.0, out=tmp_path, progress=False)

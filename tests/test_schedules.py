@@ -2,7 +2,6 @@
 pause/resume, the fixed output of score schedules (the scoring resume), and the CLI."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -13,12 +12,18 @@ from datetime import datetime, timezone
 import pytest
 from _service_helpers import use_service_home
 from click.testing import CliRunner
-from realfake.jobs import schedules
 from realfake.jobs.cli import main as cli
-from realfake.jobs.schedules import add_schedule, list_schedules, pause_schedule, queue_due, resume_schedule
-from realfake.jobs.spec import JobSpec, validate_spec
-from realfake.jobs.store import JobStore
-from realfake.jobs.worker import Worker, WorkerOptions
+from realfake.jobs.service import schedules
+from realfake.jobs.service.schedules import (
+    add_schedule,
+    list_schedules,
+    pause_schedule,
+    queue_due,
+    resume_schedule,
+)
+from realfake.jobs.service.spec import JobSpec, validate_spec
+from realfake.jobs.service.store import JobStore
+from realfake.jobs.service.worker import Worker, WorkerOptions
 
 NIGHTLY = "0 2 * * *"
 
@@ -62,7 +67,7 @@ def test_several_workers_and_restarts_queue_a_due_time_once(store, home, tmp_pat
     due = utc("2031-05-02 02:00:10")
     # Four processes look at the same instant, each with its own connection, like four workers.
     go = tmp_path / "go"
-    code = (f"import os, time\nfrom realfake.jobs.schedules import queue_due\nfrom realfake.jobs.store import JobStore\n"
+    code = (f"import os, time\nfrom realfake.jobs.service.schedules import queue_due\nfrom realfake.jobs.service.store import JobStore\n"
             f"store = JobStore()\nwhile not os.path.exists({str(go)!r}): time.sleep(0.005)\n"
             f"print(len(queue_due(store, now={due!r})))\n")
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -168,8 +173,6 @@ def test_fixed_out_schedule_runs_handle_only_new_files(store, tmp_path, monkeypa
 @pytest.mark.parametrize("kind, args", [("score", {"folders": ["incoming"]}), ("bench", {"suites": ["train"]})])
 def test_score_and_bench_schedules_get_a_fixed_output(store, tmp_path, kind, args):
     assert kind in schedules.FIXED_OUT_KINDS
-    if importlib.util.find_spec(f"realfake.jobs.{kind}") is None:
-        pytest.skip(f"realfake.jobs.{kind} is not in the repository yet")
     (tmp_path / "incoming").mkdir()
     spec = validate_spec(kind, args, base_dir=tmp_path)
     added = add_schedule(store, f"{kind}-nightly", NIGHTLY, spec, tz="UTC", now=T0)
@@ -218,12 +221,9 @@ def test_schedule_cli(home, tmp_path):
 @pytest.mark.slow
 def test_a_scheduled_score_job_scores_only_new_files(store, tmp_path):
     """The real chain: train -> engine (in this process), then two scheduled score runs via the worker."""
-    for module in ("train", "engine", "score"):
-        if importlib.util.find_spec(f"realfake.jobs.{module}") is None:
-            pytest.skip(f"realfake.jobs.{module} is not in the repository yet")
     from _train_helpers import make_prepared
-    from realfake.jobs.engine import run_engine_build
-    from realfake.jobs.train import run_train
+    from realfake.jobs.tasks.engine import run_engine_build
+    from realfake.jobs.tasks.train import run_train
 
     data_dir = make_prepared(tmp_path / "set", n_per_class=12, size=32)
     trained = run_train(data_dir, model="simple_cnn", epochs=1, image_size=32, batch_size=8, device="cpu",

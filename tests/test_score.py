@@ -22,8 +22,8 @@ from _score_helpers import (
 from click.testing import CliRunner
 from PIL import Image
 from realfake.jobs.cli import main
-from realfake.jobs.score import merge_outputs, run_score
-from realfake.jobs.score_writers import (
+from realfake.jobs.tasks.score import merge_outputs, run_score
+from realfake.jobs.tasks.score.writers import (
     ERROR_COLUMNS,
     OutputMismatch,
     errors_path,
@@ -131,7 +131,7 @@ def test_dali_prepares_the_next_chunk_while_one_is_scored_and_loses_nothing(tmp_
     import threading
 
     pytest.importorskip("nvidia.dali", reason="needs NVIDIA DALI")
-    from realfake.jobs import score as score_module
+    from realfake.jobs.tasks.score import scorer as score_module
     from realfake.pipelines import dali_loader
 
     folder = tmp_path / "in"
@@ -194,7 +194,7 @@ def test_a_file_named_and_in_a_folder_named_is_scored_once(tmp_path, engine, goo
 
 def test_a_failing_walk_stops_the_run_and_keeps_the_rows(tmp_path, engine, good, monkeypatch):
     import torch
-    from realfake.jobs import score as score_module
+    from realfake.jobs.tasks.score import scorer as score_module
     from realfake.pipelines import walk
 
     root, files = good
@@ -223,12 +223,12 @@ def test_a_failure_mid_run_stops_every_helper_thread_while_the_walk_is_still_goi
                                                                                   monkeypatch):
     import threading
 
-    from realfake.engines import inference
-    from realfake.jobs import score as score_module
+    from realfake.engines.runtime import Engine
+    from realfake.jobs.tasks.score import scorer as score_module
     from realfake.pipelines import walk
 
     root, files = good
-    real_walk, real_predict = walk.walk_images, inference.Engine.predict
+    real_walk, real_predict = walk.walk_images, Engine.predict
 
     def slow_walk(*args, **kwargs):
         for i, found in enumerate(real_walk(*args, **kwargs)):
@@ -244,7 +244,7 @@ def test_a_failure_mid_run_stops_every_helper_thread_while_the_walk_is_still_goi
 
     failing_predict.calls = 0
     monkeypatch.setattr(walk, "walk_images", slow_walk)
-    monkeypatch.setattr(inference.Engine, "predict", failing_predict)
+    monkeypatch.setattr(Engine, "predict", failing_predict)
     monkeypatch.setattr(score_module, "CHUNK_FILES", 8)
     with pytest.raises(RuntimeError, match="illegal memory access"):
         score([root], tmp_path / "scores.csv", engine)
@@ -257,7 +257,7 @@ def test_engine_slices_are_tuned_on_the_first_batches(monkeypatch):
     import types
 
     import torch
-    from realfake.jobs import score as score_module
+    from realfake.jobs.tasks.score import scorer as score_module
 
     clock = [0.0]
     cost_per_image = {8: 3.0, 16: 2.0, 32: 4.0, 64: 5.0}  # slice size -> seconds per image (fake clock)
@@ -533,14 +533,14 @@ def test_cli_exit_codes_and_summary(tmp_path, engine, good):
 
 
 def test_without_engine_the_promoted_one_is_used(tmp_path, engine, good, monkeypatch):
-    from realfake.engines.inference import promote_engine
+    from realfake.engines.registry import promote_engine
 
     root, files = good
     monkeypatch.setenv("REALFAKE_HOME", str(tmp_path / "home"))
     options = ["--loader", "torch", "--num-workers", "0", "--no-progress"]
     missing = cli(root, "--out", tmp_path / "a.csv", *options)
     assert missing.exit_code == 2 and "error: no engine promoted" in missing.output
-    promote_engine(engine)
+    promote_engine(engine, tmp_path / "home")
     promoted = cli(root, "--out", tmp_path / "a.csv", "--json", *options)
     assert promoted.exit_code == 0, promoted.output
     assert json.loads(promoted.output)["engine"] == str(engine) and len(rows_of(tmp_path / "a.csv")) == len(files)
@@ -557,7 +557,7 @@ def test_cli_help_shows_scoring_and_merge():
 
 
 def test_job_spec_accepts_score(tmp_path, good):
-    from realfake.jobs.spec import validate_spec
+    from realfake.jobs.service.spec import validate_spec
 
     root, _ = good
     spec = validate_spec("score", {"folders": [root.name], "batch_size": 16}, base_dir=root.parent)
@@ -569,7 +569,7 @@ def test_job_spec_accepts_score(tmp_path, good):
 def test_engine_threads_are_the_requested_ones_during_the_run_and_restored_after(tmp_path, monkeypatch, good,
                                                                                  engine):
     import torch
-    from realfake.jobs import score as score_module
+    from realfake.jobs.tasks.score import scorer as score_module
 
     root, files = good
     seen = []  # torch's thread count at each engine call
@@ -590,7 +590,7 @@ def test_engine_threads_are_the_requested_ones_during_the_run_and_restored_after
 
 def test_engine_threads_default_to_the_cores_the_decoders_leave():
     import torch
-    from realfake.jobs import score as score_module
+    from realfake.jobs.tasks.score import scorer as score_module
 
     cores = score_module.usable_cores()
     assert score_module.choose_engine_threads("cpu", 2, requested=5) == 5

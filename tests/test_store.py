@@ -8,8 +8,8 @@ import time
 
 import pytest
 from _service_helpers import service_env, use_service_home
-from realfake.jobs.spec import JobSpec
-from realfake.jobs.store import JobStateError, JobStore, follow_log
+from realfake.jobs.service.spec import JobSpec
+from realfake.jobs.service.store import JobStateError, JobStore, follow_log
 
 
 @pytest.fixture
@@ -52,8 +52,8 @@ def finish_all(procs: list[subprocess.Popen]) -> list[str]:
 def test_concurrent_submitters_lose_nothing_and_ids_are_unique(home, tmp_path):
     # 8 processes x 25 jobs on a store none of them has created yet (schema and WAL switch race too).
     code = """
-        from realfake.jobs.spec import JobSpec
-        from realfake.jobs.store import JobStore
+        from realfake.jobs.service.spec import JobSpec
+        from realfake.jobs.service.store import JobStore
         store = JobStore()
         for i in range(25):
             job = store.submit(JobSpec("sleep", {"tag": f"{INDEX}-{i}"}, default_out="out"))
@@ -74,7 +74,7 @@ def test_concurrent_claimers_never_take_one_job_twice(home, tmp_path):
     for i in range(120):
         store.submit(sleep_spec(str(i)))
     code = """
-        from realfake.jobs.store import JobStore
+        from realfake.jobs.service.store import JobStore
         store = JobStore()
         store.register_worker(f"w{INDEX}")
         while (job := store.claim(f"w{INDEX}")) is not None:

@@ -8,10 +8,10 @@ import torch
 from _train_helpers import make_prepared
 from click.testing import CliRunner
 from realfake.jobs.cli import main
-from realfake.jobs.commands.sweep import preset_toml
-from realfake.jobs.commands.train import train as train_cmd
-from realfake.jobs.pretrain import run_pretrain
-from realfake.jobs.sweep import (
+from realfake.jobs.cli.sweep import preset_toml
+from realfake.jobs.cli.train import train as train_cmd
+from realfake.jobs.tasks.pretrain import run_pretrain
+from realfake.jobs.tasks.sweep import (
     PRESETS,
     aggregate,
     format_results_md,
@@ -62,7 +62,7 @@ def data_dir(tmp_path_factory):
 
 def test_every_preset_is_a_valid_spec_and_round_trips_through_toml():
     assert {"report-baselines", "pseudo-fakes", "resolution", "cpu-short"} <= set(PRESETS)
-    from realfake.jobs.commands.sweep import PRESET_NAMES
+    from realfake.jobs.cli.sweep import PRESET_NAMES
 
     assert sorted(PRESET_NAMES) == sorted(PRESETS)  # the CLI's choices (kept there to start fast)
     for name, preset in PRESETS.items():

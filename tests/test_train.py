@@ -6,9 +6,9 @@ import torch
 from _train_helpers import make_prepared
 from click.testing import CliRunner
 from realfake.jobs.cli import main
-from realfake.jobs.evaluate import run_evaluate
-from realfake.jobs.runs import collect_runs, rank_runs
-from realfake.jobs.train import run_train
+from realfake.jobs.tasks.evaluate import run_evaluate
+from realfake.jobs.tasks.runs import collect_runs, rank_runs
+from realfake.jobs.tasks.train import run_train
 
 TINY = dict(model="simple_cnn", image_size=32, batch_size=8, num_workers=0, loader="torch", progress=False)
 

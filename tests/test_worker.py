@@ -2,7 +2,6 @@
 cancel, SIGTERM, `submit --wait`, and the `jobs` commands."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -14,8 +13,8 @@ import pytest
 from _service_helpers import pid_gone, realfake, service_env, use_service_home, wait_for
 from click.testing import CliRunner
 from realfake.jobs.cli import main as cli
-from realfake.jobs.spec import JobSpec
-from realfake.jobs.store import JobStore
+from realfake.jobs.service.spec import JobSpec
+from realfake.jobs.service.store import JobStore
 
 FAST = ["--poll", "0.1", "--grace", "1"]
 
@@ -234,8 +233,6 @@ def test_jobs_commands_list_show_logs_retry(home, env):
 
 @pytest.mark.slow
 def test_a_real_train_job_end_to_end(home, env, tmp_path):
-    if importlib.util.find_spec("realfake.jobs.train") is None:
-        pytest.skip("realfake.jobs.train is not in the repository yet")
     from _train_helpers import make_prepared
 
     data_dir = make_prepared(tmp_path / "set", n_per_class=12, size=32)

@@ -32,10 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -44,23 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from realfake.engines.inference import PRECISION_DTYPES, BackendCrash, CastInput
+from realfake.engines.backends.common import BackendCrash, CastInput, compiler_missing
+from realfake.engines.devices import PRECISION_DTYPES
 
 NAME = "aot"
 ARTIFACT = "model.pt2"
 CHANNELS_LAST = False
-
-
-def compiler_missing(device: str) -> str | None:
-    """Why inductor cannot generate code for `device` here (no C++ compiler / no Triton), or None."""
-    if str(device).startswith("cuda"):
-        if importlib.util.find_spec("triton") is None:
-            return "inductor needs Triton for CUDA code (pip install triton)"
-        return None
-    compilers = [os.environ.get("CXX"), "g++", "c++", "clang++"]
-    if not any(c and shutil.which(c) for c in compilers):
-        return "inductor needs a C++ compiler for CPU code (install g++, or set CXX)"
-    return None
 
 
 def unavailable_reason(device: str) -> str | None:

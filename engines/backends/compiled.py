@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from realfake.engines.backends import eager
-from realfake.engines.inference import AutocastRunner
+from realfake.engines.backends.common import AutocastRunner, compiler_missing
 
 NAME = "compile"
 ARTIFACT = eager.ARTIFACT
@@ -27,8 +27,6 @@ build = eager.build
 
 
 def unavailable_reason(device: str) -> str | None:
-    from realfake.engines.backends.aot import compiler_missing
-
     return compiler_missing(device)
 
 

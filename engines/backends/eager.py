@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from realfake.engines.inference import AutocastRunner, model_from_meta
+from realfake.engines.backends.common import AutocastRunner, model_from_meta
 
 NAME = "eager"
 ARTIFACT = "model.pt"

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from realfake.engines.inference import PRECISION_DTYPES
+from realfake.engines.devices import PRECISION_DTYPES
 
 NAME = "tensorrt"
 ARTIFACT = "model.ep"

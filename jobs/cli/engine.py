@@ -1,0 +1,155 @@
+"""`realfake engine build|list|show|promote`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+BACKEND_HELP = ("auto = the best that runs on the device: tensorrt (CUDA + torch-tensorrt) > aot (AOTInductor "
+                "package, no compile at load) > compile (torch.compile at every load) > eager; a backend whose "
+                "compiler crashes is passed over, and engine.json says why.")
+PRECISION_HELP = ("fp32; fp16 (CUDA only); bf16 (GPUs, and CPUs with AVX512-BF16/AMX: emulated and many times "
+                  "slower elsewhere); auto = bf16 where the device has bf16 units, else fp16 on a GPU, fp32 on a "
+                  "CPU. Parity against eager fp32 must stay within the precision's tolerance.")
+
+
+@click.group()
+def engine():
+    """Build inference engines from training runs, list and inspect them, and promote the one that
+    `realfake score` uses when no --engine is given."""
+
+
+@engine.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Engine directory to create (must not exist, or be empty).")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "aot", "compile", "eager"]), default="auto",
+              show_default=True, help=BACKEND_HELP)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "auto"]), default="fp32", show_default=True,
+              help=PRECISION_HELP)
+@click.option("--batch", default="1:64:256", show_default=True, metavar="MIN:OPT:MAX",
+              help="Batch sizes one call accepts (TensorRT tunes for OPT); scoring splits or pads others.")
+@click.option("--threshold", default="0.5", show_default=True, metavar="P|auto",
+              help="p_fake at or above it is called fake; auto = the equal-error-rate point on the validation "
+                   "split (or see --target-fpr).")
+@click.option("--target-fpr", type=float, default=None,
+              help="With --threshold auto: the lowest threshold whose false positive rate (real called fake) "
+                   "on the validation split stays at or below this.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu or cuda[:N]: the device the engine is built for and runs on.")
+@click.option("--ensemble", "ensemble", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Another run of the same model and data set (repeatable, e.g. other seeds): the engine averages "
+                   "p_fake over RUN_DIR and these.")
+@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+              help="flip: the engine averages p_fake over each image and its mirror, as `evaluate --tta flip` "
+                   "does (twice the model compute; build with the TTA you evaluated the runs with).")
+def build(run_dir, ensemble, **options):
+    """Compile RUN_DIR's checkpoint into an engine directory: the artifact plus engine.json
+    (architecture, image size, mean/std, threshold, backend, precision, batch range, versions, and
+    parity against eager fp32 on the run's validation images). A build whose parity is worse than the
+    precision's tolerance fails and writes nothing.
+
+    \b
+    Examples:
+      realfake engine build runs/simple_cnn-1 --out engines_out/m1 --backend aot --threshold auto
+      realfake engine build runs/resnet18-1 --out engines_out/r18-trt --backend tensorrt --precision fp16
+    """
+    from realfake.engines.backends.common import BackendCrash
+    from realfake.jobs.tasks.engine import run_engine_build
+
+    try:
+        s = run_engine_build(run_dir=run_dir, ensemble=list(ensemble), **options)
+    except BackendCrash as exc:  # the compiler's process died: its message says what to use instead
+        raise click.ClickException(str(exc)) from exc
+    parity = s["parity"]
+    batch = s["batch"]
+    click.echo(f"Engine {s['engine_id']} written to {s['engine_dir']} in {s['build_s']:.1f} s")
+    click.echo(f"  backend    {s['backend']} ({s['backend_reason']}), {s['precision']}, {s['device']}, "
+               f"batch {batch['min']}:{batch['opt']}:{batch['max']}")
+    members = f", ensemble of {s['members']} runs" if s["members"] > 1 else ""
+    members += ", flip TTA" if s["tta"] == "flip" else ""
+    click.echo(f"  model      {s['model']} @ {s['image_size']} px{members}")
+    click.echo(f"  threshold  {s['threshold']:.4f} ({describe_threshold(s['threshold_detail'])})")
+    click.echo(f"  parity     max |dp| {parity['max_abs_diff_p']:.2e} (tolerance {parity['tolerance']:.0e}), "
+               f"mean {parity['mean_abs_diff_p']:.2e}, label agreement {parity['label_agreement']:.4f} "
+               f"on {parity['n_images']} validation images")
+    click.echo(f"Use it with: realfake score FOLDER --engine {s['engine_dir']}  "
+               f"(or make it the default: realfake engine promote {s['engine_dir']})")
+
+
+COLUMNS = ("promoted", "engine_id", "backend", "precision", "model", "image_size", "batch", "device", "threshold",
+           "max_abs_diff_p", "label_agreement", "engine_dir")
+
+
+def describe_threshold(how: dict) -> str:
+    """How the threshold was chosen, with what it reached on the validation split."""
+    if how["method"] == "eer":
+        return f"eer: equal error rate {how['eer']:.3f} on {how['n_images']} validation images"
+    if how["method"] == "target_fpr":
+        return (f"target_fpr {how['target_fpr']:g}: false positive rate {how['fpr']:.3f}, fakes caught "
+                f"{how['tpr']:.3f} on validation")
+    return how["method"]
+
+
+def _cell(key: str, value) -> str:
+    if key == "promoted":
+        return "*" if value else ""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2e}" if key == "max_abs_diff_p" else f"{value:.4f}"
+    return str(value)
+
+
+@engine.command("list")
+@click.argument("engines_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a table.")
+def list_(engines_dir, as_json):
+    """Engine directories at or up to three levels below ENGINES_DIR (default: here), one row each;
+    `*` marks the promoted engine, damaged ones show why."""
+    from realfake.benchmarks.harness import format_table
+    from realfake.engines.registry import engine_rows
+    from realfake.jobs.service.store import realfake_home
+
+    rows = engine_rows(engines_dir, realfake_home())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no engines under {engines_dir}")
+        return
+    good = [r for r in rows if r["status"] == "ok"]
+    if good:
+        headers = ["", "id", "backend", "precision", "model", "px", "batch", "device", "threshold", "max |dp|",
+                   "agreement", "directory"]
+        click.echo(format_table(headers, [[_cell(k, r.get(k)) for k in COLUMNS] for r in good],
+                                align_right=(5, 8, 9, 10)))
+    for r in rows:
+        if r["status"] != "ok":
+            click.echo(f"damaged: {r['status']}")
+
+
+@engine.command()
+@click.argument("engine_dir", type=click.Path(file_okay=False, path_type=Path), required=False)
+def show(engine_dir):
+    """engine.json of ENGINE_DIR (default: the promoted engine), after checking the directory."""
+    from realfake.engines.registry import promoted_engine
+    from realfake.engines.schema import read_engine_meta
+    from realfake.jobs.service.store import realfake_home
+
+    meta = read_engine_meta(engine_dir if engine_dir is not None else promoted_engine(realfake_home()))
+    click.echo(json.dumps(meta, indent=2))
+
+
+@engine.command()
+@click.argument("engine_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def promote(engine_dir):
+    """Make ENGINE_DIR the engine `realfake score` uses when no --engine is given (recorded in
+    $REALFAKE_HOME/promoted_engine.json; REALFAKE_HOME defaults to ~/.realfake)."""
+    from realfake.engines.registry import promote_engine
+    from realfake.jobs.service.store import realfake_home
+
+    record = promote_engine(engine_dir, realfake_home())
+    click.echo(f"Promoted engine {record['engine_id']} ({record['engine_dir']})")

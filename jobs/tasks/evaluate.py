@@ -1,0 +1,163 @@
+"""`realfake evaluate`: score a run's checkpoint on a split and write the evaluation report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from realfake.jobs.service.params import InputPath
+
+
+def _write_report(report: dict, labels, p_fake, title: str, path_of) -> Path:
+    """report .json and .md, confusion and ROC .png, at path_of(kind, suffix); returns the .md path."""
+    from realfake.engines.metrics import format_report_md, save_confusion_png, save_roc_png
+
+    metrics = report["metrics"]
+    path_of("report", ".json").write_text(json.dumps(report, indent=2) + "\n")
+    path_of("report", ".md").write_text(format_report_md(metrics, title=title))
+    save_confusion_png(metrics, path_of("confusion", ".png"))
+    if metrics["roc_auc"] is not None:
+        save_roc_png(labels, p_fake, path_of("roc", ".png"))
+    return path_of("report", ".md")
+
+
+def run_evaluate(
+    run_dir: InputPath,
+    split: str = "test",
+    checkpoint: str = "best",
+    threshold: float = 0.5,
+    loader: str = "auto",
+    batch_size: int = 64,
+    num_workers: int = 2,
+    device: str = "auto",
+    progress: bool = True,
+    tta: str = "none",
+    calibrate: bool = False,
+    ensemble: list[InputPath] | None = None,
+) -> dict:
+    """Evaluate RUN_DIR's checkpoint on a split of the data it was trained on; writes report.json,
+    report.md, confusion.png and roc.png into the run directory (suffixed by split when not test).
+
+    Args:
+        tta: Test-time augmentation, p_fake averaged over views: none, flip (image + mirror) or crops (image and 5 crops of 7/8 side resized back, each also mirrored: 12 views).
+        calibrate: Replace threshold by the valid split's equal-error-rate threshold (same checkpoint and TTA): a decision point chosen without the evaluated split.
+        ensemble: Other runs of the same model and data set (e.g. other seeds): p_fake is the mean over RUN_DIR and these, same checkpoint and TTA. The report files get an "_ensemble" suffix.
+    """
+    import torch
+    from realfake.engines.devices import resolve_device
+    from realfake.engines.metrics import classification_metrics, equal_error_rate
+    from realfake.engines.recipes import TTA_MODES
+    from realfake.engines.trainer import load_runs, predict
+    from realfake.pipelines.images import file_encoding
+    from realfake.pipelines.loaders import get_loader, manifest_loader_options
+    from realfake.pipelines.manifest import manifest_sha256, read_manifest
+
+    run_dir = Path(run_dir)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"--threshold {threshold} must be between 0 and 1")
+    if tta not in TTA_MODES:
+        raise ValueError(f"unknown --tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
+    if calibrate and split == "valid":
+        raise ValueError("--calibrate picks the threshold on the valid split: evaluate --split test (or train)")
+    members = [run_dir, *(Path(p) for p in ensemble or ())]
+    model, config, state = load_runs(members, checkpoint)
+    data_dir = Path(config["data_dir"])
+    rows = read_manifest(data_dir, split)
+    if not rows:
+        raise ValueError(f"split {split!r} of {data_dir} is empty: evaluate another --split")
+    if manifest_sha256(data_dir) != config["manifest_sha256"]:
+        raise ValueError(f"the manifest in {data_dir} changed since {run_dir} was trained: "
+                         "its splits may overlap the training data; train again on the new data")
+    run_device = resolve_device(device)
+    model = model.to(run_device)
+    input_kind = config.get("input", "pixels")
+    if input_kind == "ghosts" and tta == "crops":
+        raise ValueError(f"{config['model']} reads JPEG ghost maps, which resized crops would blur: use --tta flip")
+
+    def scores(split_rows, name):
+        data = get_loader([r.path for r in split_rows], [r.label for r in split_rows], train=False, backend=loader,
+                          image_size=config["image_size"], batch_size=batch_size, num_workers=num_workers,
+                          device=run_device,
+                          **manifest_loader_options(input_kind, data_dir, config["image_size"], split_rows))
+        p, y, indices, _ = predict(model, data, torch.device(run_device), progress=progress,
+                                   desc=f"evaluate {name}", tta=tta)
+        if len(indices) != len(split_rows) or sorted(indices.tolist()) != list(range(len(split_rows))):
+            raise RuntimeError(f"loader {data.backend} delivered {len(indices)} of {len(split_rows)} files")
+        order = indices.argsort()
+        return p[order].numpy(), y[order].numpy(), data.backend
+
+    threshold_source = "given"
+    if calibrate:
+        valid_rows = read_manifest(data_dir, "valid")
+        p_valid, y_valid, _ = scores(valid_rows, "valid (calibration)")
+        if len(set(y_valid.tolist())) < 2:
+            raise ValueError(f"--calibrate needs both classes in the valid split of {data_dir}")
+        _, threshold = equal_error_rate(y_valid, p_valid)
+        threshold_source = "valid EER"
+    p_fake, labels, backend = scores(rows, split)
+    metrics = classification_metrics(labels, p_fake, threshold=threshold, groups=[r.group for r in rows],
+                                     encodings=[file_encoding(r.path) for r in rows])
+    suffix = ("" if split == "test" else f"_{split}") + ("_ensemble" if len(members) > 1 else "")
+    title = f"{config['model']} @ {config['image_size']}px — {split} split ({checkpoint} checkpoint, epoch {state['epoch']})"
+    if tta != "none":
+        title += f", test-time augmentation: {tta}"
+    if calibrate:
+        title += ", threshold from the valid split's EER"
+    if len(members) > 1:
+        title += f", ensemble of {len(members)} runs"
+    report = {"run_dir": str(run_dir), "split": split, "checkpoint": checkpoint, "epoch": state["epoch"],
+              "model": config["model"], "loader": backend, "tta": tta, "threshold_source": threshold_source,
+              "ensemble": [str(p) for p in members] if len(members) > 1 else None,
+              "metrics": metrics,
+              "predictions": [{"path": r.path, "label": r.label, "group": r.group, "p_fake": float(p)}
+                              for r, p in zip(rows, p_fake, strict=True)]}
+    report_md = _write_report(report, labels, p_fake, title, lambda kind, ext: run_dir / f"{kind}{suffix}{ext}")
+    return {"run_dir": str(run_dir), "split": split, "n": metrics["n"], "accuracy": metrics["accuracy"],
+            "f1_fake": metrics["f1_fake"], "roc_auc": metrics["roc_auc"], "eer": metrics["eer"],
+            "report": str(report_md), "loader": backend, "tta": tta,
+            "threshold": metrics["threshold"], "threshold_source": threshold_source,
+            "ensemble": report["ensemble"]}
+
+
+def run_evaluate_scores(scores: InputPath, data_dir: InputPath, split: str = "test") -> dict:
+    """Metrics of a `realfake score` output against the labels of DATA_DIR's split: the engine's own
+    p_fake and threshold, the same report as `evaluate` (how a built engine does on images it never saw).
+
+    Every file of the split must have been scored (a missing one would flatter or hurt the figures
+    silently); scores of other files are ignored. Writes SCORES.<split>-report.md/.json,
+    .<split>-confusion.png and .<split>-roc.png beside the scores.
+    """
+    from realfake.engines.metrics import classification_metrics
+    from realfake.jobs.tasks.score.writers import errors_path, read_rows, resolve_output
+    from realfake.pipelines.images import file_encoding
+    from realfake.pipelines.manifest import read_manifest
+
+    scores_file = resolve_output(scores)
+    if not scores_file.exists():
+        raise FileNotFoundError(f"{scores_file} does not exist: pass the --out of a `realfake score` run")
+    rows = read_manifest(Path(data_dir), split)
+    if not rows:
+        raise ValueError(f"split {split!r} of {data_dir} is empty: evaluate another --split")
+    scored = {str(Path(r["path"]).resolve()): r for r in read_rows(scores_file)}
+    picked = [scored.get(str(Path(r.path).resolve())) for r in rows]
+    missing = [r.path for r, s in zip(rows, picked, strict=True) if s is None]
+    if missing:
+        errors = errors_path(scores_file)
+        why = f" ({errors} lists the files that could not be scored, with the reason)" if errors.exists() else ""
+        raise ValueError(f"{len(missing)} of the {len(rows)} {split} files of {data_dir} are not in {scores_file}, "
+                         f"e.g. {missing[0]}{why}: score the folders the data set was prepared from into it "
+                         "(`realfake score SRC --engine ENGINE --out SCORES` resumes and adds them)")
+    engine_ids = sorted({s["engine_id"] for s in picked})
+    thresholds = sorted({s["threshold"] for s in picked})
+    if len(engine_ids) > 1 or len(thresholds) > 1:
+        raise ValueError(f"{scores_file} holds the {split} files' scores of {len(engine_ids)} engines "
+                         f"({', '.join(engine_ids)}): score them again with one engine into a new file")
+    labels, p_fake = [r.label for r in rows], [s["p_fake"] for s in picked]
+    metrics = classification_metrics(labels, p_fake, threshold=thresholds[0], groups=[r.group for r in rows],
+                                     encodings=[file_encoding(r.path) for r in rows])
+    title = f"engine {engine_ids[0]} — {split} split of {data_dir} ({scores_file.name}, the engine's threshold)"
+    report = {"scores": str(scores_file), "data_dir": str(data_dir), "split": split, "engine_id": engine_ids[0],
+              "metrics": metrics}
+    report_md = _write_report(report, labels, p_fake, title, lambda kind, ext: Path(f"{scores_file}.{split}-{kind}{ext}"))
+    return {"scores": str(scores_file), "split": split, "n": metrics["n"], "accuracy": metrics["accuracy"],
+            "roc_auc": metrics["roc_auc"], "threshold": metrics["threshold"], "engine_id": engine_ids[0],
+            "report": str(report_md)}
