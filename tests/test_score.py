@@ -22,17 +22,12 @@ from _score_helpers import (
 from click.testing import CliRunner
 from PIL import Image
 from realfake.jobs.cli import main
-from realfake.jobs.tasks.score import merge_outputs, run_score
-from realfake.jobs.tasks.score.writers import (
-    ERROR_COLUMNS,
-    OutputMismatch,
-    errors_path,
-    open_writer,
-    parts_dir,
-    read_existing,
-    read_rows,
-)
+from realfake.jobs.tasks.score import concurrency, merge_outputs, run_score
+from realfake.jobs.tasks.score.outputs import ERROR_COLUMNS, OutputMismatch, errors_path
+from realfake.jobs.tasks.score.parquet import parts_dir
+from realfake.jobs.tasks.score.writers import open_writer, read_existing, read_rows
 from realfake.pipelines import images
+from realfake.pipelines.provenance import usable_cores
 
 FAST = dict(loader="torch", num_workers=0, batch_size=8, progress=False)
 
@@ -194,8 +189,8 @@ def test_a_file_named_and_in_a_folder_named_is_scored_once(tmp_path, engine, goo
 
 def test_a_failing_walk_stops_the_run_and_keeps_the_rows(tmp_path, engine, good, monkeypatch):
     import torch
+    from realfake.jobs.tasks.score import files as walk
     from realfake.jobs.tasks.score import scorer as score_module
-    from realfake.pipelines import walk
 
     root, files = good
     real_walk = walk.walk_images
@@ -224,8 +219,8 @@ def test_a_failure_mid_run_stops_every_helper_thread_while_the_walk_is_still_goi
     import threading
 
     from realfake.engines.runtime import Engine
+    from realfake.jobs.tasks.score import files as walk
     from realfake.jobs.tasks.score import scorer as score_module
-    from realfake.pipelines import walk
 
     root, files = good
     real_walk, real_predict = walk.walk_images, Engine.predict
@@ -257,7 +252,6 @@ def test_engine_slices_are_tuned_on_the_first_batches(monkeypatch):
     import types
 
     import torch
-    from realfake.jobs.tasks.score import scorer as score_module
 
     clock = [0.0]
     cost_per_image = {8: 3.0, 16: 2.0, 32: 4.0, 64: 5.0}  # slice size -> seconds per image (fake clock)
@@ -270,8 +264,8 @@ def test_engine_slices_are_tuned_on_the_first_batches(monkeypatch):
         return images.mean(dim=(1, 2, 3))
 
     slice_in_use = [64]
-    monkeypatch.setattr(score_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
-    slices = score_module.MicroBatches(predict, 64, "cpu")
+    monkeypatch.setattr(concurrency, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    slices = concurrency.MicroBatches(predict, 64, "cpu")
     assert slices.candidates == [64, 32, 16, 8]
     images = torch.randn(64, 3, 4, 4)
     for size in [64, 64, 32, 16, 8]:  # warm-up, then one batch per candidate
@@ -283,10 +277,10 @@ def test_engine_slices_are_tuned_on_the_first_batches(monkeypatch):
     seen.clear()
     slices(images[:40])
     assert seen == [16, 16, 8]
-    assert score_module.MicroBatches(predict, 64, "cuda").candidates == [64]
+    assert concurrency.MicroBatches(predict, 64, "cuda").candidates == [64]
 
 
-def test_rows_hold_what_the_issue_asks(tmp_path, engine, good):
+def test_rows_hold_path_size_mtime_p_fake_label_threshold_engine(tmp_path, engine, good):
     root, files = good
     out = tmp_path / "scores.csv"
     summary = score([root], out, engine)
@@ -569,17 +563,16 @@ def test_job_spec_accepts_score(tmp_path, good):
 def test_engine_threads_are_the_requested_ones_during_the_run_and_restored_after(tmp_path, monkeypatch, good,
                                                                                  engine):
     import torch
-    from realfake.jobs.tasks.score import scorer as score_module
 
     root, files = good
     seen = []  # torch's thread count at each engine call
-    real_run = score_module.MicroBatches._run
+    real_run = concurrency.MicroBatches._run
 
     def counting_run(self, images, size):
         seen.append(torch.get_num_threads())
         return real_run(self, images, size)
 
-    monkeypatch.setattr(score_module.MicroBatches, "_run", counting_run)
+    monkeypatch.setattr(concurrency.MicroBatches, "_run", counting_run)
     threads = torch.get_num_threads()
     summary = score([root], tmp_path / "scores.csv", engine, engine_threads=3)
     assert summary["engine_threads"] == 3 and set(seen) == {3} and summary["scored"] == len(files)
@@ -590,14 +583,13 @@ def test_engine_threads_are_the_requested_ones_during_the_run_and_restored_after
 
 def test_engine_threads_default_to_the_cores_the_decoders_leave():
     import torch
-    from realfake.jobs.tasks.score import scorer as score_module
 
-    cores = score_module.usable_cores()
-    assert score_module.choose_engine_threads("cpu", 2, requested=5) == 5
-    assert score_module.choose_engine_threads("cuda:0", 2, requested=5) == 1  # one thread launches kernels
-    auto = score_module.choose_engine_threads("cpu", 2)
+    cores = usable_cores()
+    assert concurrency.choose_engine_threads("cpu", 2, requested=5) == 5
+    assert concurrency.choose_engine_threads("cuda:0", 2, requested=5) == 1  # one thread launches kernels
+    auto = concurrency.choose_engine_threads("cpu", 2)
     assert auto == max(1, min(torch.get_num_threads(), cores - 2))
-    assert score_module.choose_engine_threads("cpu", cores + 4) == 1  # never below one
+    assert concurrency.choose_engine_threads("cpu", cores + 4) == 1  # never below one
 
 # ----------------------------------------------------------------------------------------------- benchmark
 

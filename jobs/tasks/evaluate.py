@@ -127,7 +127,8 @@ def run_evaluate_scores(scores: InputPath, data_dir: InputPath, split: str = "te
     .<split>-confusion.png and .<split>-roc.png beside the scores.
     """
     from realfake.engines.metrics import classification_metrics
-    from realfake.jobs.tasks.score.writers import errors_path, read_rows, resolve_output
+    from realfake.jobs.tasks.score.outputs import errors_path, resolve_output
+    from realfake.jobs.tasks.score.writers import read_rows
     from realfake.pipelines.images import file_encoding
     from realfake.pipelines.manifest import read_manifest
 
