@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from realfake.benchmarks.harness import fmt_value, format_table, median_and_spread
+from realfake.benchmarks.harness import fmt_value, median_and_spread
 from realfake.benchmarks.history import Run, comparable_runs, group_runs, load_records
+from realfake.jobs.service.tables import format_table
 
 DEFAULT_BASELINE = "last-5"
 DEFAULT_THRESHOLD = 0.10

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from realfake.jobs.service.tables import format_table
 from realfake.pipelines.provenance import dist_version, usable_cores
 
 # The fields of a record's env that must agree for two runs to be compared in absolute terms:
@@ -263,18 +264,6 @@ def fmt_value(value: float | None) -> str:
     if magnitude >= 1:
         return f"{value:.2f}"
     return f"{value:.3g}"
-
-
-def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, align_right: Iterable[int] = ()) -> str:
-    """A plain-text table (columns padded, a rule under the header) for the terminal and job logs."""
-    rows = [[str(cell) for cell in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    right = set(align_right)
-
-    def line(cells):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
-
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]).rstrip()
 
 
 def figures_table(figures: Iterable[Figure | Mapping[str, Any]]) -> str:

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from realfake.benchmarks.harness import Figure, format_table, measure_throughput, ratio_figure, sync_for
+from realfake.benchmarks.harness import Figure, measure_throughput, ratio_figure, sync_for
+from realfake.jobs.service.tables import format_table
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)

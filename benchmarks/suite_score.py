@@ -203,7 +203,7 @@ def timed(fn, *args) -> tuple[int, float, float]:
 def model_figures(model_name: str, folder: Path, n_files: int, source: str, cfg: ScoreSuiteConfig,
                   device: str) -> list[Figure]:
     from realfake.engines.devices import resolve_precision
-    from realfake.pipelines.loaders import dali_installed
+    from realfake.pipelines.pixel_loaders import dali_installed
 
     variants = [v for v in cfg.variants if (v.loader != "dali" or dali_installed())
                 and (v.precision != "auto" or resolve_precision("auto", device)[0] != "fp32")]

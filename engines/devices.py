@@ -13,6 +13,7 @@ import torch
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISION_CHOICES = (*PRECISIONS, "auto")
 PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

@@ -43,16 +43,16 @@ def make_scheduler(optimizer, schedule: str, *, epochs: int, steps_per_epoch: in
                    step_size: int = 0, gamma: float = 0.1, lr: float | None = None):
     """(scheduler, per_batch): call scheduler.step() after every batch when per_batch, else after
     every epoch."""
-    from realfake.engines.trainer import make_scheduler as per_epoch_scheduler
-
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
     if warmup_epochs < 0:
         raise ValueError(f"--warmup-epochs {warmup_epochs} must be at least 0")
     if schedule == "step" and step_size <= 0:
         raise ValueError("--schedule step needs --step-size N (epochs between decays)")
-    if schedule in ("constant", "step") and warmup_epochs == 0:
-        return per_epoch_scheduler(optimizer, step_size=step_size if schedule == "step" else 0, gamma=gamma), False
+    if schedule == "constant" and warmup_epochs == 0:  # the report's runs: one factor, stepped per epoch
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, _constant), False
+    if schedule == "step" and warmup_epochs == 0:
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma), False
     total = epochs * steps_per_epoch
     warmup = int(round(warmup_epochs * steps_per_epoch))
     if schedule == "onecycle":
@@ -66,6 +66,10 @@ def make_scheduler(optimizer, schedule: str, *, epochs: int, steps_per_epoch: in
                                                    cycle_momentum=cycle_momentum), True
     factor = _LrFactor(schedule, total, warmup, steps_per_epoch, step_size, gamma)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
+
+
+def _constant(_step: int) -> float:
+    return 1.0
 
 
 class _LrFactor:

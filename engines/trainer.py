@@ -22,6 +22,7 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
+CHECKPOINTS = ("best", "last")  # best.pt: lowest valid loss; last.pt: the last epoch (and resume state)
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr")
 
 
@@ -35,13 +36,6 @@ def make_optimizer(name: str, params, *, lr: float, momentum: float, weight_deca
     if name == "adadelta":
         return torch.optim.Adadelta(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
-
-
-def make_scheduler(optimizer, *, step_size: int, gamma: float):
-    # step_size 0 keeps the learning rate constant (the report's runs); StepLR otherwise.
-    if step_size <= 0:
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _epoch: 1.0)
-    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -247,8 +241,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[nn.Module, 
     from realfake.models import build_model
     from realfake.pipelines.spec import CLASS_NAMES
 
-    if checkpoint not in ("best", "last"):
-        raise ValueError(f"unknown checkpoint {checkpoint!r}: choose best or last")
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"unknown checkpoint {checkpoint!r}: choose {' or '.join(CHECKPOINTS)}")
     config = read_run_config(run_dir)
     state = load_checkpoint(Path(run_dir) / f"{checkpoint}.pt")
     model = build_model(config["model"], num_classes=len(config.get("class_names") or CLASS_NAMES),

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from realfake.pipelines.images import DEFAULT_MAX_PIXELS, too_large
-from realfake.pipelines.spec import MEAN, STD, AugmentSpec, Batch
+from realfake.pipelines.spec import MEAN, STD, AugmentSpec, Batch, shard_range
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,6 @@ def _device_id(device: str) -> int | None:
     if not cuda_available_for_dali():
         raise ValueError(f"device {device} asked for, but DALI sees no CUDA device: use --device cpu")
     return index
-
-
-def shard_range(n_files: int, shard_id: int, num_shards: int) -> range:
-    """The positions fn.readers.file reads for one shard: contiguous, [n*i // k, n*(i+1) // k)."""
-    if not 0 <= shard_id < num_shards:
-        raise ValueError(f"shard {shard_id} out of range for {num_shards} shards: use 0 <= shard_id < num_shards")
-    return range(n_files * shard_id // num_shards, n_files * (shard_id + 1) // num_shards)
 
 
 # --------------------------------------------------------------------------- pipelines (graph pieces)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import torch
 from realfake.pipelines import batch_ops
+from realfake.pipelines.pixel_loaders import make_pixel_loader
 from realfake.pipelines.spec import MEAN, STD, AugmentSpec, Batch, InMemoryBatches
 from tqdm import tqdm
 
@@ -51,15 +52,14 @@ def decode_all(files: Sequence[str], *, image_size: int, device: str, backend: s
     Rows of undecodable files stay zero; the loader reports them in every batch that holds them.
     Results are memoised per (files, size, device, backend) for the life of the process.
     """
-    from realfake.pipelines.loaders import get_loader
-
     key = (tuple(files), image_size, str(device), backend)
     if key in _DECODED:
         _DECODED.move_to_end(key)
         return _DECODED[key]
     decode_device = device if str(device).startswith("cuda") else "cpu"
-    source = get_loader(list(files), None, train=False, backend=backend, image_size=image_size,
-                        batch_size=batch_size, num_workers=num_workers, device=decode_device)
+    source = make_pixel_loader(list(files), None, train=False, backend=backend, image_size=image_size,
+                               batch_size=batch_size, augment=None, num_workers=num_workers, seed=0, shard_id=0,
+                               num_shards=1, device=decode_device)
     cache = torch.zeros((len(files), 3, image_size, image_size), dtype=torch.uint8, device=device)
     failed: dict[int, str] = {}
     for batch in tqdm(source, desc=f"decode into {device} cache", leave=False, unit="batch",

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, JpegImagePlugin
 from realfake.pipelines.images import InvalidImageError, load_jpeg
-from realfake.pipelines.spec import Batch, InMemoryBatches
+from realfake.pipelines.spec import Batch, InMemoryBatches, shard_range
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -183,8 +183,6 @@ class GhostMapLoader:
     def __init__(self, files: Sequence[str], labels: Sequence[int] | None, *, image_size: int, batch_size: int,
                  num_workers: int = 2, shard_id: int = 0, num_shards: int = 1,
                  cache_paths: Sequence[Path] | None = None):
-        from realfake.pipelines.torch_loader import shard_range
-
         positions = shard_range(len(files), shard_id, num_shards)
         self.dataset = GhostMapDataset(files, labels, positions, image_size, cache_paths)
         self.batch_size, self.num_workers = batch_size, num_workers

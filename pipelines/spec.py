@@ -58,6 +58,14 @@ class Batch(NamedTuple):
     regions: torch.Tensor | None = None
 
 
+def shard_range(n_files: int, shard_id: int, num_shards: int) -> range:
+    """The positions of one shard of a file list: contiguous, [n*i // k, n*(i+1) // k), which is how DALI's
+    file reader shards, so every backend splits a list the same way."""
+    if not 0 <= shard_id < num_shards:
+        raise ValueError(f"shard {shard_id} out of range for {num_shards} shards: use 0 <= shard_id < num_shards")
+    return range(n_files * shard_id // num_shards, n_files * (shard_id + 1) // num_shards)
+
+
 class InMemoryBatches:
     """len() and set_epoch() of the Loader protocol for loaders that hold a whole set in memory
     (`gpu_cache.CachedLoader`, `jpeg_ghosts.InMemoryGhostLoader`): they set `labels` (N,), `batch_size`

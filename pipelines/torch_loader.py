@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 from realfake.pipelines.images import InvalidImageError, load_rgb
-from realfake.pipelines.spec import MEAN, STD, AugmentSpec, Batch
+from realfake.pipelines.spec import MEAN, STD, AugmentSpec, Batch, shard_range
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
@@ -49,13 +49,6 @@ def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(MEAN, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(STD, dtype=torch.float32).view(1, 3, 1, 1)
     return images.to(torch.float32).div_(255).sub_(mean).div_(std)
-
-
-def shard_range(n_files: int, shard_id: int, num_shards: int) -> range:
-    """Contiguous shard like DALI's file reader, so both backends split a list the same way."""
-    if not 0 <= shard_id < num_shards:
-        raise ValueError(f"shard {shard_id} out of range for {num_shards} shards: use 0 <= shard_id < num_shards")
-    return range(n_files * shard_id // num_shards, n_files * (shard_id + 1) // num_shards)
 
 
 class ImageFileDataset(Dataset):

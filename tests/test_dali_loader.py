@@ -20,9 +20,8 @@ from realfake.pipelines.dali_loader import (  # noqa: E402
     make_dali_loader,
     pass_batches,
     screen_headers,
-    shard_range,
 )
-from realfake.pipelines.spec import MEAN, STD, AugmentSpec  # noqa: E402
+from realfake.pipelines.spec import MEAN, STD, AugmentSpec, shard_range  # noqa: E402
 
 pytestmark = pytest.mark.dali
 

@@ -8,26 +8,32 @@ import torch
 from _train_helpers import make_prepared
 from click.testing import CliRunner
 from realfake.jobs.cli import main
-from realfake.jobs.cli.sweep import preset_toml
 from realfake.jobs.cli.train import train as train_cmd
+from realfake.jobs.service.options import command_line, function_params
+from realfake.jobs.tasks import sweep_presets
 from realfake.jobs.tasks.pretrain import run_pretrain
 from realfake.jobs.tasks.sweep import (
-    PRESETS,
     aggregate,
     format_results_md,
     load_spec,
     normalize_spec,
     parse_set,
-    render_command,
     run_sweep,
     summarize,
 )
+from realfake.jobs.tasks.train import run_train
 from realfake.models import build_model
 
 try:
     import tomllib
 except ModuleNotFoundError:
     import tomli as tomllib
+
+PRESETS = {name: sweep_presets.text(name) for name in sweep_presets.names()}
+
+
+def render_command(name, function, arguments, options):
+    return command_line(name, function_params(function), arguments, options, keep_in_shell="$SEED")
 
 SPEC = """
 description = "two tiny configurations"
@@ -68,7 +74,7 @@ def test_every_preset_is_a_valid_spec_and_round_trips_through_toml():
     for name, preset in PRESETS.items():
         spec = load_spec(preset=name)
         assert spec["seeds"] == [0, 1, 2] and spec["configs"]
-        again = normalize_spec(tomllib.loads(preset_toml(name, preset)), name)
+        again = normalize_spec(tomllib.loads(preset), name)
         assert again["configs"] == spec["configs"], name
     baselines = {c["name"]: c["train"] for c in load_spec(preset="report-baselines")["configs"]}
     assert baselines["model1"]["model"] == "simple_cnn" and baselines["model1"]["augment"] is False
@@ -99,15 +105,15 @@ def test_rendered_train_command_parses_back_to_the_same_options(tmp_path):
     options = {"model": "resnet18", "image_size": 224, "augment": False, "blur": False, "pseudo_fakes": 0.5,
                "schedule": "cosine", "ema": 0.999, "amp": True, "compile": False, "channels_last": False,
                "dropout": None, "seed": 3, "out": "/tmp/a b", "name": "x-seed3"}
-    line = render_command("train", train_cmd, [str(data)], options)
+    line = render_command("train", run_train, [str(data)], options)
     argv = shlex.split(line)
     assert argv[:3] == ["realfake", "train", str(data)]
     ctx = train_cmd.make_context("train", argv[2:])
     for key, value in options.items():
-        got = ctx.params["compile_" if key == "compile" else key]
+        got = ctx.params[key]
         assert (str(got) if key == "out" else got) == value, key
     assert "--no-compile" in argv and "--channels-last" not in argv
-    assert render_command("train", train_cmd, ["d"], {"name": "r-seed$SEED"}).endswith("--name r-seed$SEED")
+    assert render_command("train", run_train, ["d"], {"name": "r-seed$SEED"}).endswith("--name r-seed$SEED")
 
 
 def test_summarize_and_parse_set():

@@ -4,7 +4,8 @@ import pytest
 import torch
 from _train_helpers import make_image, make_images
 from PIL import Image
-from realfake.pipelines.loaders import get_loader, resolve_backend
+from realfake.pipelines.loaders import get_loader
+from realfake.pipelines.pixel_loaders import resolve_backend
 from realfake.pipelines.spec import MEAN, STD, AugmentSpec
 
 

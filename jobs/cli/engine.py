@@ -5,13 +5,7 @@ import json
 from pathlib import Path
 
 import click
-
-BACKEND_HELP = ("auto = the best that runs on the device: tensorrt (CUDA + torch-tensorrt) > aot (AOTInductor "
-                "package, no compile at load) > compile (torch.compile at every load) > eager; a backend whose "
-                "compiler crashes is passed over, and engine.json says why.")
-PRECISION_HELP = ("fp32; fp16 (CUDA only); bf16 (GPUs, and CPUs with AVX512-BF16/AMX: emulated and many times "
-                  "slower elsewhere); auto = bf16 where the device has bf16 units, else fp16 on a GPU, fp32 on a "
-                  "CPU. Parity against eager fp32 must stay within the precision's tolerance.")
+from realfake.jobs.cli.options import JobCommand, as_arguments
 
 
 @click.group()
@@ -20,32 +14,8 @@ def engine():
     `realfake score` uses when no --engine is given."""
 
 
-@engine.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Engine directory to create (must not exist, or be empty).")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "aot", "compile", "eager"]), default="auto",
-              show_default=True, help=BACKEND_HELP)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "auto"]), default="fp32", show_default=True,
-              help=PRECISION_HELP)
-@click.option("--batch", default="1:64:256", show_default=True, metavar="MIN:OPT:MAX",
-              help="Batch sizes one call accepts (TensorRT tunes for OPT); scoring splits or pads others.")
-@click.option("--threshold", default="0.5", show_default=True, metavar="P|auto",
-              help="p_fake at or above it is called fake; auto = the equal-error-rate point on the validation "
-                   "split (or see --target-fpr).")
-@click.option("--target-fpr", type=float, default=None,
-              help="With --threshold auto: the lowest threshold whose false positive rate (real called fake) "
-                   "on the validation split stays at or below this.")
-@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
-@click.option("--device", default="auto", show_default=True,
-              help="auto, cpu or cuda[:N]: the device the engine is built for and runs on.")
-@click.option("--ensemble", "ensemble", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Another run of the same model and data set (repeatable, e.g. other seeds): the engine averages "
-                   "p_fake over RUN_DIR and these.")
-@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
-              help="flip: the engine averages p_fake over each image and its mirror, as `evaluate --tta flip` "
-                   "does (twice the model compute; build with the TTA you evaluated the runs with).")
-def build(run_dir, ensemble, **options):
+@engine.command(cls=JobCommand, target="realfake.jobs.tasks.engine:run_engine_build", arguments=("run_dir",))
+def build(**options):
     """Compile RUN_DIR's checkpoint into an engine directory: the artifact plus engine.json
     (architecture, image size, mean/std, threshold, backend, precision, batch range, versions, and
     parity against eager fp32 on the run's validation images). A build whose parity is worse than the
@@ -56,11 +26,11 @@ def build(run_dir, ensemble, **options):
       realfake engine build runs/simple_cnn-1 --out engines_out/m1 --backend aot --threshold auto
       realfake engine build runs/resnet18-1 --out engines_out/r18-trt --backend tensorrt --precision fp16
     """
-    from realfake.engines.backends.common import BackendCrash
+    from realfake.engines.backends.common import BackendCrash  # torch loads when a build runs, not for --help
     from realfake.jobs.tasks.engine import run_engine_build
 
     try:
-        s = run_engine_build(run_dir=run_dir, ensemble=list(ensemble), **options)
+        s = run_engine_build(**as_arguments(options))
     except BackendCrash as exc:  # the compiler's process died: its message says what to use instead
         raise click.ClickException(str(exc)) from exc
     parity = s["parity"]
@@ -109,9 +79,9 @@ def _cell(key: str, value) -> str:
 def list_(engines_dir, as_json):
     """Engine directories at or up to three levels below ENGINES_DIR (default: here), one row each;
     `*` marks the promoted engine, damaged ones show why."""
-    from realfake.benchmarks.harness import format_table
     from realfake.engines.registry import engine_rows
     from realfake.jobs.service.store import realfake_home
+    from realfake.jobs.service.tables import format_table
 
     rows = engine_rows(engines_dir, realfake_home())
     if as_json:

@@ -11,6 +11,7 @@ import traceback
 from pathlib import Path
 
 import click
+from realfake.jobs.cli.options import JobCommand, as_arguments
 
 EXIT_OK, EXIT_ERRORS, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
 _SCORE_FOLDERS = "folders"  # the scoring command's internal name: never typed, chosen by ScoreGroup
@@ -32,40 +33,17 @@ def _summary_lines(summary: dict) -> str:
             f"results: {summary['out']}\nerrors:  {summary['errors_file']}")
 
 
-class _FoldersCommand(click.Command):
+class _FoldersCommand(JobCommand):
     def format_usage(self, ctx, formatter):
         # The command is reached without a name of its own: show `realfake score [OPTIONS] FOLDER...`.
         formatter.write_usage(ctx.command_path.rstrip(), " ".join(self.collect_usage_pieces(ctx)))
 
 
-@click.command(_SCORE_FOLDERS, cls=_FoldersCommand, epilog=EXIT_CODES_HELP)
-@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
-              help="Results: .csv, .parquet or .jsonl (a folder gets scores.csv). Errors go to OUT.errors.csv.")
-@click.option("--engine", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Engine directory from `realfake engine build`.  [default: the promoted engine]")
-@click.option("--recursive/--no-recursive", default=True, show_default=True, help="Score subfolders too.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), default="auto", show_default=True,
-              help="Decoder. auto: DALI on a GPU (when installed); on the CPU torchvision with PIL draft "
-                   "mode, the cheaper CPU decoder for scoring.")
-@click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Skip files OUT already holds (and retry those of its errors file); "
-                   "--no-resume replaces OUT.")
-@click.option("--shard", metavar="I/N", help="Score only shard I of N (a fixed 1/N of the files, by a hash "
-                                             "of their relative path); join the N outputs with `score merge`.")
-@click.option("--num-workers", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Decoding processes (torchvision) or threads (DALI).")
-@click.option("--engine-threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="torch threads for the engine on a CPU. 0: the cores the decode workers leave free (at "
-                   "least 1), best when decoding costs more than the model; raise it for heavy models that "
-                   "keep the decoders waiting (ResNet18 fp32 on 2 cores: 2 threads, 13-20% faster).")
-@click.option("--device", default="auto", show_default=True,
-              help="cpu or cuda[:N] for the engine and DALI decoding; auto: where the engine was built for.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar (img/s) on stderr.")
+@click.command(_SCORE_FOLDERS, cls=_FoldersCommand, target="realfake.jobs.tasks.score:run_score",
+               arguments=("folders",), epilog=EXIT_CODES_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of text.")
 @click.pass_context
-def score_folders(ctx, folders, as_json, **options):
+def score_folders(ctx, as_json, **options):
     """Score every image under FOLDER... (jpg, jpeg, png, bmp, webp, any letter case) with an engine.
 
     One row per file: path, size, mtime, p_fake, label, threshold, engine_id. Files that cannot be
@@ -82,10 +60,10 @@ def score_folders(ctx, folders, as_json, **options):
       realfake score incoming/ --shard 0/2 --out s0.csv   (and 1/2 -> s1.csv elsewhere)
       realfake score merge scores.csv s0.csv s1.csv
     """
-    from realfake.jobs.tasks.score import run_score
+    from realfake.jobs.tasks.score import run_score  # torch loads when a command runs, not for --help
 
     try:
-        summary = run_score(folders=[str(f) for f in folders], **options)
+        summary = run_score(**as_arguments(options))
     except (ValueError, OSError):
         raise  # the root command prints `error: <message>` and exits 2
     except KeyboardInterrupt:

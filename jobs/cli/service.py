@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-import typing
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
 
 import click
+from realfake.jobs.service.tables import format_table
 
 # `submit --wait` and `jobs logs --follow` exit codes by final state.
 EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 3}
@@ -32,13 +31,6 @@ def _duration(seconds: float | None) -> str:
     minutes, sec = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{sec:02d}s" if hours else f"{minutes}m{sec:02d}s"
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
 
 
 def _store():
@@ -71,61 +63,19 @@ def _follow_and_exit(store, job_id: int) -> None:
 # submit: `submit SPEC.toml` or `submit KIND ARG --flag ...`, flags generated from the kind's signature
 
 
-def _click_type(annotation: Any) -> tuple[Any, bool]:
-    """(click type, multiple) for a job-function annotation; the spec validator does the real checks."""
-    from realfake.jobs.service.spec import _LIST_ORIGINS, _strip_optional, path_role
-
-    inner, _ = _strip_optional(annotation)
-    if path_role(inner):
-        return click.Path(), False
-    if typing.get_origin(inner) is typing.Annotated:
-        inner = typing.get_args(inner)[0]
-    origin = typing.get_origin(inner)
-    if origin in _LIST_ORIGINS:
-        item = typing.get_args(inner)[0] if typing.get_args(inner) else str
-        return _click_type(item)[0], True
-    if origin is Literal:
-        choices = typing.get_args(inner)
-        if all(isinstance(c, str) for c in choices):
-            return click.Choice(choices), False
-    return {bool: click.BOOL, int: click.INT, float: click.FLOAT}.get(inner, click.STRING), False
-
-
 def _kind_params(kind: str) -> list[click.Parameter]:
     """click parameters for a kind: its first required argument is positional, the rest are options.
     Every option defaults to "not given" (None), so the function's own defaults apply."""
-    from realfake.jobs.service.spec import DEFAULT_OUT_PARAM, describe, kind_params, path_role
+    from realfake.jobs.cli.options import click_param, spec_help
+    from realfake.jobs.service.spec import kind_params
 
     params = kind_params(kind)
     clashes = [p.name for p in params if p.name in _COMMON_OPTIONS]
     if clashes:
         raise ValueError(f"kind {kind!r} has a parameter named {clashes[0]!r}, which `submit` uses itself: rename it")
-    out: list[click.Parameter] = []
-    for index, p in enumerate(params):
-        click_type, multiple = _click_type(p.annotation)
-        if index == 0 and p.required:
-            out.append(click.Argument([p.name], type=click_type, nargs=-1 if multiple else 1, required=True))
-            continue
-        if p.name == DEFAULT_OUT_PARAM and path_role(p.annotation) == "output":
-            note = "default: a new folder under $REALFAKE_HOME/jobs/<id>"
-        elif p.required:
-            note = "required"
-        elif p.default is None:
-            note = "default: not set"
-        else:
-            note = f"default: {p.default!r}"
-        if multiple:
-            note += "; repeat the flag for several"
-        text = f"{p.help} " if p.help else ""
-        text += f"[{describe(p.annotation)}; {note}]"
-        flag = "--" + p.name.replace("_", "-")
-        if click_type is click.BOOL and not multiple:
-            decls = [f"{flag}/--no-{p.name.replace('_', '-')}", p.name]
-            out.append(click.Option(decls, default=None, show_default=False, help=text))
-        else:
-            out.append(click.Option([flag, p.name], type=click_type, multiple=multiple, default=None, help=text,
-                                    metavar="PATH" if isinstance(click_type, click.Path) else None))
-    return out
+    return [click_param(p, argument=index == 0 and p.required, unset_default=True, check_exists=False,
+                        help=spec_help(p))
+            for index, p in enumerate(params)]
 
 
 _wait_option = click.Option(["--wait"], is_flag=True,
@@ -238,7 +188,7 @@ def jobs_list(state: str | None, schedule_name: str | None, limit: int, as_json:
     rows = [[str(j.id), j.kind, j.state + ("*" if j.cancel_requested and not j.terminal else ""),
              f"{j.attempts}/{j.max_attempts}", _local(j.created_at), _duration(j.duration_s(now)),
              (j.error or "").split("\n")[0][:70]] for j in found]
-    click.echo(_table(["ID", "KIND", "STATE", "ATTEMPTS", "CREATED", "DURATION", "ERROR"], rows))
+    click.echo(format_table(["ID", "KIND", "STATE", "ATTEMPTS", "CREATED", "DURATION", "ERROR"], rows, rule=False))
     if any(j.cancel_requested and not j.terminal for j in found):
         click.echo("* cancel requested", err=True)
 
@@ -379,7 +329,7 @@ def schedule_list(as_json: bool) -> None:
         last = store.list_jobs(schedule=s.name, limit=1)
         rows.append([s.name, s.cron, s.tz, s.kind, "paused" if s.paused else "active",
                      "-" if s.paused else _local(s.next_due), f"{last[0].id} {last[0].state}" if last else "-"])
-    click.echo(_table(["NAME", "CRON", "TZ", "KIND", "STATE", "NEXT RUN", "LAST JOB"], rows))
+    click.echo(format_table(["NAME", "CRON", "TZ", "KIND", "STATE", "NEXT RUN", "LAST JOB"], rows, rule=False))
 
 
 @schedule.command("remove")

@@ -1,44 +1,12 @@
 """`realfake sweep`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
+from realfake.jobs.tasks import sweep_presets
 
-PRESET_NAMES = ("report-baselines", "pseudo-fakes", "resolution", "jpeg-ghosts", "cpu-short")
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None) + " }"
-    return json.dumps(str(value))  # a TOML basic string is a JSON string
-
-
-def preset_toml(name: str, preset: dict) -> str:
-    """A preset as the TOML spec a user can copy and edit."""
-    lines = [f"# realfake sweep spec (preset {name!r}); run: realfake sweep THIS.toml --data DATA --out DIR",
-             f"description = {_toml_value(preset.get('description', ''))}",
-             f"seeds = {_toml_value(preset.get('seeds', [0, 1, 2]))}", ""]
-    for table in ("train", "evaluate"):
-        if preset.get(table):
-            lines.append(f"[{table}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in preset[table].items() if v is not None]
-            lines.append("")
-    for config in preset["configs"]:
-        lines += ["[[configs]]", f"name = {_toml_value(config['name'])}",
-                  f"label = {_toml_value(config.get('label', config['name']))}"]
-        for table in ("train", "evaluate", "pretrain"):
-            if config.get(table) is not None:
-                lines.append(f"{table} = {_toml_value(config[table])}")
-        lines.append("")
-    return "\n".join(lines)
+PRESET_NAMES = sweep_presets.names()
 
 
 @click.command()
@@ -82,11 +50,9 @@ def sweep(spec, preset, show_preset, only, set_options, **options):
       realfake sweep --show-preset pseudo-fakes > my-sweep.toml
     """
     if show_preset:
-        from realfake.jobs.tasks.sweep import PRESETS
-
-        click.echo(preset_toml(show_preset, PRESETS[show_preset]))
+        click.echo(sweep_presets.text(show_preset), nl=False)
         return
-    from realfake.jobs.tasks.sweep import run_sweep
+    from realfake.jobs.tasks.sweep import run_sweep  # torch loads when a sweep runs, not for --help
 
     summary = run_sweep(spec=spec, preset=preset, only=list(only) or None, set_options=list(set_options) or None,
                         **options)

@@ -21,15 +21,22 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import inspect
 import os
-import re
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from realfake.jobs.service.options import (
+    LIST_ORIGINS,
+    Param,
+    describe,
+    function_params,
+    path_role,
+    strip_optional,
+)
 
 try:
     import tomllib
@@ -61,8 +68,6 @@ KIND_KEY = "kind"
 # An OutputPath parameter with this name gets $REALFAKE_HOME/jobs/<id>/out when the spec omits it.
 DEFAULT_OUT_PARAM = "out"
 
-_INPUT, _OUTPUT = "input", "output"  # the Annotated metadata of InputPath / OutputPath
-_LIST_ORIGINS = (list, tuple, Sequence)
 
 
 class SpecError(ValueError):
@@ -112,128 +117,26 @@ def load_kind(kind: str) -> Callable[..., dict]:
     return function
 
 
-@dataclass(frozen=True)
-class Param:
-    """One keyword argument of a job function, as the validator and the CLI generator see it."""
-
-    name: str
-    annotation: Any
-    required: bool
-    default: Any
-    help: str = ""
-
-
 def kind_params(kind: str) -> list[Param]:
-    """The parameters of a kind's function, in signature order."""
+    """The options of a kind's function, in order (see `options.function_params`)."""
     function = load_kind(kind)
     try:
-        hints = typing.get_type_hints(function, include_extras=True)
+        return function_params(function)
     except Exception as exc:  # a NameError in a string annotation is the kind author's bug
         raise SpecError(f"kind {kind!r} is not available: its annotations do not resolve ({exc})") from exc
-    docs = _docstring_args(function.__doc__ or "")
-    params = []
-    for p in inspect.signature(function).parameters.values():
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
-            continue  # cannot be given by name in a spec
-        params.append(Param(
-            name=p.name,
-            annotation=hints.get(p.name, Any),
-            required=p.default is inspect.Parameter.empty,
-            default=None if p.default is inspect.Parameter.empty else p.default,
-            help=docs.get(p.name, ""),
-        ))
-    return params
 
 
-def _docstring_args(doc: str) -> dict[str, str]:
-    """Google-style `Args:` entries of a docstring (name -> one-line text), used as --help text."""
-    out: dict[str, str] = {}
-    in_args, current = False, None
-    for line in inspect.cleandoc(doc).splitlines():
-        if re.match(r"^(Args|Arguments|Parameters):\s*$", line):
-            in_args = True
-            continue
-        if not in_args:
-            continue
-        if line and not line[0].isspace():
-            break  # the next section
-        match = re.match(r"^\s{2,8}(\w+)\s*(\([^)]*\))?:\s*(.*)$", line)
-        if match:
-            current = match.group(1)
-            out[current] = match.group(3).strip()
-        elif current and line.strip():
-            out[current] += " " + line.strip()
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------
-# Type checks
-
-
-def _strip_optional(annotation: Any) -> tuple[Any, bool]:
-    """(inner annotation, whether None is allowed) for `X | None`."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        members = [a for a in typing.get_args(annotation) if a is not type(None)]
-        optional = len(members) < len(typing.get_args(annotation))
-        if len(members) == 1:
-            return members[0], optional
-        return typing.Union[tuple(members)], optional  # noqa: UP007 (built from a runtime tuple)
-    return annotation, False
-
-
-def path_role(annotation: Any) -> str | None:
-    """'input' for InputPath, 'output' for OutputPath, 'path' for a plain Path, else None."""
-    annotation, _ = _strip_optional(annotation)
-    if typing.get_origin(annotation) is typing.Annotated:
-        base, *meta = typing.get_args(annotation)
-        if base is Path or (isinstance(base, type) and issubclass(base, Path)):
-            return _INPUT if _INPUT in meta else _OUTPUT if _OUTPUT in meta else "path"
+def _out_of_bounds(param: Param, value: Any) -> str | None:
+    """What `value` must be when it breaks its option's declared choices or range, else None."""
+    if value is None or isinstance(value, (list, dict)):
         return None
-    if annotation is Path or (isinstance(annotation, type) and issubclass(annotation, Path)):
-        return "path"
+    if param.choices is not None and value not in param.choices:
+        return "one of " + ", ".join(repr(c) for c in param.choices)
+    if param.min is not None and value < param.min:
+        return f"at least {param.min}"
+    if param.max is not None and value > param.max:
+        return f"at most {param.max}"
     return None
-
-
-def describe(annotation: Any) -> str:
-    """What a value of this annotation looks like, in words, for error messages and --help."""
-    inner, optional = _strip_optional(annotation)
-    role = path_role(inner)
-    if role == _INPUT:
-        text = "a path to an existing file or folder"
-    elif role is not None:
-        text = "a path"
-    else:
-        if typing.get_origin(inner) is typing.Annotated:
-            inner = typing.get_args(inner)[0]
-        origin = typing.get_origin(inner)
-        if inner is bool:
-            text = "true or false"
-        elif inner is int:
-            text = "an integer"
-        elif inner is float:
-            text = "a number"
-        elif inner is str:
-            text = "a string"
-        elif origin is Literal:
-            text = "one of " + ", ".join(repr(v) for v in typing.get_args(inner))
-        elif origin in _LIST_ORIGINS:
-            args = typing.get_args(inner)
-            text = f"a list of {_plural(describe(args[0]))}" if args else "a list"
-        elif origin in (typing.Union, types.UnionType):
-            text = " or ".join(describe(a) for a in typing.get_args(inner))
-        else:
-            text = getattr(inner, "__name__", str(inner))
-    return f"{text} (or left out)" if optional else text
-
-
-def _plural(text: str) -> str:
-    for singular, plural in (("a string", "strings"), ("an integer", "integers"), ("a number", "numbers"),
-                             ("a path to an existing file or folder", "existing paths"), ("a path", "paths"),
-                             ("true or false", "booleans")):
-        if text == singular:
-            return plural
-    return text
 
 
 def _type_name(value: Any) -> str:
@@ -247,7 +150,7 @@ class _Mismatch(Exception):
 
 def _convert(value: Any, annotation: Any, base_dir: Path) -> Any:
     """Check `value` against `annotation`; return its JSON form (paths resolved against `base_dir`)."""
-    inner, optional = _strip_optional(annotation)
+    inner, optional = strip_optional(annotation)
     if value is None:
         if optional:
             return None
@@ -259,7 +162,7 @@ def _convert(value: Any, annotation: Any, base_dir: Path) -> Any:
         path = Path(os.path.expanduser(str(value)))
         path = path if path.is_absolute() else base_dir / path
         path = Path(os.path.normpath(path))
-        if role == _INPUT and not path.exists():
+        if role == "input" and not path.exists():
             raise FileNotFoundError(str(path))
         return str(path)
     if typing.get_origin(inner) is typing.Annotated:
@@ -281,7 +184,7 @@ def _convert(value: Any, annotation: Any, base_dir: Path) -> Any:
         for choice in typing.get_args(inner):
             if value == choice and type(value) is type(choice):
                 return value
-    elif origin in _LIST_ORIGINS:
+    elif origin in LIST_ORIGINS:
         if isinstance(value, (list, tuple)):
             args = typing.get_args(inner)
             item_type = args[0] if args else Any
@@ -300,7 +203,7 @@ def _convert(value: Any, annotation: Any, base_dir: Path) -> Any:
 
 
 def _example(name: str, annotation: Any) -> str:
-    inner, _ = _strip_optional(annotation)
+    inner, _ = strip_optional(annotation)
     if path_role(inner):
         return f'{name} = "path/to/{name}"'
     if typing.get_origin(inner) is typing.Annotated:
@@ -314,7 +217,7 @@ def _example(name: str, annotation: Any) -> str:
         return f"{name} = 0.5"
     if origin is Literal:
         return f"{name} = {typing.get_args(inner)[0]!r}".replace("'", '"')
-    if origin in _LIST_ORIGINS:
+    if origin in LIST_ORIGINS:
         return f'{name} = ["a", "b"]'
     return f'{name} = "..."'
 
@@ -363,11 +266,14 @@ def validate_spec(kind: str, args: Mapping[str, Any], *, base_dir: Path | None =
             raise SpecError(
                 f"{source}: {label(name)} of kind {kind!r}: {exc} does not exist: give an existing file or folder"
             ) from None
+        bound = _out_of_bounds(params[name], clean[name])
+        if bound:
+            raise SpecError(f"{source}: {label(name)} of kind {kind!r} must be {bound}, got {value!r}")
     out_param = params.get(DEFAULT_OUT_PARAM)
     # A job whose spec names no `out` gets its own output directory, even where the function has a
     # default: a default such as "benchmarks/results" would land wherever the worker happens to run.
     default_out = None
-    if out_param is not None and path_role(out_param.annotation) == _OUTPUT and DEFAULT_OUT_PARAM not in clean:
+    if out_param is not None and path_role(out_param.annotation) == "output" and DEFAULT_OUT_PARAM not in clean:
         default_out = DEFAULT_OUT_PARAM
     for name, param in params.items():
         if param.required and name not in clean and name != default_out:
@@ -376,6 +282,34 @@ def validate_spec(kind: str, args: Mapping[str, Any], *, base_dir: Path | None =
                 f"{fix(name, param.annotation)}"
             )
     return JobSpec(kind=kind, args=clean, default_out=default_out)
+
+
+def check_options(kind: str, options: Mapping[str, Any], *, fixed: tuple[str, ...] = (), source: str = "spec",
+                  base_dir: Path | None = None) -> dict[str, Any]:
+    """Some of `kind`'s options (a table of a sweep spec), checked as `validate_spec` checks a whole spec,
+    without asking for the required ones; the `fixed` options are the caller's to set and refused here.
+    Returns them in their JSON form (numbers as the option's type, paths absolute)."""
+    if not isinstance(options, Mapping):
+        raise SpecError(f"{source} must be a table of options, got {options!r}")
+    base_dir = Path(base_dir or Path.cwd()).resolve()
+    params = {p.name: p for p in kind_params(kind) if p.name not in fixed}
+    clean: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in params:
+            close = difflib.get_close_matches(key, params, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SpecError(f"{source}: unknown option {key!r}{hint}: use one of {', '.join(params)}")
+        try:
+            clean[key] = _convert(value, params[key].annotation, base_dir)
+        except _Mismatch:
+            raise SpecError(f"{source}: option {key!r} = {value!r} has the wrong type: expected "
+                            f"{describe(params[key].annotation)}") from None
+        except FileNotFoundError as exc:
+            raise SpecError(f"{source}: option {key!r}: {exc} does not exist: give an existing file or folder") from None
+        bound = _out_of_bounds(params[key], clean[key])
+        if bound:
+            raise SpecError(f"{source}: option {key!r} must be {bound}, got {value!r}")
+    return clean
 
 
 def read_spec_file(path: Path) -> tuple[str, dict[str, Any]]:
@@ -412,10 +346,10 @@ def call_kwargs(kind: str, args: Mapping[str, Any]) -> dict[str, Any]:
     kwargs = {}
     for name, value in args.items():
         annotation = params[name].annotation if name in params else Any
-        inner, _ = _strip_optional(annotation)
+        inner, _ = strip_optional(annotation)
         if value is not None and path_role(inner):
             value = Path(value)
-        elif value is not None and typing.get_origin(inner) in _LIST_ORIGINS and typing.get_args(inner) \
+        elif value is not None and typing.get_origin(inner) in LIST_ORIGINS and typing.get_args(inner) \
                 and path_role(typing.get_args(inner)[0]):
             value = [Path(v) for v in value]
         kwargs[name] = value

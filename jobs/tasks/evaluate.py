@@ -3,14 +3,30 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
+import torch
+from realfake.engines.devices import resolve_device
+from realfake.engines.metrics import (
+    classification_metrics,
+    equal_error_rate,
+    format_report_md,
+    save_confusion_png,
+    save_roc_png,
+)
+from realfake.engines.recipes import TTA_MODES
+from realfake.engines.trainer import CHECKPOINTS, load_runs, predict
 from realfake.jobs.service.params import InputPath
+from realfake.jobs.tasks.score.outputs import errors_path, resolve_output
+from realfake.jobs.tasks.score.writers import read_rows
+from realfake.pipelines.images import file_encoding
+from realfake.pipelines.loaders import get_loader, manifest_loader_options
+from realfake.pipelines.manifest import SPLITS, manifest_sha256, read_manifest
+from realfake.pipelines.pixel_loaders import LOADER_CHOICES
 
 
 def _write_report(report: dict, labels, p_fake, title: str, path_of) -> Path:
     """report .json and .md, confusion and ROC .png, at path_of(kind, suffix); returns the .md path."""
-    from realfake.engines.metrics import format_report_md, save_confusion_png, save_roc_png
-
     metrics = report["metrics"]
     path_of("report", ".json").write_text(json.dumps(report, indent=2) + "\n")
     path_of("report", ".md").write_text(format_report_md(metrics, title=title))
@@ -22,15 +38,15 @@ def _write_report(report: dict, labels, p_fake, title: str, path_of) -> Path:
 
 def run_evaluate(
     run_dir: InputPath,
-    split: str = "test",
-    checkpoint: str = "best",
+    split: Literal[SPLITS] = "test",
+    checkpoint: Literal[CHECKPOINTS] = "best",
     threshold: float = 0.5,
-    loader: str = "auto",
+    loader: Literal[LOADER_CHOICES] = "auto",
     batch_size: int = 64,
     num_workers: int = 2,
     device: str = "auto",
     progress: bool = True,
-    tta: str = "none",
+    tta: Literal[TTA_MODES] = "none",
     calibrate: bool = False,
     ensemble: list[InputPath] | None = None,
 ) -> dict:
@@ -38,19 +54,19 @@ def run_evaluate(
     report.md, confusion.png and roc.png into the run directory (suffixed by split when not test).
 
     Args:
-        tta: Test-time augmentation, p_fake averaged over views: none, flip (image + mirror) or crops (image and 5 crops of 7/8 side resized back, each also mirrored: 12 views).
-        calibrate: Replace threshold by the valid split's equal-error-rate threshold (same checkpoint and TTA): a decision point chosen without the evaluated split.
-        ensemble: Other runs of the same model and data set (e.g. other seeds): p_fake is the mean over RUN_DIR and these, same checkpoint and TTA. The report files get an "_ensemble" suffix.
+        run_dir: A run directory of `realfake train`.
+        split: The split of the run's data set to evaluate on.
+        checkpoint: best (lowest valid loss) or last (the last epoch).
+        threshold: p_fake at or above it is called fake.
+        loader: Decoder: auto, dali or torch.
+        batch_size: Images per batch.
+        num_workers: Loader worker threads/processes.
+        device: auto, cpu or cuda[:N].
+        progress: Show a progress bar.
+        tta: Test-time augmentation, p_fake averaged over views: none, flip (image + mirror) or crops (the image and its 4 corner + centre crops of 7/8 side resized back, each also mirrored: 12 views).
+        calibrate: Use the valid split's equal-error-rate threshold instead of --threshold (same checkpoint and TTA): a decision point chosen without the evaluated split (training with pseudo-fakes shifts the class prior, so 0.5 is no longer the balanced point).
+        ensemble: Another run of the same model and data set (repeatable, e.g. other seeds): p_fake is the mean over RUN_DIR and these, same checkpoint and TTA; the report files get an "_ensemble" suffix.
     """
-    import torch
-    from realfake.engines.devices import resolve_device
-    from realfake.engines.metrics import classification_metrics, equal_error_rate
-    from realfake.engines.recipes import TTA_MODES
-    from realfake.engines.trainer import load_runs, predict
-    from realfake.pipelines.images import file_encoding
-    from realfake.pipelines.loaders import get_loader, manifest_loader_options
-    from realfake.pipelines.manifest import manifest_sha256, read_manifest
-
     run_dir = Path(run_dir)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"--threshold {threshold} must be between 0 and 1")
@@ -118,20 +134,19 @@ def run_evaluate(
             "ensemble": report["ensemble"]}
 
 
-def run_evaluate_scores(scores: InputPath, data_dir: InputPath, split: str = "test") -> dict:
+def run_evaluate_scores(scores: InputPath, data_dir: InputPath, split: Literal[SPLITS] = "test") -> dict:
     """Metrics of a `realfake score` output against the labels of DATA_DIR's split: the engine's own
     p_fake and threshold, the same report as `evaluate` (how a built engine does on images it never saw).
 
     Every file of the split must have been scored (a missing one would flatter or hurt the figures
     silently); scores of other files are ignored. Writes SCORES.<split>-report.md/.json,
     .<split>-confusion.png and .<split>-roc.png beside the scores.
-    """
-    from realfake.engines.metrics import classification_metrics
-    from realfake.jobs.tasks.score.outputs import errors_path, resolve_output
-    from realfake.jobs.tasks.score.writers import read_rows
-    from realfake.pipelines.images import file_encoding
-    from realfake.pipelines.manifest import read_manifest
 
+    Args:
+        scores: A `realfake score` output (.csv, .jsonl, .parquet, or a job's output folder).
+        data_dir: The prepared data set whose split is evaluated (`realfake data prepare`).
+        split: The split whose files are joined with the scores.
+    """
     scores_file = resolve_output(scores)
     if not scores_file.exists():
         raise FileNotFoundError(f"{scores_file} does not exist: pass the --out of a `realfake score` run")

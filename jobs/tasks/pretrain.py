@@ -9,10 +9,15 @@ fakes included, which tells how far pseudo-fakes alone carry ("zero-shot" AUC).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import torch
 from realfake.jobs.service.params import InputPath, OutputPath
+from realfake.jobs.tasks.evaluate import run_evaluate
+from realfake.jobs.tasks.train import run_train
+from realfake.jobs.tasks.train_config import PretrainConfig
 
 
 def default_run_dir(out: Path) -> Path:
@@ -21,69 +26,41 @@ def default_run_dir(out: Path) -> Path:
     return out.with_name(out.name + ".run")
 
 
-def run_pretrain(
-    data_dir: InputPath,
-    out: OutputPath,
-    model: str = "resnet18",
-    epochs: int = 10,
-    batch_size: int = 32,
-    optimizer: str = "adam",
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
-    image_size: int = 128,
-    pseudo_fakes: float = 1.0,
-    schedule: str = "cosine",
-    warmup_epochs: float = 1.0,
-    label_smoothing: float = 0.0,
-    ema: float = 0.0,
-    augment: bool = True,
-    blur: bool = False,
-    train_crop: int = 0,
-    cache: str = "none",
-    amp: bool = False,
-    channels_last: bool = False,
-    compile: bool | None = None,
-    loader: str = "auto",
-    num_workers: int = 2,
-    seed: int = 0,
-    device: str = "auto",
-    run_dir: OutputPath | None = None,
-    progress: bool = True,
-) -> dict:
-    """Pretrain MODEL on real images vs their pseudo-fakes and save its weights to OUT.
+def run_pretrain(data_dir: InputPath, out: OutputPath, run_dir: OutputPath | None = None, progress: bool = True,
+                 **options) -> dict:
+    """Pretrain a model on real images vs their pseudo-fakes and save its weights to OUT.
 
     Args:
+        data_dir: Prepared data directory (`realfake data prepare`); only its real train images are used.
         out: Weights file to write (a dict with the state dict under "model"), loadable by `realfake train --weights`.
-        pseudo_fakes: Pseudo-fakes per real image of a batch (1.0 = one each: a balanced batch).
         run_dir: Run directory of the pretraining (default: OUT + ".run" beside it).
-    """
-    import torch
-    from realfake.jobs.tasks.evaluate import run_evaluate
-    from realfake.jobs.tasks.train import run_train
+        progress: Show progress bars.
 
+    The options are the fields of `PretrainConfig` (`realfake pretrain --help`); --pseudo-fakes is the
+    number of pseudo-fakes per real image of a batch (1.0 = one each: a balanced batch).
+    """
     out = Path(out)
     if out.exists():
         raise ValueError(f"{out} already exists: choose another --out or delete it")
     if out.suffix not in (".pt", ".pth"):
         raise ValueError(f"--out {out} should name a weights file ending in .pt or .pth")
+    config = dataclasses.asdict(PretrainConfig(**options))
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(out)
-    summary = run_train(
-        data_dir, model=model, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-        weight_decay=weight_decay, image_size=image_size, augment=augment, blur=blur, pseudo_fakes=pseudo_fakes,
-        real_only=True, schedule=schedule, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, ema=ema,
-        train_crop=train_crop, cache=cache, amp=amp, channels_last=channels_last, compile=compile, loader=loader,
-        num_workers=num_workers, seed=seed, device=device, out=run_dir.parent, name=run_dir.name,
-        progress=progress)
+    summary = run_train(data_dir, out=run_dir.parent, name=run_dir.name, progress=progress, real_only=True, **config)
     # How well do pseudo-fakes alone separate the real retouches of the valid split?
-    zero_shot = run_evaluate(summary["run_dir"], split="valid", loader=loader, num_workers=num_workers,
-                             device=device, progress=progress)
+    zero_shot = run_evaluate(summary["run_dir"], split="valid", loader=config["loader"],
+                             num_workers=config["num_workers"], device=config["device"], progress=progress)
     best = torch.load(Path(summary["run_dir"]) / "best.pt", map_location="cpu", weights_only=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     torch.save({"model": best["model"], "args": best["args"], "pretrain_run": summary["run_dir"],
                 "epoch": best["epoch"], "zero_shot_valid_auc": zero_shot["roc_auc"]}, tmp)
     tmp.replace(out)
-    result = {"weights": str(out), "run_dir": summary["run_dir"], "model": model, "best_epoch": summary["best_epoch"],
-              "zero_shot_valid_auc": zero_shot["roc_auc"], "zero_shot_valid_accuracy": zero_shot["accuracy"]}
+    result = {"weights": str(out), "run_dir": summary["run_dir"], "model": config["model"],
+              "best_epoch": summary["best_epoch"], "zero_shot_valid_auc": zero_shot["roc_auc"],
+              "zero_shot_valid_accuracy": zero_shot["accuracy"]}
     (Path(summary["run_dir"]) / "pretrain.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+run_pretrain.options = PretrainConfig

@@ -39,18 +39,3 @@ def rank_runs(rows: list[dict], by: str = "test_auc") -> list[dict]:
     best = scored[0][by] if scored else None
     ranked = [{**r, f"{by}_gap": r[by] - best} for r in scored]
     return ranked + [{**r, f"{by}_gap": None} for r in rows if r[by] is None]
-
-
-def format_table(rows: list[dict], columns) -> str:
-    def cell(value):
-        if value is None:
-            return "-"
-        if isinstance(value, float):
-            return f"{value:.4g}" if abs(value) < 0.001 or value >= 10 else f"{value:.4f}"
-        return str(value)
-
-    table = [list(columns)] + [[cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

@@ -27,22 +27,22 @@ evaluations are kept, unfinished runs continue from their last checkpoint.
 """
 from __future__ import annotations
 
-import copy
-import difflib
 import hashlib
-import inspect
 import json
 import logging
-import shlex
 import shutil
 import statistics
 import time
-import types
-import typing
-from collections.abc import Callable
 from pathlib import Path
 
+from realfake.jobs.service.options import command_line, function_params
 from realfake.jobs.service.params import InputPath, OutputPath
+from realfake.jobs.service.spec import check_options
+from realfake.jobs.tasks import sweep_presets
+from realfake.jobs.tasks.evaluate import run_evaluate
+from realfake.jobs.tasks.pretrain import run_pretrain
+from realfake.jobs.tasks.train import run_train
+from realfake.pipelines.manifest import manifest_sha256
 
 try:
     import tomllib
@@ -59,198 +59,36 @@ _EVAL_FROM_TRAIN = ("loader", "num_workers", "device")
 GROUP_ORDER = ("easy", "mid", "hard", "real")
 DONE_NAME = "sweep_done.json"
 
-# ---------------------------------------------------------------------------------------------------
-# Presets. Schedules: the report's where it gave them (Model 1: Adam 1e-3, 10 epochs; Model 2.2:
-# Adadelta 0.1, 30 epochs, augmentation); the recipe configurations use 40 epochs. These are sized for
-# a GPU (`--cache gpu --set amp=true --set channels_last=true`); torch.compile is off because a cold
-# compile (and a recompile for every new batch size that pseudo-fakes make) costs more than a
-# 40-epoch run over 1.4k images saves.
-
-_RECIPE = dict(model="resnet18", image_size=224, optimizer="adam", lr=1e-3, weight_decay=5e-5, epochs=40,
-               batch_size=64, schedule="cosine", warmup_epochs=2.0, label_smoothing=0.1, ema=0.999, compile=False)
-
-PRESETS: dict[str, dict] = {
-    "report-baselines": {
-        "description": "The report's models trained from scratch, split before augmentation.",
-        "seeds": [0, 1, 2],
-        "train": {"image_size": 128, "compile": False},
-        "configs": [
-            {"name": "model1", "label": "Model 1 (simple_cnn@128, Adam 1e-3, no augmentation)",
-             "train": {"model": "simple_cnn", "optimizer": "adam", "lr": 1e-3, "epochs": 10, "augment": False}},
-            {"name": "model2", "label": "Model 2.2 (deep_cnn@128, Adadelta 0.1, augmentation)",
-             "train": {"model": "deep_cnn", "optimizer": "adadelta", "lr": 0.1, "epochs": 30, "augment": True}},
-            {"name": "resnet18", "label": "ResNet18@128 from scratch (Adam 1e-3, augmentation)",
-             "train": {"model": "resnet18", "optimizer": "adam", "lr": 1e-3, "epochs": 30, "augment": True}},
-        ],
-    },
-    "pseudo-fakes": {
-        "description": "ResNet18@224 from scratch with the modern recipe (cosine + warm-up, label smoothing, "
-                       "EMA), with and without self-blended pseudo-fakes and the report's blur, and with TTA. "
-                       "Decision threshold: the valid split's EER point (pseudo-fakes shift the class prior).",
-        "seeds": [0, 1, 2],
-        "train": dict(_RECIPE),
-        "evaluate": {"calibrate": True},
-        "configs": [
-            {"name": "r18-224-recipe", "label": "ResNet18@224 recipe, report's augmentation (with blur)",
-             "train": {}},
-            {"name": "r18-224-recipe-noblur", "label": "ResNet18@224 recipe, no blur", "train": {"blur": False}},
-            {"name": "r18-224-sbi", "label": "+ pseudo-fakes 0.5 (with blur)", "train": {"pseudo_fakes": 0.5}},
-            {"name": "r18-224-sbi-noblur", "label": "+ pseudo-fakes 0.5, no blur",
-             "train": {"pseudo_fakes": 0.5, "blur": False}},
-            {"name": "r18-224-sbi-noblur-flip", "label": "+ pseudo-fakes 0.5, no blur, TTA flip",
-             "train": {"pseudo_fakes": 0.5, "blur": False}, "evaluate": {"tta": "flip"}},
-            {"name": "r18-224-sbi-noblur-crops", "label": "+ pseudo-fakes 0.5, no blur, TTA flip x crops",
-             "train": {"pseudo_fakes": 0.5, "blur": False}, "evaluate": {"tta": "crops"}},
-            {"name": "r18-224-pretrain-sbi", "label": "pretrained on pseudo-fakes (20 ep), then + pseudo-fakes 0.5, no blur",
-             "train": {"pseudo_fakes": 0.5, "blur": False},
-             "pretrain": {"model": "resnet18", "image_size": 224, "epochs": 20, "batch_size": 64, "lr": 1e-3,
-                          "weight_decay": 5e-5, "warmup_epochs": 1.0}},
-        ],
-    },
-    "resolution": {
-        "description": "The traces are small and sharp: the ResNet18 recipe (no blur) at 128, 224, and native "
-                       "resolution (random 320 px crops of the 600 px image, evaluated on the full image), and "
-                       "native resolution with pseudo-fakes, whose blends keep their own scale there. The other "
-                       "rows have none: at 224 px on the H200 they lowered the AUC (docs/gpu-h200.md).",
-        "seeds": [0, 1, 2],
-        "train": {**_RECIPE, "blur": False},
-        "evaluate": {"calibrate": True},
-        "configs": [
-            {"name": "r18-128", "label": "128 px", "train": {"image_size": 128}},
-            {"name": "r18-224", "label": "224 px", "train": {"image_size": 224}},
-            {"name": "r18-600-crop320", "label": "600 px, train on 320 px crops, evaluate full image",
-             "train": {"image_size": 600, "train_crop": 320, "batch_size": 32}},
-            {"name": "r18-600-crop320-sbi", "label": "600 px, 320 px crops, + pseudo-fakes 0.5",
-             "train": {"image_size": 600, "train_crop": 320, "batch_size": 32, "pseudo_fakes": 0.5}},
-        ],
-    },
-    "jpeg-ghosts": {
-        "description": "ghost_cnn on JPEG ghost maps (pipelines/jpeg_ghosts.py) at native 600 px, from scratch: "
-                       "AdamW 2e-3, one-cycle, 30 epochs, horizontal flips; the last checkpoint evaluated with flip TTA "
-                       "at the valid split's EER threshold. Sized for 2 CPU cores: the maps (3 min for CIPLAB, computed once "
-                       "into DATA_DIR/cache), then 7-14 min a run, about 130 min for the four rows.",
-        "seeds": [0, 1, 2],
-        "train": {"model": "ghost_cnn", "image_size": 600, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-3,
-                  "schedule": "onecycle", "epochs": 30, "batch_size": 32, "compile": False},
-        # The one-cycle schedule ends at LR 0: its last weights are the result. The "best" checkpoint (lowest
-        # valid loss) lands on noisy mid-schedule epochs (seed 0: epoch 20, test AUC 0.814 against 0.875).
-        "evaluate": {"calibrate": True, "tta": "flip", "checkpoint": "last"},
-        "configs": [
-            {"name": "ghosts", "label": "ghost_cnn on JPEG ghost maps, 600 px, 30 epochs, TTA flip", "train": {}},
-            {"name": "ghosts-shift4-e40", "label": "+ batches shifted by up to 4 cells, 40 epochs",
-             "train": {"ghost_shift": 4, "epochs": 40}},
-            {"name": "ghosts-regions", "label": "+ the edited-region loss (--region-loss 1)",
-             "train": {"ghost_shift": 4, "epochs": 40, "region_loss": 1.0}},
-            # bf16 + channels_last: the CPU here computes bf16 natively (2.6x faster than fp32 at width 32)
-            {"name": "ghosts-regions-w48", "label": "+ width 48 (--width 48), bf16 (--amp --channels-last)",
-             "train": {"ghost_shift": 4, "epochs": 40, "region_loss": 1.0, "width": 48, "amp": True,
-                       "channels_last": True}},
-        ],
-    },
-}
-
-# CPU-sized: the same configurations at 64 px with short schedules, decoded once (--cache memory).
-# Sized from single-thread CPU seconds per batch of 32 measured here (simple_cnn 0.14, deep_cnn 1.9,
-# resnet18 0.46; pseudo-fakes add 0.013) on the 1387-image train split: every configuration x 3 seeds
-# comes to about 15 minutes of 2 idle CPU cores. Short schedules cannot show what the long ones can:
-# read them as the protocol run end to end, not as the models' ability.
-_CPU = dict(image_size=64, cache="memory", batch_size=32, num_workers=2)
-_CPU_RECIPE = dict(model="resnet18", epochs=5, schedule="cosine", warmup_epochs=0.5, label_smoothing=0.1, ema=0.99,
-                   blur=False)
-PRESETS["cpu-short"] = {
-    "description": "CPU-sized short schedules (64 px, 2-6 epochs): the protocol end to end on 2 cores, "
-                   "not the models' real ability.",
-    "seeds": [0, 1, 2],
-    "train": dict(_CPU),
-    "configs": [
-        {"name": "model1", "label": "Model 1 (simple_cnn, Adam 1e-3, no augmentation), 6 epochs",
-         "train": {"model": "simple_cnn", "optimizer": "adam", "lr": 1e-3, "epochs": 6, "augment": False}},
-        {"name": "model2", "label": "Model 2.2 (deep_cnn, Adadelta 0.1, augmentation), 2 epochs",
-         "train": {"model": "deep_cnn", "optimizer": "adadelta", "lr": 0.1, "epochs": 2, "augment": True}},
-        {"name": "resnet18", "label": "ResNet18 (Adam 1e-3, augmentation), 5 epochs",
-         "train": {"model": "resnet18", "optimizer": "adam", "lr": 1e-3, "epochs": 5, "augment": True}},
-        {"name": "r18-recipe-noblur", "label": "ResNet18 recipe (cosine, smoothing, EMA), no blur, 5 epochs",
-         "train": dict(_CPU_RECIPE), "evaluate": {"calibrate": True}},
-        {"name": "r18-sbi-noblur", "label": "ResNet18 recipe + pseudo-fakes 0.5, no blur, 5 epochs",
-         "train": {**_CPU_RECIPE, "pseudo_fakes": 0.5}, "evaluate": {"calibrate": True}},
-        {"name": "r18-sbi-noblur-flip", "label": "ResNet18 recipe + pseudo-fakes 0.5, no blur, TTA flip",
-         "train": {**_CPU_RECIPE, "pseudo_fakes": 0.5}, "evaluate": {"tta": "flip", "calibrate": True}},
-    ],
-}
-
 
 # ---------------------------------------------------------------------------------------------------
 # Spec loading and checking
-
-
-def _accepts(annotation, value) -> bool:
-    """Whether a TOML value fits a job-function annotation (str/int/float/bool/paths, X | None)."""
-    if value is None:
-        return True
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return _accepts(typing.get_args(annotation)[0], value)
-    if origin in (typing.Union, types.UnionType):
-        return any(_accepts(a, value) for a in typing.get_args(annotation) if a is not type(None))
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    if annotation is Path:
-        return isinstance(value, (str, Path))
-    return True
-
-
-def _check_options(function: Callable, options: dict, fixed: tuple[str, ...], where: str) -> dict:
-    """Unknown keys and wrong types are one-line errors naming the key; ints become floats where due."""
-    if not isinstance(options, dict):
-        raise ValueError(f"{where} must be a table of options, got {options!r}")
-    hints = typing.get_type_hints(function, include_extras=True)
-    params = [p for p in inspect.signature(function).parameters if p not in fixed]
-    clean = {}
-    for key, value in options.items():
-        if key not in params:
-            close = difflib.get_close_matches(key, params, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{where}: unknown option {key!r}{hint}: use one of {', '.join(params)}")
-        if not _accepts(hints.get(key), value):
-            raise ValueError(f"{where}: option {key!r} = {value!r} has the wrong type: expected {hints.get(key)}")
-        clean[key] = float(value) if hints.get(key) is float and isinstance(value, int) else value
-    return clean
 
 
 def load_spec(spec: Path | None = None, preset: str | None = None) -> dict:
     """The spec of a TOML file or a preset (exactly one), checked and normalized."""
     if (spec is None) == (preset is None):
         raise ValueError("give a sweep SPEC.toml or --preset NAME (one of them): presets are "
-                         + ", ".join(PRESETS))
+                         + ", ".join(sweep_presets.names()))
     if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
-        raw, source = copy.deepcopy(PRESETS[preset]), f"preset {preset}"
-        raw.setdefault("name", preset)
+        text, source, name = sweep_presets.text(preset), f"preset {preset}", preset
     else:
         path = Path(spec)
         try:
-            raw = tomllib.loads(path.read_text())
+            text = path.read_text()
         except FileNotFoundError:
             raise FileNotFoundError(f"sweep spec {path} not found: check the path") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{path}: invalid TOML ({exc}): fix the syntax") from None
-        source = str(path)
-        raw.setdefault("name", path.stem)
-    return normalize_spec(raw, source)
+        source, name = str(path), path.stem
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{source}: invalid TOML ({exc}): fix the syntax") from None
+    raw.setdefault("name", name)
+    return normalize_spec(raw, source, base_dir=Path(spec).resolve().parent if spec is not None else None)
 
 
-def normalize_spec(raw: dict, source: str = "spec") -> dict:
-    from realfake.jobs.tasks.evaluate import run_evaluate
-    from realfake.jobs.tasks.pretrain import run_pretrain
-    from realfake.jobs.tasks.train import run_train
-
+def normalize_spec(raw: dict, source: str = "spec", base_dir: Path | None = None) -> dict:
+    """A raw sweep spec checked: its tables of train/evaluate/pretrain options are checked as job specs of
+    those kinds are (`spec.check_options`); relative paths in them are relative to `base_dir`."""
     known = {"name", "description", "seeds", "train", "evaluate", "configs"}
     unknown = set(raw) - known
     if unknown:
@@ -262,8 +100,12 @@ def normalize_spec(raw: dict, source: str = "spec") -> dict:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                            for s in seeds):
         raise ValueError(f"{source}: seeds must be a list of integers such as [0, 1, 2]")
-    train_defaults = _check_options(run_train, raw.get("train", {}), _TRAIN_FIXED, f"{source} [train]")
-    eval_defaults = _check_options(run_evaluate, raw.get("evaluate", {}), _EVAL_FIXED, f"{source} [evaluate]")
+
+    def check(kind, options, fixed, where):
+        return check_options(kind, options, fixed=fixed, source=where, base_dir=base_dir)
+
+    train_defaults = check("train", raw.get("train", {}), _TRAIN_FIXED, f"{source} [train]")
+    eval_defaults = check("evaluate", raw.get("evaluate", {}), _EVAL_FIXED, f"{source} [evaluate]")
     out_configs, names = [], set()
     for i, config in enumerate(configs):
         where = f"{source} configs[{i}]"
@@ -276,19 +118,17 @@ def normalize_spec(raw: dict, source: str = "spec") -> dict:
         extra = set(config) - {"name", "label", "train", "evaluate", "pretrain"}
         if extra:
             raise ValueError(f"{where}: unknown key {sorted(extra)[0]!r}: use name, label, train, evaluate, pretrain")
-        train = {**train_defaults, **_check_options(run_train, config.get("train", {}), _TRAIN_FIXED,
-                                                    f"{where}.train")}
-        evaluate = {**eval_defaults, **_check_options(run_evaluate, config.get("evaluate", {}), _EVAL_FIXED,
-                                                      f"{where}.evaluate")}
+        if config.get("pretrain") is not None and "weights" in {**raw.get("train", {}), **config.get("train", {})}:
+            raise ValueError(f"{where}: give either pretrain or train.weights, not both")
+        train = {**train_defaults, **check("train", config.get("train", {}), _TRAIN_FIXED, f"{where}.train")}
+        evaluate = {**eval_defaults, **check("evaluate", config.get("evaluate", {}), _EVAL_FIXED, f"{where}.evaluate")}
         # Evaluate with the loader and device the run trained with, unless told otherwise.
         for key in _EVAL_FROM_TRAIN:
             if key in train and key not in evaluate:
                 evaluate[key] = train[key]
         pretrain = config.get("pretrain")
         if pretrain is not None:
-            pretrain = _check_options(run_pretrain, pretrain, _PRETRAIN_FIXED, f"{where}.pretrain")
-            if "weights" in train:
-                raise ValueError(f"{where}: give either pretrain or train.weights, not both")
+            pretrain = check("pretrain", pretrain, _PRETRAIN_FIXED, f"{where}.pretrain")
         out_configs.append({"name": name, "label": config.get("label", name), "train": train,
                             "evaluate": evaluate, "pretrain": pretrain})
     return {"name": raw.get("name", "sweep"), "description": raw.get("description", ""), "seeds": seeds,
@@ -322,41 +162,7 @@ def parse_set(items: list[str] | None) -> dict:
 # ---------------------------------------------------------------------------------------------------
 # Commands: the exact CLI line behind each run
 
-
-def _click_options(command) -> dict:
-    import click
-
-    return {p.name.rstrip("_"): p for p in command.params if isinstance(p, click.Option)}
-
-
 SEED_VAR = "$SEED"
-
-
-def _shell(value) -> str:
-    """Quote for a POSIX shell, leaving $SEED outside the quotes so that the shell expands it."""
-    return SEED_VAR.join(shlex.quote(piece) if piece else "" for piece in str(value).split(SEED_VAR))
-
-
-def render_command(name: str, command, arguments: list[str], options: dict) -> str:
-    """`realfake NAME ARGS --option value ...` for a click command and Python-named options.
-
-    $SEED in a value stays a shell variable (the table's commands run in `for SEED in ...`)."""
-    by_name = _click_options(command)
-    parts = ["realfake", name, *(_shell(a) for a in arguments)]
-    for key, value in options.items():
-        option = by_name.get(key)
-        if option is None:
-            raise ValueError(f"`realfake {name}` has no option for {key!r}")
-        if value is None:
-            continue
-        if option.is_flag:
-            if option.secondary_opts:
-                parts.append(option.opts[0] if value else option.secondary_opts[0])
-            elif value:
-                parts.append(option.opts[0])
-            continue
-        parts += [option.opts[0], _shell(value)]
-    return " ".join(parts)
 
 
 def _run_name(config: dict, seed: int | str) -> str:
@@ -365,21 +171,21 @@ def _run_name(config: dict, seed: int | str) -> str:
 
 def config_commands(config: dict, data_dir: Path, out: Path, seed: int | str = SEED_VAR) -> dict:
     """The commands that reproduce one configuration at one seed (default: with a $SEED variable)."""
-    from realfake.jobs.cli.evaluate import evaluate as evaluate_cmd
-    from realfake.jobs.cli.pretrain import pretrain as pretrain_cmd
-    from realfake.jobs.cli.train import train as train_cmd
-
     name = _run_name(config, seed)
     commands = {}
     train = dict(config["train"])
+
+    def line(command, function, arguments, values):
+        return command_line(command, function_params(function), arguments, values, keep_in_shell=SEED_VAR)
+
     if config["pretrain"] is not None:
         weights = out / "pretrain" / f"{name}.pt"
-        commands["pretrain"] = render_command("pretrain", pretrain_cmd, [str(data_dir)], {
-            **config["pretrain"], "seed": seed, "out": str(weights)})
+        commands["pretrain"] = line("pretrain", run_pretrain, [str(data_dir)],
+                                    {**config["pretrain"], "seed": seed, "out": str(weights)})
         train["weights"] = str(weights)
-    commands["train"] = render_command("train", train_cmd, [str(data_dir)], {
-        **train, "seed": seed, "out": str(out / "runs"), "name": name})
-    commands["evaluate"] = render_command("evaluate", evaluate_cmd, [str(out / "runs" / name)], config["evaluate"])
+    commands["train"] = line("train", run_train, [str(data_dir)],
+                             {**train, "seed": seed, "out": str(out / "runs"), "name": name})
+    commands["evaluate"] = line("evaluate", run_evaluate, [str(out / "runs" / name)], config["evaluate"])
     return commands
 
 
@@ -482,9 +288,6 @@ def _train_key(config: dict) -> str:
 
 def _train_one(config: dict, seed: int, data_dir: Path, out: Path, progress: bool) -> dict:
     """Pretrain (if asked) and train one configuration at one seed, resuming what a previous sweep left."""
-    from realfake.jobs.tasks.pretrain import run_pretrain
-    from realfake.jobs.tasks.train import run_train
-
     name = _run_name(config, seed)
     run_dir = out / "runs" / name
     done = run_dir / DONE_NAME
@@ -544,7 +347,8 @@ def run_sweep(
         out: Sweep folder (runs/, pretrain/, evals/, results.json, results.md); rerunning resumes it.
         data_dir: Prepared data directory (from `realfake data prepare`) every configuration trains on.
         spec: Sweep spec TOML (see `realfake sweep --help`); or give preset.
-        preset: A built-in spec: report-baselines, pseudo-fakes, resolution, cpu-short.
+        preset: A built-in spec (realfake.jobs.tasks.sweep_presets): cpu-short, jpeg-ghosts, pseudo-fakes,
+            report-baselines, resolution.
         seeds: Comma-separated seeds, overriding the spec's (e.g. "0,1,2").
         only: Run only these configurations (names).
         device: Train and evaluate on this device (auto, cpu, cuda[:N]) in every configuration.
@@ -554,8 +358,6 @@ def run_sweep(
         finished_only: Train nothing: tabulate the runs whose training finished (evaluating them if
             needed) and leave the others out, e.g. for a sweep stopped at a time limit.
     """
-    from realfake.pipelines.manifest import manifest_sha256
-
     if data_dir is None:
         raise ValueError("give the prepared data directory: realfake sweep --data DATA_DIR ...")
     data_dir, out = Path(data_dir).resolve(), Path(out).resolve()
@@ -573,9 +375,7 @@ def run_sweep(
             raise ValueError(f"--only {missing[0]!r} is not a configuration of this sweep: choose from "
                              + ", ".join(c["name"] for c in configs))
         configs = [c for c in configs if c["name"] in only]
-    from realfake.jobs.tasks.train import run_train
-
-    overrides = _check_options(run_train, overrides, _TRAIN_FIXED, "--set/--device/--cache")
+    overrides = check_options("train", overrides, fixed=_TRAIN_FIXED, source="--set/--device/--cache")
     sha = manifest_sha256(data_dir)  # also checks that DATA_DIR is prepared
     # Configurations with identical training share runs (named after the first of them).
     first_of: dict[str, str] = {}
@@ -591,8 +391,6 @@ def run_sweep(
         config["key"] = _train_key(config)
         config["run"] = first_of.setdefault(config["key"], config["name"])
         config["commands"] = config_commands(config, data_dir, out)
-
-    from realfake.jobs.tasks.evaluate import run_evaluate
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps({**sweep, "configs": configs, "seeds": seed_list,

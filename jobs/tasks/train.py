@@ -1,43 +1,225 @@
 """`realfake train`: train one model on a prepared data set into a run directory.
 
-Like torchvision's references/classification/train.py `main`: load data, build model, optimizer and
-scheduler, then `engines.trainer.fit`. The run directory holds everything needed to evaluate, compare,
-resume or build an engine from it.
+Like torchvision's references/classification/train.py `main`, a short sequence of named steps: the
+run's config (new, or the resumed run's), the data loaders, the model and its optimizer, the run
+directory, `engines.trainer.fit`, the curves. The run directory holds everything needed to evaluate,
+compare, resume or build an engine from it. Every option is a field of `TrainConfig`.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
 import logging
-import platform
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from realfake.engines import recipes, trainer
+from realfake.engines.devices import resolve_device
+from realfake.engines.metrics import save_curves_png
 from realfake.jobs.service.params import InputPath, OutputPath
+from realfake.jobs.tasks.train_config import TrainConfig
+from realfake.models import build_model
+from realfake.pipelines.loaders import get_loader, manifest_loader_options
+from realfake.pipelines.manifest import ManifestRow, manifest_sha256, read_manifest
+from realfake.pipelines.prepare import edited_regions
+from realfake.pipelines.provenance import versions
+from realfake.pipelines.pseudo_fakes import DEFAULT_SPEC, train_batch_transform
+from realfake.pipelines.spec import CLASS_NAMES, MEAN, STD, AugmentSpec
 
 log = logging.getLogger(__name__)
 
-# Options added after the first runs were saved: a resumed older run gets these (the old behaviour).
-RECIPE_DEFAULTS = dict(pseudo_fakes=0.0, real_only=False, schedule=None, warmup_epochs=0.0, label_smoothing=0.0,
-                       ema=0.0, blur=True, train_crop=0, cache="none", ghost_shift=0, region_loss=0.0, width=None)
-CACHE_CHOICES = ("none", "memory", "gpu")
+
+@dataclass
+class TrainingData:
+    train_rows: list[ManifestRow]
+    valid_rows: list[ManifestRow]
+    train_loader: object
+    valid_loader: object
+    augment_spec: AugmentSpec | None
 
 
-def versions() -> dict:
-    import torch
-    import torchvision
+@dataclass
+class TrainingParts:
+    """The model and what trains it, built for one config on one device."""
 
-    try:
-        from importlib.metadata import version
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    per_batch_scheduler: bool
+    scaler: torch.amp.GradScaler | None
+    ema: torch.nn.Module | None
+    region_loss: recipes.RegionLoss | None
+    batch_transform: object
 
-        dali = version("nvidia-dali-cuda130")
-    except Exception:
-        dali = None
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "dali": dali}
+
+def run_train(data_dir: InputPath, out: OutputPath = Path("runs"), name: str | None = None,
+              resume: InputPath | None = None, progress: bool = True, **options) -> dict:
+    """Train a model on DATA_DIR's train split, validating on its valid split each epoch.
+
+    Args:
+        data_dir: Prepared data directory (`realfake data prepare`).
+        out: Folder that receives the run directory.
+        name: Run directory name (default: MODEL-TIMESTAMP).
+        resume: Continue this run directory exactly from its last checkpoint (model, optimizer, scheduler,
+            epoch, RNG); of the options only --epochs (the new total) applies.
+        progress: Show progress bars.
+
+    The options are the fields of `TrainConfig` (`realfake train --help`). Returns a summary: the run
+    directory, epochs run, best epoch and valid loss, last accuracies, loader, device.
+    """
+    data_dir = Path(data_dir).resolve()
+    config, checkpoint, run_dir = _config_to_run(data_dir, resume, options)
+    device = resolve_device(config.device)
+    data = load_data(config, data_dir, device, progress)
+    parts = build_training(config, data, device)
+    state = None
+    if checkpoint is not None:
+        state = trainer.restore(checkpoint, parts.model, parts.optimizer, parts.scheduler, parts.scaler,
+                                ema=parts.ema, aux_loss=parts.region_loss)
+        print(f"Resuming {run_dir} after epoch {state.epoch} of {config.epochs}", flush=True)
+    run_dir = write_run_config(config, data, data_dir, device, out, name, resumed=(run_dir, state))
+    state = fit(config, data, parts, device, run_dir, state, progress)
+    save_curves_png(state.history, run_dir / "curves.png", title=f"{config.model} @ {config.image_size}px")
+    last = state.history[-1]
+    return {"run_dir": str(run_dir), "model": config.model, "epochs_run": state.epoch,
+            "best_epoch": state.best_epoch, "best_valid_loss": state.best_valid_loss,
+            "valid_acc": last["valid_acc"], "train_acc": last["train_acc"], "loader": data.train_loader.backend,
+            "device": device, "compiled": _uses_compile(config, device)}
+
+
+run_train.options = TrainConfig
+
+
+def _config_to_run(data_dir: Path, resume: Path | None, options: dict) -> tuple[TrainConfig, dict | None, Path | None]:
+    """(config, checkpoint, run directory): a new run's config from the options, or the resumed run's own,
+    of which only the epoch budget may grow. Checked before any data is read."""
+    if resume is None:
+        unknown = sorted(set(options) - set(TrainConfig.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown training option {unknown[0]!r}: see `realfake train --help`")
+        config = TrainConfig(**options)
+        config.validate()
+        return config.resolved(), None, None
+    run_dir = Path(resume)
+    checkpoint = trainer.load_checkpoint(run_dir / "last.pt")
+    saved = TrainConfig.from_args(checkpoint["args"])
+    config = TrainConfig.from_args({**checkpoint["args"],
+                                    "epochs": max(options.get("epochs", TrainConfig.epochs), checkpoint["epoch"])})
+    if config.schedule_name in ("cosine", "onecycle") and config.epochs != saved.epochs:
+        raise ValueError(f"{run_dir} uses a {config.schedule_name} schedule fixed to {saved.epochs} epochs: resume "
+                         f"with --epochs {saved.epochs}, or train a new run")
+    run_config = trainer.read_run_config(run_dir)
+    if run_config["manifest_sha256"] != manifest_sha256(data_dir):
+        raise ValueError(f"{data_dir} is not the data set {run_dir} was trained on (manifest differs): "
+                         f"resume with --data {run_config['data_dir']}")
+    config.validate()
+    return config, checkpoint, run_dir
+
+
+def load_data(config: TrainConfig, data_dir: Path, device: str, progress: bool) -> TrainingData:
+    """The train and valid rows of the manifest and their loaders (pixels, cached pixels or ghost maps:
+    `pipelines.loaders.get_loader` decides from the config)."""
+    train_rows = read_manifest(data_dir, "train")
+    if config.real_only:
+        train_rows = [r for r in train_rows if r.label == CLASS_NAMES.index("real")]
+    valid_rows = read_manifest(data_dir, "valid")
+    if not train_rows or not valid_rows:
+        raise ValueError(f"{data_dir} has {len(train_rows)} train and {len(valid_rows)} valid files: "
+                         "prepare it with non-zero train and valid fractions")
+    augment = (AugmentSpec() if config.blur else AugmentSpec(blur_p=0.0)) if config.augment else None
+    common = dict(backend=config.loader, image_size=config.image_size, batch_size=config.batch_size,
+                  num_workers=config.num_workers, seed=config.seed, device=device, progress=progress,
+                  cache=config.cache,
+                  source_size=sorted(r.width for r in train_rows)[len(train_rows) // 2])
+    regions = _edited_regions(train_rows) if config.region_loss else None
+    train_loader = get_loader([r.path for r in train_rows], [r.label for r in train_rows], train=True,
+                              augment=augment, ghost_shift=config.ghost_shift, regions=regions, **common,
+                              **manifest_loader_options(config.input, data_dir, config.image_size, train_rows))
+    valid_loader = get_loader([r.path for r in valid_rows], [r.label for r in valid_rows], train=False, **common,
+                              **manifest_loader_options(config.input, data_dir, config.image_size, valid_rows))
+    return TrainingData(train_rows, valid_rows, train_loader, valid_loader, augment)
+
+
+def build_training(config: TrainConfig, data: TrainingData, device: str) -> TrainingParts:
+    """The model (seeded), its EMA and region loss where asked, the optimizer, the LR schedule, the AMP
+    scaler and the on-device batch transform (pseudo-fakes, crops)."""
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, image_size=config.image_size, dropout=config.dropout, width=config.width,
+                        weights=Path(config.weights) if config.weights else None,
+                        freeze_backbone=config.freeze_backbone).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if config.train_crop:
+        _check_any_size(config.model, config.image_size, config.train_crop)
+    if config.amp and not device.startswith("cuda"):
+        log.warning("--amp on a CPU uses bf16 autocast, which is many times slower on CPUs without bf16 units")
+    # The EMA copy is made before the region loss hooks the model, so it never carries the hook.
+    ema = recipes.make_ema(model, config.ema) if config.ema else None
+    region_loss = recipes.RegionLoss(model, config.region_loss).to(device) if config.region_loss else None
+    trained = [p for p in model.parameters() if p.requires_grad] + (list(region_loss.parameters()) if region_loss else [])
+    optimizer = trainer.make_optimizer(config.optimizer, trained, lr=config.lr, momentum=config.momentum,
+                                       weight_decay=config.weight_decay)
+    scheduler, per_batch = recipes.make_scheduler(
+        optimizer, config.schedule_name, epochs=config.epochs, steps_per_epoch=len(data.train_loader),
+        warmup_epochs=config.warmup_epochs, step_size=config.step_size, gamma=config.gamma, lr=config.lr)
+    scaler = torch.amp.GradScaler("cuda") if config.amp and device.startswith("cuda") else None
+    transform = train_batch_transform(seed=config.seed, pseudo_fakes=config.pseudo_fakes, train_crop=config.train_crop)
+    return TrainingParts(model, optimizer, scheduler, per_batch, scaler, ema, region_loss, transform)
+
+
+def write_run_config(config: TrainConfig, data: TrainingData, data_dir: Path, device: str, out: Path,
+                     name: str | None, resumed: tuple[Path | None, trainer.TrainState | None]) -> Path:
+    """config.json of a new run directory (made here), or of the resumed one (`resumed`: its directory and
+    restored state) with this resume noted."""
+    run_dir, state = resumed
+    if run_dir is not None:
+        record = trainer.read_run_config(run_dir)
+        record["resumed"] = record.get("resumed", []) + [{"at_epoch": state.epoch,
+                                                          "date": dt.datetime.now().isoformat(timespec="seconds")}]
+        record["args"] = config.to_args()
+    else:
+        run_dir = _new_run_dir(Path(out), name, config.model)
+        augment = data.augment_spec
+        record = {
+            "model": config.model, "input": config.input, "image_size": config.image_size,
+            "dropout": config.dropout, "width": config.width,
+            "mean": list(MEAN), "std": list(STD), "class_names": list(CLASS_NAMES),
+            "data_dir": str(data_dir), "manifest_sha256": manifest_sha256(data_dir),
+            "n_train": len(data.train_rows), "n_valid": len(data.valid_rows),
+            # Ghost maps are only flipped and shifted (see jpeg_ghosts.InMemoryGhostLoader).
+            "augment_spec": ({"hflip_p": 0.5 if augment else 0.0, "shift_cells": config.ghost_shift}
+                             if config.input == "ghosts" else augment.to_dict() if augment else None),
+            "schedule": config.schedule_name,
+            "pseudo_fake_spec": DEFAULT_SPEC.to_dict() if config.pseudo_fakes else None,
+            "args": config.to_args(), "created": dt.datetime.now().isoformat(timespec="seconds"),
+        }
+    record.update(loader=data.train_loader.backend, device=device, compiled=_uses_compile(config, device),
+                  versions=versions())
+    (run_dir / trainer.RUN_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
+    log.info("run %s: %s on %s, loader %s, compile %s", run_dir, config.model, device, data.train_loader.backend,
+             _uses_compile(config, device))
+    return run_dir
+
+
+def fit(config: TrainConfig, data: TrainingData, parts: TrainingParts, device: str, run_dir: Path,
+        state: trainer.TrainState | None, progress: bool) -> trainer.TrainState:
+    compiled = torch.compile(parts.model) if _uses_compile(config, device) else None
+    return trainer.fit(parts.model, train_loader=data.train_loader, valid_loader=data.valid_loader,
+                       optimizer=parts.optimizer, scheduler=parts.scheduler, device=torch.device(device),
+                       run_dir=run_dir, epochs=config.epochs, args=config.to_args(), state=state,
+                       compiled_model=compiled, patience=config.patience, amp=config.amp,
+                       channels_last=config.channels_last, scaler=parts.scaler, progress=progress,
+                       echo=lambda line: print(line, flush=True), per_batch_scheduler=parts.per_batch_scheduler,
+                       label_smoothing=config.label_smoothing, ema=parts.ema, batch_transform=parts.batch_transform,
+                       aux_loss=parts.region_loss)
+
+
+def _uses_compile(config: TrainConfig, device: str) -> bool:
+    return config.compile if config.compile is not None else device.startswith("cuda")
 
 
 def _new_run_dir(out: Path, name: str | None, model: str) -> Path:
-    out = Path(out)
     if name:
         run_dir = out / name
         if run_dir.exists():
@@ -51,48 +233,9 @@ def _new_run_dir(out: Path, name: str | None, model: str) -> Path:
     return run_dir
 
 
-def _resolved_schedule(args: dict) -> str:
-    """--schedule, defaulting as before it existed: StepLR when --step-size is given, else constant."""
-    return args.get("schedule") or ("step" if args.get("step_size", 0) > 0 else "constant")
-
-
-def _check_recipe(args: dict) -> None:
-    """One-line errors for recipe options out of range, before any data is read."""
-    from realfake.engines.recipes import SCHEDULES
-
-    if not 0.0 <= args["pseudo_fakes"] <= 1.0:
-        raise ValueError(f"--pseudo-fakes {args['pseudo_fakes']} must be a fraction between 0 and 1 (e.g. 0.5)")
-    if args["real_only"] and not args["pseudo_fakes"]:
-        raise ValueError("--real-only trains on real images alone: give --pseudo-fakes RATE to make the fakes")
-    if args["schedule"] is not None and args["schedule"] not in SCHEDULES:
-        raise ValueError(f"unknown schedule {args['schedule']!r}: choose one of {', '.join(SCHEDULES)}")
-    if not 0.0 <= args["label_smoothing"] < 1.0:
-        raise ValueError(f"--label-smoothing {args['label_smoothing']} must be in [0, 1) (e.g. 0.1)")
-    if args["ema"] and not 0.0 < args["ema"] < 1.0:
-        raise ValueError(f"--ema {args['ema']} must be a decay between 0 and 1 (e.g. 0.999), or 0 for off")
-    if args["cache"] not in CACHE_CHOICES:
-        raise ValueError(f"unknown cache {args['cache']!r}: choose one of {', '.join(CACHE_CHOICES)}")
-    if args["train_crop"] < 0 or args["train_crop"] > args["image_size"]:
-        raise ValueError(f"--train-crop {args['train_crop']} must be between 1 and --image-size "
-                         f"{args['image_size']} (0 = off)")
-
-
-def _check_ghost_recipe(args: dict) -> None:
-    """Options that act on pixels mean nothing for a model that reads JPEG ghost maps."""
-    pixel_only = {"pseudo_fakes": "--pseudo-fakes", "real_only": "--real-only", "train_crop": "--train-crop"}
-    given = [flag for key, flag in pixel_only.items() if args[key]]
-    if args["cache"] != "none":
-        given.append(f"--cache {args['cache']}")
-    if given:
-        raise ValueError(f"{args['model']} reads JPEG ghost maps, not pixels, so {', '.join(given)} do not apply "
-                         "(its maps are always kept in memory and cached on disk): drop them")
-
-
 def _edited_regions(rows) -> list:
     """Per train row, which regions were edited (`prepare.edited_regions`; None where the name does not say).
     A region loss with no fake to learn from is refused rather than trained on reals alone."""
-    from realfake.pipelines.prepare import edited_regions
-
     regions = [edited_regions(r.path, r.label) for r in rows]
     fakes = [bits for bits, r in zip(regions, rows, strict=True) if r.label != 0]
     unknown = sum(bits is None for bits in fakes)
@@ -106,7 +249,7 @@ def _edited_regions(rows) -> list:
     return regions
 
 
-def _check_any_size(model: str, image_size: int, crop: int, build_model) -> None:
+def _check_any_size(model: str, image_size: int, crop: int) -> None:
     """Crops need a model that takes any input size: one whose weights do not depend on it."""
     full = {k: v.shape for k, v in build_model(model, image_size=image_size).state_dict().items()}
     try:
@@ -116,228 +259,3 @@ def _check_any_size(model: str, image_size: int, crop: int, build_model) -> None
     if full != cropped:
         raise ValueError(f"{model} is built for one input size, so it cannot train on {crop} px crops and "
                          f"evaluate at {image_size}: use --train-crop with resnet18 or another torchvision net")
-
-
-def run_train(
-    data_dir: InputPath,
-    model: str = "simple_cnn",
-    epochs: int = 10,
-    batch_size: int = 32,
-    optimizer: str = "adam",
-    lr: float = 1e-3,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    step_size: int = 0,
-    gamma: float = 0.1,
-    dropout: float | None = None,
-    image_size: int | None = None,
-    augment: bool = True,
-    compile: bool | None = None,
-    amp: bool = False,
-    channels_last: bool = False,
-    patience: int | None = None,
-    seed: int = 0,
-    out: OutputPath = Path("runs"),
-    name: str | None = None,
-    resume: InputPath | None = None,
-    loader: str = "auto",
-    num_workers: int = 2,
-    weights: InputPath | None = None,
-    freeze_backbone: bool = False,
-    device: str = "auto",
-    progress: bool = True,
-    pseudo_fakes: float = 0.0,
-    real_only: bool = False,
-    schedule: str | None = None,
-    warmup_epochs: float = 0.0,
-    label_smoothing: float = 0.0,
-    ema: float = 0.0,
-    blur: bool = True,
-    train_crop: int = 0,
-    cache: str = "none",
-    ghost_shift: int = 0,
-    region_loss: float = 0.0,
-    width: int | None = None,
-) -> dict:
-    """Train `model` on DATA_DIR's train split, validating on its valid split each epoch.
-
-    image_size None is the model's own default (the report's 128; 600 for ghost_cnn). ghost_cnn reads
-    JPEG ghost maps, not pixels (`pipelines/jpeg_ghosts.py`): they are computed once per file into
-    DATA_DIR/cache; `augment` flips them horizontally and `ghost_shift` moves them (nothing else applies).
-
-    Recipe options (all off by default, so the default run is the report's):
-
-    Args:
-        pseudo_fakes: Fraction of each train batch's real images turned into extra self-blended fakes (label fake), made on the device after the loader.
-        real_only: Train on the real images only; pseudo-fakes are the fake class (what `realfake pretrain` runs).
-        schedule: LR schedule: constant, step, cosine or onecycle (default: step when step_size > 0, else constant).
-        warmup_epochs: Linear LR warm-up length in epochs (fractions allowed).
-        label_smoothing: Label smoothing of the training loss (validation loss stays plain cross-entropy).
-        ema: Decay of an exponential moving average of the weights (e.g. 0.999); the EMA is validated and saved. 0 = off.
-        blur: Keep the report's Gaussian blur in the augmentation (False = AugmentSpec(blur_p=0)).
-        train_crop: Train on random crops of this size of the image_size images; validate and evaluate on the full image (any-size models only). 0 = off.
-        cache: Decode the data once into a uint8 cache: none, memory (host) or gpu; augmentation then runs on that device.
-        ghost_shift: ghost_cnn only: move each train batch's maps by up to this many cells (8 px) each way. 0 = off.
-        region_loss: ghost_cnn only: weight of an auxiliary loss asking its feature map to point at the regions the fake file names say were edited (CIPLAB's ..._CCCC.jpg; `engines.recipes.RegionLoss`). 0 = off.
-        width: ghost_cnn only: channels of its first blocks (later blocks 2x and 4x; default 32). None = the model's own.
-    """
-    import torch
-    from realfake.engines import recipes, trainer
-    from realfake.engines.devices import resolve_device
-    from realfake.engines.metrics import save_curves_png
-    from realfake.models import build_model, default_image_size, model_input
-    from realfake.pipelines.loaders import get_loader, manifest_loader_options
-    from realfake.pipelines.manifest import manifest_sha256, read_manifest
-    from realfake.pipelines.pseudo_fakes import DEFAULT_SPEC, train_batch_transform
-    from realfake.pipelines.spec import CLASS_NAMES, MEAN, STD, AugmentSpec
-
-    data_dir = Path(data_dir).resolve()
-    if image_size is None:
-        image_size = default_image_size(model)
-    args = dict(model=model, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
-                weight_decay=weight_decay, step_size=step_size, gamma=gamma, dropout=dropout,
-                image_size=image_size, augment=augment, compile=compile, amp=amp, channels_last=channels_last,
-                patience=patience, seed=seed, loader=loader, num_workers=num_workers,
-                weights=str(weights) if weights else None, freeze_backbone=freeze_backbone, device=device,
-                pseudo_fakes=pseudo_fakes, real_only=real_only, schedule=schedule, warmup_epochs=warmup_epochs,
-                label_smoothing=label_smoothing, ema=ema, blur=blur, train_crop=train_crop, cache=cache,
-                ghost_shift=ghost_shift, region_loss=region_loss, width=width)
-    checkpoint = None
-    if resume is not None:
-        run_dir = Path(resume)
-        checkpoint = trainer.load_checkpoint(run_dir / "last.pt")
-        saved = checkpoint["args"]
-        # Resume continues the saved run exactly: only the epoch budget may grow.
-        args = {**RECIPE_DEFAULTS, **saved, "epochs": max(epochs, checkpoint["epoch"])}
-        if _resolved_schedule(args) in ("cosine", "onecycle") and args["epochs"] != saved["epochs"]:
-            raise ValueError(f"{run_dir} uses a {_resolved_schedule(args)} schedule fixed to {saved['epochs']} "
-                             f"epochs: resume with --epochs {saved['epochs']}, or train a new run")
-        config = trainer.read_run_config(run_dir)
-        if config["manifest_sha256"] != manifest_sha256(data_dir):
-            raise ValueError(f"{data_dir} is not the data set {run_dir} was trained on (manifest differs): "
-                             f"resume with --data {config['data_dir']}")
-    if args["optimizer"] not in trainer.OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {args['optimizer']!r}: choose one of {', '.join(trainer.OPTIMIZERS)}")
-    if args["epochs"] < 1:
-        raise ValueError("--epochs must be at least 1")
-    _check_recipe(args)
-    input_kind = model_input(args["model"])
-    if input_kind == "ghosts":
-        _check_ghost_recipe(args)
-    elif args["ghost_shift"]:
-        raise ValueError(f"--ghost-shift moves JPEG ghost maps; {args['model']} reads pixels: use --model ghost_cnn")
-    if args["ghost_shift"] < 0:
-        raise ValueError(f"--ghost-shift {args['ghost_shift']} must be 0 (off) or a number of cells")
-    if args["region_loss"] and input_kind != "ghosts":
-        raise ValueError(f"--region-loss is measured and wired for ghost_cnn; {args['model']} reads pixels: "
-                         "use --model ghost_cnn or drop it")
-    if args["region_loss"] < 0:
-        raise ValueError(f"--region-loss {args['region_loss']} must be 0 (off) or a positive weight (e.g. 1)")
-
-    train_rows = read_manifest(data_dir, "train")
-    if args["real_only"]:
-        train_rows = [r for r in train_rows if r.label == CLASS_NAMES.index("real")]
-    valid_rows = read_manifest(data_dir, "valid")
-    if not train_rows or not valid_rows:
-        raise ValueError(f"{data_dir} has {len(train_rows)} train and {len(valid_rows)} valid files: "
-                         "prepare it with non-zero train and valid fractions")
-    train_regions = _edited_regions(train_rows) if args["region_loss"] else None
-    run_device = resolve_device(args["device"])
-    device_obj = torch.device(run_device)
-    use_compile = args["compile"] if args["compile"] is not None else run_device.startswith("cuda")
-    if args["amp"] and not run_device.startswith("cuda"):
-        log.warning("--amp on a CPU uses bf16 autocast, which is many times slower on CPUs without bf16 units")
-
-    torch.manual_seed(args["seed"])
-    net = build_model(args["model"], image_size=args["image_size"], dropout=args["dropout"], width=args["width"],
-                      weights=Path(args["weights"]) if args["weights"] else None,
-                      freeze_backbone=args["freeze_backbone"]).to(device_obj)
-    if args["channels_last"]:
-        net = net.to(memory_format=torch.channels_last)
-    if args["train_crop"]:
-        _check_any_size(args["model"], args["image_size"], args["train_crop"], build_model)
-    # The EMA copy is made before the region loss hooks the model, so it never carries the hook.
-    ema_model = recipes.make_ema(net, args["ema"]) if args["ema"] else None
-    region_loss = recipes.RegionLoss(net, args["region_loss"]).to(device_obj) if args["region_loss"] else None
-    trained = [p for p in net.parameters() if p.requires_grad] + (list(region_loss.parameters()) if region_loss else [])
-    opt = trainer.make_optimizer(args["optimizer"], trained, lr=args["lr"], momentum=args["momentum"],
-                                 weight_decay=args["weight_decay"])
-    scaler = torch.amp.GradScaler("cuda") if args["amp"] and run_device.startswith("cuda") else None
-
-    augment_spec = (AugmentSpec() if args["blur"] else AugmentSpec(blur_p=0.0)) if args["augment"] else None
-    train_files, valid_files = [r.path for r in train_rows], [r.path for r in valid_rows]
-    if input_kind == "ghosts":
-        ghost_kw = dict(image_size=args["image_size"], batch_size=args["batch_size"], num_workers=args["num_workers"],
-                        seed=args["seed"], progress=progress)
-        train_loader = get_loader(train_files, [r.label for r in train_rows], train=True, augment=augment_spec,
-                                  ghost_shift=args["ghost_shift"], regions=train_regions, **ghost_kw,
-                                  **manifest_loader_options("ghosts", data_dir, args["image_size"], train_rows))
-        valid_loader = get_loader(valid_files, [r.label for r in valid_rows], train=False, **ghost_kw,
-                                  **manifest_loader_options("ghosts", data_dir, args["image_size"], valid_rows))
-    elif args["cache"] == "none":
-        loader_kw = dict(backend=args["loader"], image_size=args["image_size"], batch_size=args["batch_size"],
-                         num_workers=args["num_workers"], seed=args["seed"], device=run_device)
-        train_loader = get_loader(train_files, [r.label for r in train_rows], train=True, augment=augment_spec,
-                                  **loader_kw)
-        valid_loader = get_loader(valid_files, [r.label for r in valid_rows], train=False, **loader_kw)
-    else:
-        from realfake.pipelines.gpu_cache import make_cached_loader
-
-        if args["cache"] == "gpu" and not run_device.startswith("cuda"):
-            raise ValueError(f"--cache gpu needs a CUDA device but the run is on {run_device}: use --cache memory")
-        # The report's blur was specified for the decoded (600 px) images: scale it to the cache's size.
-        decoded = sorted(r.width for r in train_rows)[len(train_rows) // 2]
-        cache_kw = dict(image_size=args["image_size"], batch_size=args["batch_size"], seed=args["seed"],
-                        device=run_device if args["cache"] == "gpu" else "cpu", decode_backend=args["loader"],
-                        num_workers=args["num_workers"], augment_scale=args["image_size"] / max(decoded, 1),
-                        progress=progress)
-        train_loader = make_cached_loader(train_files, [r.label for r in train_rows], train=True,
-                                          augment=augment_spec, **cache_kw)
-        valid_loader = make_cached_loader(valid_files, [r.label for r in valid_rows], train=False, **cache_kw)
-    sched, per_batch = recipes.make_scheduler(
-        opt, _resolved_schedule(args), epochs=args["epochs"], steps_per_epoch=len(train_loader),
-        warmup_epochs=args["warmup_epochs"], step_size=args["step_size"], gamma=args["gamma"], lr=args["lr"])
-    batch_transform = train_batch_transform(seed=args["seed"], pseudo_fakes=args["pseudo_fakes"],
-                                            train_crop=args["train_crop"])
-
-    state = None
-    if checkpoint is not None:
-        state = trainer.restore(checkpoint, net, opt, sched, scaler, ema=ema_model, aux_loss=region_loss)
-        config["resumed"] = config.get("resumed", []) + [{"at_epoch": state.epoch,
-                                                          "date": dt.datetime.now().isoformat(timespec="seconds")}]
-        config["args"] = args
-        print(f"Resuming {run_dir} after epoch {state.epoch} of {args['epochs']}", flush=True)
-    else:
-        run_dir = _new_run_dir(Path(out), name, args["model"])
-        config = {
-            "model": args["model"], "input": input_kind, "image_size": args["image_size"], "dropout": args["dropout"],
-            "width": args["width"],
-            "mean": list(MEAN), "std": list(STD), "class_names": list(CLASS_NAMES),
-            "data_dir": str(data_dir), "manifest_sha256": manifest_sha256(data_dir),
-            "n_train": len(train_rows), "n_valid": len(valid_rows),
-            # Ghost maps are only flipped and shifted (see jpeg_ghosts.InMemoryGhostLoader).
-            "augment_spec": ({"hflip_p": 0.5 if augment_spec else 0.0, "shift_cells": args["ghost_shift"]}
-                             if input_kind == "ghosts" else augment_spec.to_dict() if augment_spec else None),
-            "schedule": _resolved_schedule(args),
-            "pseudo_fake_spec": DEFAULT_SPEC.to_dict() if args["pseudo_fakes"] else None,
-            "args": args, "created": dt.datetime.now().isoformat(timespec="seconds"),
-        }
-    config.update(loader=train_loader.backend, device=run_device, compiled=use_compile, versions=versions())
-    (run_dir / trainer.RUN_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    log.info("run %s: %s on %s, loader %s, compile %s", run_dir, args["model"], run_device,
-             train_loader.backend, use_compile)
-
-    compiled = torch.compile(net) if use_compile else None
-    state = trainer.fit(net, train_loader=train_loader, valid_loader=valid_loader, optimizer=opt, scheduler=sched,
-                        device=device_obj, run_dir=run_dir, epochs=args["epochs"], args=args, state=state,
-                        compiled_model=compiled, patience=args["patience"], amp=args["amp"],
-                        channels_last=args["channels_last"], scaler=scaler, progress=progress,
-                        echo=lambda line: print(line, flush=True), per_batch_scheduler=per_batch,
-                        label_smoothing=args["label_smoothing"], ema=ema_model, batch_transform=batch_transform,
-                        aux_loss=region_loss)
-    save_curves_png(state.history, run_dir / "curves.png", title=f"{args['model']} @ {args['image_size']}px")
-    last = state.history[-1]
-    return {"run_dir": str(run_dir), "model": args["model"], "epochs_run": state.epoch,
-            "best_epoch": state.best_epoch, "best_valid_loss": state.best_valid_loss,
-            "valid_acc": last["valid_acc"], "train_acc": last["train_acc"], "loader": train_loader.backend,
-            "device": run_device, "compiled": use_compile}

@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterable, Sequence
 from importlib import import_module
 from pathlib import Path
+from typing import Literal
 
 import torch
 from realfake.engines.devices import resolve_device
@@ -48,7 +49,8 @@ from realfake.jobs.tasks.score.outputs import (
     resolve_output,
 )
 from realfake.jobs.tasks.score.writers import open_writer, read_existing
-from realfake.pipelines.loaders import LOADER_CHOICES, dali_installed, get_loader, resolve_backend
+from realfake.pipelines.loaders import get_loader
+from realfake.pipelines.pixel_loaders import LOADER_CHOICES, dali_installed, resolve_backend
 from realfake.pipelines.walk import parse_shard
 from tqdm import tqdm
 
@@ -244,7 +246,7 @@ def run_score(
     engine: InputPath | None = None,
     recursive: bool = True,
     batch_size: int = 64,
-    loader: str = "auto",
+    loader: Literal[LOADER_CHOICES] = "auto",
     resume: bool = True,
     shard: str | None = None,
     num_workers: int = 2,
@@ -256,18 +258,17 @@ def run_score(
 
     Args:
         folders: Folders to score (files named directly are scored too).
-        out: Results file (.csv, .parquet or .jsonl); a folder or a path without suffix gets scores.csv inside.
-        engine: Engine directory (`realfake engine build`); default: the promoted engine.
+        out: Results: .csv, .parquet or .jsonl (a folder, or a path without suffix, gets scores.csv inside). Errors go to OUT.errors.csv.
+        engine: Engine directory from `realfake engine build`; default: the promoted engine.
         recursive: Score the folders' subfolders too.
         batch_size: Images per batch through the loader and the engine.
-        loader: auto (DALI on a GPU when installed, else torchvision with PIL draft mode), dali or torch.
-        resume: Skip the files OUT already holds; false replaces OUT and its errors file.
-        shard: I/N: score only the fixed 1/N of the files whose relative path hashes to I.
+        loader: Decoder. auto: DALI on a GPU (when installed); on the CPU torchvision with PIL draft mode, the cheaper CPU decoder for scoring.
+        resume: Skip files OUT already holds (and retry those of its errors file); false (--no-resume) replaces OUT.
+        shard: I/N: score only shard I of N (a fixed 1/N of the files, by a hash of their relative path); join the N outputs with `realfake score merge`.
         num_workers: Decoding processes (torchvision) or threads (DALI).
-        engine_threads: torch threads for the engine on a CPU; 0: the cores the decoders leave free
-            (see concurrency.choose_engine_threads). On a GPU, one.
-        device: auto, cpu or cuda[:N] for decoding (DALI) and the engine.
-        progress: Show a progress bar.
+        engine_threads: torch threads for the engine on a CPU. 0: the cores the decode workers leave free (at least 1), best when decoding costs more than the model; raise it for heavy models that keep the decoders waiting.
+        device: cpu or cuda[:N] for the engine and DALI decoding; auto: where the engine was built for.
+        progress: Show a progress bar (img/s) on stderr.
 
     Returns a summary: files (found in this shard), scored (new rows), skipped (already in OUT), errors,
     seconds (walking, decoding and scoring: not loading the engine), img_per_s (scored / seconds), and
