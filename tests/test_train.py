@@ -92,3 +92,20 @@ def test_missing_data_dir_and_unprepared_dir(tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.output
     result = CliRunner().invoke(main, ["train", str(tmp_path)])
     assert result.exit_code == 2 and "data prepare" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_on_a_cpu_is_bf16_only_where_the_cpu_computes_it(data_dir, tmp_path, monkeypatch, caplog, native):
+    import realfake.jobs.tasks.train as train_module
+
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: native)
+    run = run_train(data_dir, epochs=1, out=tmp_path, name="amp", amp=True, device="cpu", **TINY)
+    config = json.loads((tmp_path / "amp" / "config.json").read_text())
+    assert config["mixed_precision"] is native and config["args"]["amp"] is True
+    assert ("training in fp32" in caplog.text) is not native
+    assert run["epochs_run"] == 1
+
+
+def test_an_unknown_training_option_is_a_one_line_error(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="unknown training option 'epocs'"):
+        run_train(data_dir, epocs=1, out=tmp_path, **TINY)

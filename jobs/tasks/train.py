@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from realfake.engines import recipes, trainer
-from realfake.engines.devices import resolve_device
+from realfake.engines.devices import native_bf16, resolve_device
 from realfake.engines.metrics import save_curves_png
 from realfake.jobs.service.params import InputPath, OutputPath
 from realfake.jobs.tasks.train_config import TrainConfig
@@ -51,6 +51,7 @@ class TrainingParts:
     ema: torch.nn.Module | None
     region_loss: recipes.RegionLoss | None
     batch_transform: object
+    amp: bool  # mixed precision as it runs: --amp where the device computes it natively
 
 
 def run_train(data_dir: InputPath, out: OutputPath = Path("runs"), name: str | None = None,
@@ -78,7 +79,7 @@ def run_train(data_dir: InputPath, out: OutputPath = Path("runs"), name: str | N
         state = trainer.restore(checkpoint, parts.model, parts.optimizer, parts.scheduler, parts.scaler,
                                 ema=parts.ema, aux_loss=parts.region_loss)
         print(f"Resuming {run_dir} after epoch {state.epoch} of {config.epochs}", flush=True)
-    run_dir = write_run_config(config, data, data_dir, device, out, name, resumed=(run_dir, state))
+    run_dir = write_run_config(config, data, data_dir, device, out, name, resumed=(run_dir, state), amp=parts.amp)
     state = fit(config, data, parts, device, run_dir, state, progress)
     save_curves_png(state.history, run_dir / "curves.png", title=f"{config.model} @ {config.image_size}px")
     last = state.history[-1]
@@ -152,8 +153,10 @@ def build_training(config: TrainConfig, data: TrainingData, device: str) -> Trai
         model = model.to(memory_format=torch.channels_last)
     if config.train_crop:
         _check_any_size(config.model, config.image_size, config.train_crop)
-    if config.amp and not device.startswith("cuda"):
-        log.warning("--amp on a CPU uses bf16 autocast, which is many times slower on CPUs without bf16 units")
+    amp = config.amp and (device.startswith("cuda") or native_bf16(device))
+    if config.amp and not amp:
+        log.warning("--amp: this CPU has no bf16 units (AVX512-BF16/AMX), where bf16 runs many times slower than "
+                    "fp32: training in fp32")
     # The EMA copy is made before the region loss hooks the model, so it never carries the hook.
     ema = recipes.make_ema(model, config.ema) if config.ema else None
     region_loss = recipes.RegionLoss(model, config.region_loss).to(device) if config.region_loss else None
@@ -163,13 +166,13 @@ def build_training(config: TrainConfig, data: TrainingData, device: str) -> Trai
     scheduler, per_batch = recipes.make_scheduler(
         optimizer, config.schedule_name, epochs=config.epochs, steps_per_epoch=len(data.train_loader),
         warmup_epochs=config.warmup_epochs, step_size=config.step_size, gamma=config.gamma, lr=config.lr)
-    scaler = torch.amp.GradScaler("cuda") if config.amp and device.startswith("cuda") else None
+    scaler = torch.amp.GradScaler("cuda") if amp and device.startswith("cuda") else None
     transform = train_batch_transform(seed=config.seed, pseudo_fakes=config.pseudo_fakes, train_crop=config.train_crop)
-    return TrainingParts(model, optimizer, scheduler, per_batch, scaler, ema, region_loss, transform)
+    return TrainingParts(model, optimizer, scheduler, per_batch, scaler, ema, region_loss, transform, amp)
 
 
 def write_run_config(config: TrainConfig, data: TrainingData, data_dir: Path, device: str, out: Path,
-                     name: str | None, resumed: tuple[Path | None, trainer.TrainState | None]) -> Path:
+                     name: str | None, resumed: tuple[Path | None, trainer.TrainState | None], amp: bool) -> Path:
     """config.json of a new run directory (made here), or of the resumed one (`resumed`: its directory and
     restored state) with this resume noted."""
     run_dir, state = resumed
@@ -195,7 +198,7 @@ def write_run_config(config: TrainConfig, data: TrainingData, data_dir: Path, de
             "args": config.to_args(), "created": dt.datetime.now().isoformat(timespec="seconds"),
         }
     record.update(loader=data.train_loader.backend, device=device, compiled=_uses_compile(config, device),
-                  versions=versions())
+                  mixed_precision=amp, versions=versions())
     (run_dir / trainer.RUN_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
     log.info("run %s: %s on %s, loader %s, compile %s", run_dir, config.model, device, data.train_loader.backend,
              _uses_compile(config, device))
@@ -208,7 +211,7 @@ def fit(config: TrainConfig, data: TrainingData, parts: TrainingParts, device: s
     return trainer.fit(parts.model, train_loader=data.train_loader, valid_loader=data.valid_loader,
                        optimizer=parts.optimizer, scheduler=parts.scheduler, device=torch.device(device),
                        run_dir=run_dir, epochs=config.epochs, args=config.to_args(), state=state,
-                       compiled_model=compiled, patience=config.patience, amp=config.amp,
+                       compiled_model=compiled, patience=config.patience, amp=parts.amp,
                        channels_last=config.channels_last, scaler=parts.scaler, progress=progress,
                        echo=lambda line: print(line, flush=True), per_batch_scheduler=parts.per_batch_scheduler,
                        label_smoothing=config.label_smoothing, ema=parts.ema, batch_transform=parts.batch_transform,

@@ -49,8 +49,8 @@ class TrainConfig:
                                  "brightness/contrast ±0.2, Gaussian blur (ghost maps: flips only).")
     compile: bool | None = option(None, "torch.compile the model. Default: on a GPU yes; on a CPU no (a cold compile "
                                         "costs more than it saves on short runs).")
-    amp: bool = option(False, "Mixed precision: fp16 on a GPU; bf16 on a CPU, which is slow on CPUs without "
-                              "bf16 units (AVX512-BF16/AMX).")
+    amp: bool = option(False, "Mixed precision where the device computes it natively: fp16 on a GPU, bf16 on CPUs "
+                              "with bf16 units (AVX512-BF16/AMX); elsewhere fp32, with a warning.")
     channels_last: bool = option(False, "Use the channels_last memory format.")
     patience: int | None = option(None, "Stop after N epochs without a better valid loss.", min=1)
     seed: int = option(0, "Seed of the weights, the shuffle and the augmentation.")
