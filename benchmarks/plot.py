@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from realfake.benchmarks.history import group_runs
+from realfake.pipelines.plotting import pyplot
 
 PLOTS_DIR = "plots"
 
@@ -22,11 +23,8 @@ def plot_file_name(figure_name: str) -> str:
 
 def plot_history(records: Iterable[Mapping[str, Any]], out_dir: Path | str, *, pattern: str = "*") -> list[Path]:
     """Write `<out_dir>/<figure>.png` for every figure whose name matches the glob `pattern`."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on servers and job workers
-    import matplotlib.dates as mdates
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    import matplotlib.dates as mdates  # after pyplot(): matplotlib is imported on first use
 
     runs = group_runs(records)
     # figure name -> (env key, mode) -> [(date, median, spread)]

@@ -24,6 +24,7 @@ and fp16, plus tensorrt where torch_tensorrt is installed.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import tempfile
 import time
@@ -33,7 +34,12 @@ from pathlib import Path
 
 import torch
 from realfake.benchmarks.harness import Figure, measure_throughput, ratio_figure, sync_for
+from realfake.engines.backends import backend_module
+from realfake.engines.build import build_engine_from_model, random_validation
+from realfake.engines.devices import cpu_has_bf16_units, resolve_device
+from realfake.engines.runtime import load_engine
 from realfake.jobs.service.tables import format_table
+from realfake.models import build_model, input_shape
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
@@ -54,8 +60,6 @@ class EngineSuiteConfig:
 
 
 def config_for(quick: bool, device: str) -> EngineSuiteConfig:
-    from realfake.engines.backends import backend_module
-    from realfake.engines.devices import cpu_has_bf16_units
 
     if device.startswith("cuda"):
         variants = [BASELINE, ("eager", "fp16"), ("compile", "fp16"), ("aot", "fp16")]
@@ -97,9 +101,6 @@ def _variant(backend: str, precision: str) -> str:
 
 def model_figures(model_name: str, image_size: int, *, device: str, variants: Sequence[tuple[str, str]],
                   batch_sizes: Sequence[int], cfg: EngineSuiteConfig, repeats: int, scratch: Path) -> list[Figure]:
-    from realfake.engines.build import build_engine_from_model, random_validation
-    from realfake.engines.runtime import load_engine
-    from realfake.models import build_model, input_shape
 
     prefix = f"{SUITE}/{model_name}@{image_size}"
     sync = sync_for(device)
@@ -188,9 +189,7 @@ def speed_table(figures: Sequence[Figure]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    import argparse
 
-    from realfake.engines.devices import resolve_device
 
     parser = argparse.ArgumentParser(description="Engine throughput table (the `engines` suite, printed).")
     parser.add_argument("--quick", action="store_true")

@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
 from realfake.benchmarks.harness import (
     Figure,
     figures_table,
@@ -46,7 +47,10 @@ from realfake.benchmarks.harness import (
     ratio_figure,
     sync_for,
 )
+from realfake.pipelines.dali_loader import dali_available, eval_pipeline, make_dali_loader, train_pipeline
 from realfake.pipelines.spec import IMAGE_EXTENSIONS, AugmentSpec
+from realfake.pipelines.synth import synth
+from realfake.pipelines.torch_loader import make_torch_loader
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +99,6 @@ _generated: dict[tuple[int, int], list[str]] = {}
 def generated_images(n: int, size: int = 600) -> list[str]:
     """n synthetic progressive JPEG faces of size x size, written once per process to a temp folder."""
     if (n, size) not in _generated:
-        from realfake.pipelines.synth import synth
 
         out = Path(tempfile.mkdtemp(prefix="realfake-bench-"))
         atexit.register(shutil.rmtree, out, ignore_errors=True)
@@ -115,8 +118,6 @@ def bench_images(n: int) -> tuple[list[str], str]:
 
 def baseline_copies(files: Sequence[str], out_dir: Path) -> list[str]:
     """Re-encode `files` as baseline (non-progressive) JPEGs: what GPU hardware decoders accept."""
-    from PIL import Image
-
     out_dir.mkdir(parents=True, exist_ok=True)
     copies = []
     for i, path in enumerate(files):
@@ -156,8 +157,6 @@ def dali_pipeline_figure(name: str, files: Sequence[str], *, train: bool, device
                          fancy_upsampling: bool = False) -> Figure:
     """Steady-state img/s of a DALI pipeline on `device` (its reader wraps around the files): the
     decoder's and augmentations' rate without per-pass start-up."""
-    from realfake.pipelines.dali_loader import eval_pipeline, train_pipeline
-
     gpu = device.startswith("cuda")
     device_id = (int(device.split(":", 1)[1]) if ":" in device else 0) if gpu else None
     threads = min(8, os.cpu_count() or 1)
@@ -182,8 +181,6 @@ def dali_pipeline_figure(name: str, files: Sequence[str], *, train: bool, device
 # --------------------------------------------------------------------------- the suite
 
 def cpu_figures(files: Sequence[str], source: str, cfg: PipelinesSuiteConfig) -> list[Figure]:
-    from realfake.pipelines.dali_loader import make_dali_loader
-    from realfake.pipelines.torch_loader import make_torch_loader
 
     figures = []
     for what, train in (("decode_resize", False), ("train_augment", True)):
@@ -231,7 +228,6 @@ def run(quick: bool, device: str, *, n_files: int | None = None, repeats: int | 
     if n_files is not None or repeats is not None:
         cfg = PipelinesSuiteConfig(**{**cfg.__dict__, "n_files": n_files or cfg.n_files,
                                       "repeats": repeats or cfg.repeats})
-    from realfake.pipelines.dali_loader import dali_available
 
     if not dali_available():
         raise ValueError("the pipelines suite compares DALI with torchvision: pip install 'realfake[dali]'")

@@ -55,7 +55,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 from realfake.benchmarks.harness import Figure, figures_table, ratio_figure
+from realfake.benchmarks.suite_pipelines import bench_images
+from realfake.engines.build import build_engine_from_model
+from realfake.engines.devices import resolve_precision
+from realfake.engines.runtime import load_engine
+from realfake.jobs.service.store import realfake_home
+from realfake.jobs.tasks.score import run_score
+from realfake.models import build_model
+from realfake.pipelines.pixel_loaders import dali_installed
+from realfake.pipelines.spec import MEAN, STD
+from torch.utils.data import DataLoader
+from torchvision import datasets
+from torchvision import transforms as T
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +124,11 @@ def class_folder(files: Sequence[str]) -> Path:
 
 
 def cache_dir() -> Path:
-    from realfake.jobs.service.store import realfake_home
 
     return Path(os.environ.get(CACHE_ENV) or realfake_home() / "cache" / "bench-engines")
 
 
 def random_model(name: str, image_size: int = IMAGE_SIZE):
-    import torch
-    from realfake.models import build_model
 
     torch.manual_seed(0)
     return build_model(name, image_size=image_size).eval()
@@ -128,11 +138,6 @@ def cached_engine(model_name: str, backend: str, device: str, image_size: int = 
                   precision: str = "fp32") -> Path:
     """An engine of `model_name` with random weights (seed 0), built once per backend, precision, device
     type and torch version, then reused (an AOT build takes tens of seconds on 2 cores)."""
-    import torch
-    from realfake.engines.build import build_engine_from_model
-    from realfake.engines.devices import resolve_precision
-    from realfake.engines.runtime import load_engine
-
     precision = resolve_precision(precision, device)[0]
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     out = cache_dir() / f"{model_name}@{image_size}-{backend}-{precision}-{device_type}-torch{torch.__version__}"
@@ -155,12 +160,6 @@ def cached_engine(model_name: str, backend: str, device: str, image_size: int = 
 
 def naive_pass(folder: Path, model, device: str, batch_size: int, workers: int, image_size: int = IMAGE_SIZE) -> int:
     """The baseline: ImageFolder + DataLoader + eager fp32, as a first script would do it. Returns images."""
-    import torch
-    from realfake.pipelines.spec import MEAN, STD
-    from torch.utils.data import DataLoader
-    from torchvision import datasets
-    from torchvision import transforms as T
-
     transform = T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), T.Normalize(MEAN, STD)])
     data = DataLoader(datasets.ImageFolder(str(folder), transform), batch_size=batch_size, num_workers=workers)
     n, p_fake = 0, []
@@ -173,7 +172,6 @@ def naive_pass(folder: Path, model, device: str, batch_size: int, workers: int, 
 
 def realfake_pass(folder: Path, engine: Path, variant: Variant, device: str, batch_size: int, workers: int,
                   out: Path) -> int:
-    from realfake.jobs.tasks.score import run_score
 
     summary = run_score([str(folder)], out, engine=str(engine), loader=variant.loader, device=device,
                         batch_size=batch_size, num_workers=workers, engine_threads=variant.engine_threads,
@@ -202,8 +200,6 @@ def timed(fn, *args) -> tuple[int, float, float]:
 
 def model_figures(model_name: str, folder: Path, n_files: int, source: str, cfg: ScoreSuiteConfig,
                   device: str) -> list[Figure]:
-    from realfake.engines.devices import resolve_precision
-    from realfake.pipelines.pixel_loaders import dali_installed
 
     variants = [v for v in cfg.variants if (v.loader != "dali" or dali_installed())
                 and (v.precision != "auto" or resolve_precision("auto", device)[0] != "fp32")]
@@ -260,8 +256,6 @@ def model_figures(model_name: str, folder: Path, n_files: int, source: str, cfg:
 def run(quick: bool, device: str, *, n_files: int | None = None, repeats: int | None = None,
         models: Sequence[str] | None = None) -> list[Figure]:
     """The suite's figures on `device` ("cpu" or "cuda[:N]"); the keywords narrow it (tests, exploring)."""
-    from realfake.benchmarks.suite_pipelines import bench_images
-
     cfg = QUICK if quick else FULL
     cfg = replace(cfg, n_files=n_files or cfg.n_files, repeats=repeats or cfg.repeats,
                   models=tuple(models or cfg.models))

@@ -17,14 +17,15 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from realfake.engines.backends import backend_module, resolve_backend
+from realfake.engines.backends import BACKEND_CHOICES, backend_module, resolve_backend
 from realfake.engines.backends.common import BackendCrash
-from realfake.engines.devices import check_precision, resolve_device, resolve_precision
+from realfake.engines.devices import PRECISION_CHOICES, check_precision, resolve_device, resolve_precision
 from realfake.engines.metrics import equal_error_rate, threshold_at_fpr
 from realfake.engines.runtime import Engine
 from realfake.engines.schema import (
@@ -61,6 +62,50 @@ def parity_tolerance(precision: str, device: str) -> float:
     if precision == "fp32" and str(device).startswith("cuda"):
         return PARITY_TOLERANCE["fp32-cuda"]
     return PARITY_TOLERANCE[precision]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How an engine is built: the options of `realfake engine build` (and of `build_engine`,
+    `build_engine_from_model`), declared once. Each field's metadata holds its help text."""
+
+    backend: str = field(default="auto", metadata={"choices": BACKEND_CHOICES, "help": (
+        "auto = the best that runs on the device: tensorrt (CUDA + torch-tensorrt) > aot (AOTInductor package, "
+        "no compile at load) > compile (torch.compile at every load) > eager; a backend whose compiler crashes "
+        "is passed over, and engine.json says why.")})
+    precision: str = field(default="fp32", metadata={"choices": PRECISION_CHOICES, "help": (
+        "fp32; fp16 (CUDA only); bf16 (GPUs, and CPUs with AVX512-BF16/AMX: emulated and many times slower "
+        "elsewhere); auto = bf16 where the device has bf16 units, else fp16 on a GPU, fp32 on a CPU. Parity "
+        "against eager fp32 must stay within the precision's tolerance.")})
+    batch: str = field(default="1:64:256", metadata={"help": (
+        "MIN:OPT:MAX batch sizes one call accepts (TensorRT tunes for OPT); scoring splits or pads others.")})
+    threshold: str = field(default="0.5", metadata={"help": (
+        "p_fake at or above it is called fake; auto = the equal-error-rate point on the validation split (or "
+        "see --target-fpr).")})
+    target_fpr: float | None = field(default=None, metadata={"min": 0, "max": 1, "help": (
+        "With --threshold auto: the lowest threshold whose false positive rate (real called fake) on the "
+        "validation split stays at or below this.")})
+    device: str = field(default="auto", metadata={"help": (
+        "auto, cpu or cuda[:N]: the device the engine is built for and runs on.")})
+    tta: str = field(default="none", metadata={"choices": ENGINE_TTA, "help": (
+        "flip: the engine averages p_fake over each image and its mirror, as `evaluate --tta flip` does "
+        "(twice the model compute; build with the TTA you evaluated the runs with).")})
+
+    def checked(self) -> BuildOptions:
+        """The options with batch and threshold parsed and the device resolved; one-line errors for bad ones."""
+        threshold = parse_threshold(self.threshold)
+        if threshold != "auto" and self.target_fpr is not None:
+            raise ValueError("--target-fpr applies to --threshold auto only: drop one of them")
+        if self.tta not in ENGINE_TTA:
+            raise ValueError(f"unknown --tta {self.tta!r} for an engine: choose one of {', '.join(ENGINE_TTA)}")
+        return replace(self, batch=parse_batch(self.batch), threshold=threshold, device=resolve_device(self.device))
+
+
+def build_options(options: Mapping[str, Any]) -> BuildOptions:
+    unknown = sorted(set(options) - set(BuildOptions.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown engine build option {unknown[0]!r}: see `realfake engine build --help`")
+    return BuildOptions(**options).checked()
 
 
 class Validation(NamedTuple):
@@ -155,7 +200,7 @@ def measure_parity(p_eager: torch.Tensor, p_engine: torch.Tensor, threshold: flo
         "min_label_agreement": MIN_LABEL_AGREEMENT[precision],
     }
     # One flip is always allowed: an `auto` threshold is one of the validation scores, so that image sits
-    # exactly at it and any rounding moves it (on a small split, one flip is more than 1-2%).
+    # exactly at it and any rounding moves it (on a small split, one flip is more than the allowed share).
     allowed_flips = max(1, int((1.0 - result["min_label_agreement"]) * result["n_images"]))
     result["passed"] = result["max_abs_diff_p"] <= tolerance and result["label_flips"] <= allowed_flips
     return result
@@ -219,39 +264,23 @@ def _build_artifact(backend: str, model: nn.Module, example: torch.Tensor, batch
     return chosen, module, artifact
 
 
-def build_engine_from_model(
-    model: nn.Module,
-    out: str | Path,
-    *,
-    architecture: str,
-    image_size: int,
-    backend: str = "auto",
-    precision: str = "fp32",
-    batch: str | Sequence[int] | BatchRange = (1, 64, 256),
-    threshold: float | str = 0.5,
-    target_fpr: float | None = None,
-    device: str = "cpu",
-    validation: Validation | None = None,
-    dropout: float | None = None,
-    width: int | None = None,
-    tta: str = "none",
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    class_names: Sequence[str] | None = None,
-    source: Mapping[str, Any] | None = None,
-    parity_images: int = PARITY_MAX_IMAGES,
-) -> Path:
+def build_engine_from_model(model: nn.Module, out: str | Path, *, architecture: str, image_size: int,
+                            validation: Validation | None = None, dropout: float | None = None,
+                            width: int | None = None, mean: Sequence[float] | None = None,
+                            std: Sequence[float] | None = None, class_names: Sequence[str] | None = None,
+                            source: Mapping[str, Any] | None = None, parity_images: int = PARITY_MAX_IMAGES,
+                            **options) -> Path:
     """Build an engine directory from an in-memory model (what `build_engine` does after loading a
     run; benchmarks call it with random weights). `model` must be `build_model(architecture,
-    image_size=..., dropout=..., width=...)` with trained weights, or an Ensemble of such models. Returns `out`.
-    tta="flip" builds the model averaged with its run on the mirror image (twice the compute)."""
+    image_size=..., dropout=..., width=...)` with trained weights, or an Ensemble of such models.
+    `options` are the fields of `BuildOptions`; tta="flip" builds the model averaged with its run on the
+    mirror image (twice the compute). Returns `out`."""
     started = time.perf_counter()
-    batch = parse_batch(batch)
-    threshold = parse_threshold(threshold)
-    if threshold != "auto" and target_fpr is not None:
-        raise ValueError("--target-fpr applies to --threshold auto only: drop one of them")
-    device = resolve_device(device)
-    requested_precision = precision
+    opts = build_options(options)
+    backend, batch, threshold, target_fpr, device, tta = (opts.backend, opts.batch, opts.threshold, opts.target_fpr,
+                                                          opts.device, opts.tta)
+    requested_precision = opts.precision
+    precision = opts.precision
     precision, precision_why = resolve_precision(precision, device)
     check_precision(precision, device)
     log.info("engine precision: %s (%s)", precision, precision_why)
@@ -260,8 +289,6 @@ def build_engine_from_model(
     class_names = list(class_names or CLASS_NAMES)
     if "fake" not in class_names:
         raise ValueError(f"class names {class_names} have no 'fake' class: p_fake is undefined")
-    if tta not in ENGINE_TTA:
-        raise ValueError(f"unknown --tta {tta!r} for an engine: choose one of {', '.join(ENGINE_TTA)}")
     model = model.eval().to(device)
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -336,27 +363,14 @@ def build_engine_from_model(
     return out
 
 
-def build_engine(
-    run_dir: str | Path,
-    out: str | Path,
-    *,
-    backend: str = "auto",
-    precision: str = "fp32",
-    batch: str | Sequence[int] | BatchRange = (1, 64, 256),
-    threshold: float | str = 0.5,
-    target_fpr: float | None = None,
-    device: str = "cpu",
-    checkpoint: str = "best",
-    num_workers: int = 2,
-    ensemble: Sequence[str | Path] = (),
-    tta: str = "none",
-) -> Path:
+def build_engine(run_dir: str | Path, out: str | Path, *, checkpoint: str = "best", num_workers: int = 2,
+                 ensemble: Sequence[str | Path] = (), **options) -> Path:
     """Compile RUN_DIR's checkpoint into engine directory `out`, with parity and (for
     threshold="auto") the operating point measured on the run's validation split. Returns `out`.
     `ensemble`: other runs of the same model and data set; the engine averages p_fake over all.
-    `tta`: "flip" averages p_fake over each image and its mirror, as `evaluate --tta flip` does."""
+    `options` are the fields of `BuildOptions`."""
     run_dir = Path(run_dir).resolve()
-    parse_batch(batch), parse_threshold(threshold)  # bad options fail before the checkpoint loads
+    build_options(options)  # bad options fail before the checkpoint loads
     members = [run_dir, *(Path(p).resolve() for p in ensemble)]
     model, config, state = load_runs(members, checkpoint)
     data_dir = Path(config["data_dir"])
@@ -370,12 +384,10 @@ def build_engine(
         source["ensemble"] = [{"run_dir": str(p), "checkpoint_sha256": sha256_file(p / f"{checkpoint}.pt")}
                               for p in members]
     validation = split_validation(data_dir, int(config["image_size"]), num_workers=num_workers,
-                                  input=config.get("input", "pixels"))
+                                  input=config["input"])
     return build_engine_from_model(
-        model, out, architecture=config["model"], image_size=int(config["image_size"]), backend=backend,
-        precision=precision, batch=batch, threshold=threshold, target_fpr=target_fpr, device=device,
-        validation=validation, dropout=config.get("dropout"), width=config.get("width"), tta=tta,
-        mean=config.get("mean"), std=config.get("std"),
-        class_names=config.get("class_names"), source=source)
+        model, out, architecture=config["model"], image_size=int(config["image_size"]), validation=validation,
+        dropout=config["dropout"], width=config["width"], mean=config["mean"], std=config["std"],
+        class_names=config["class_names"], source=source, **options)
 
 

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from realfake.pipelines.plotting import pyplot
 from realfake.pipelines.spec import CLASS_NAMES
 from sklearn import metrics as skm
 
@@ -102,10 +103,7 @@ def classification_metrics(labels: Sequence[int], p_fake: Sequence[float], *, th
 
 
 def save_confusion_png(metrics: dict, path: Path, title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     display = skm.ConfusionMatrixDisplay(np.asarray(metrics["confusion_matrix"]), display_labels=list(CLASS_NAMES))
     fig, ax = plt.subplots(figsize=(4.5, 4))
@@ -118,10 +116,7 @@ def save_confusion_png(metrics: dict, path: Path, title: str = "") -> Path:
 
 
 def save_roc_png(labels, p_fake, path: Path, title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
     skm.RocCurveDisplay.from_predictions(labels, p_fake, ax=ax, name="fake vs real", plot_chance_level=True)
@@ -134,10 +129,7 @@ def save_roc_png(labels, p_fake, path: Path, title: str = "") -> Path:
 
 def save_curves_png(history: list[dict], path: Path, title: str = "") -> Path:
     """Loss and accuracy per epoch, train vs valid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.6))

@@ -7,14 +7,16 @@ Schedules (`--schedule`):
 - step: StepLR's decay by `gamma` every `step_size` epochs, after the warm-up.
 - cosine: linear warm-up, then cosine decay to 0 at the last step (SGDR without restarts).
 - onecycle: torch's OneCycleLR (warm-up share = warmup_epochs / epochs, 0.3 when 0; momentum cycled).
-`constant` and `step` without warm-up keep the per-epoch schedulers of earlier runs; every other
-choice steps once per batch, so short runs still get a smooth curve.
+`constant` and `step` without warm-up step once per epoch (the report's runs); every other choice
+steps once per batch, so short runs still get a smooth curve.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+from realfake.pipelines.prepare import EDIT_REGIONS
+from realfake.pipelines.pseudo_fakes import REGIONS
 from torch.optim.swa_utils import AveragedModel
 
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
@@ -148,9 +150,6 @@ class RegionLoss(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, weight: float):
         super().__init__()
-        from realfake.pipelines.prepare import EDIT_REGIONS
-        from realfake.pipelines.pseudo_fakes import REGIONS
-
         if not hasattr(model, "feature_map_layer"):
             raise ValueError(f"--region-loss needs a model with a feature map over the face (ghost_cnn); "
                              f"{type(model).__name__} has none")

@@ -23,10 +23,8 @@ ENGINE_JSON = "engine.json"
 ENGINE_TTA = ("none", "flip")  # test-time views an engine can average (crops resize: not for ghost maps)
 
 # The fields that change what an engine computes: its id is a hash of these and of the artifact.
-CORE_FIELDS = ("format_version", "architecture", "image_size", "num_classes", "mean", "std", "class_names",
-               "threshold", "backend", "precision", "batch", "channels_last", "device")
-# Fields that count towards the id only when set to something other than their default.
-OPTIONAL_CORE_FIELDS = ("width", "tta")
+CORE_FIELDS = ("format_version", "architecture", "input", "members", "tta", "width", "image_size", "num_classes",
+               "mean", "std", "class_names", "threshold", "backend", "precision", "batch", "channels_last", "device")
 REQUIRED_FIELDS = (*CORE_FIELDS, "engine_id", "artifact", "versions")
 
 
@@ -87,7 +85,6 @@ def compute_engine_id(meta: Mapping[str, Any]) -> str:
     """First 12 hex digits of sha256 over the artifact's hash and the fields that change what the
     engine computes: the same engine always gets the same id, any other engine another."""
     core = {key: meta.get(key) for key in CORE_FIELDS}
-    core.update({key: meta[key] for key in OPTIONAL_CORE_FIELDS if meta.get(key) not in (None, "none")})
     core["artifact_sha256"] = meta["artifact"]["sha256"]
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from realfake.engines.recipes import tta_views
+from realfake.models import Ensemble, build_model
 from torch import nn
 from tqdm import tqdm
 
@@ -128,8 +130,6 @@ def predict(model, loader, device, *, amp=False, channels_last=False, progress=F
     tta: "none", "flip" or "crops" (see `recipes.tta_views`): p_fake is the mean over the views and
     the returned logits are log-probabilities of that mean (so a cross-entropy on them stays right).
     """
-    from realfake.engines.recipes import tta_views
-
     model.eval()
     probs, labels, indices, logits_all = [], [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress else True, unit="batch"):
@@ -238,15 +238,12 @@ def read_run_config(run_dir: Path) -> dict:
 
 def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[nn.Module, dict, dict]:
     """(model in eval mode on the CPU, config.json, checkpoint dict) of a `realfake train` run."""
-    from realfake.models import build_model
-    from realfake.pipelines.spec import CLASS_NAMES
-
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"unknown checkpoint {checkpoint!r}: choose {' or '.join(CHECKPOINTS)}")
     config = read_run_config(run_dir)
     state = load_checkpoint(Path(run_dir) / f"{checkpoint}.pt")
-    model = build_model(config["model"], num_classes=len(config.get("class_names") or CLASS_NAMES),
-                        image_size=config["image_size"], dropout=config.get("dropout"), width=config.get("width"))
+    model = build_model(config["model"], num_classes=len(config["class_names"]), image_size=config["image_size"],
+                        dropout=config["dropout"], width=config["width"])
     model.load_state_dict(state["model"])
     return model.eval(), config, state
 
@@ -255,8 +252,6 @@ def load_runs(run_dirs, checkpoint: str = "best") -> tuple[nn.Module, dict, dict
     """load_run of the first run, or with several an Ensemble of their models (the first run's config and
     checkpoint dict). The runs must share model, image size, classes and data set (the manifest's sha256):
     an ensemble is evaluated on, and calibrated with, splits none of its members trained on."""
-    from realfake.models import Ensemble
-
     run_dirs = list(run_dirs)
     model, config, state = load_run(run_dirs[0], checkpoint)
     if len(run_dirs) == 1:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from realfake.pipelines.jpeg_ghosts import CHANNELS, grid_cells
 from torch import nn
 
 from . import ghost_cnn, report_cnns, torchvision_nets
@@ -80,8 +81,6 @@ def default_image_size(name: str) -> int:
 def input_shape(name: str, image_size: int) -> tuple[int, int, int]:
     """(C, H, W) of one input of model `name` built for `image_size` pixels."""
     if model_input(name) == "ghosts":
-        from realfake.pipelines.jpeg_ghosts import CHANNELS, grid_cells
-
         return (CHANNELS, grid_cells(image_size), grid_cells(image_size))
     return (3, image_size, image_size)
 

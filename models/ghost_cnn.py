@@ -5,7 +5,6 @@ an S-pixel image. Five 3x3 convolutions (BatchNorm, ReLU) and three 2x2 poolings
 convolution's outputs sit 8 cells (64 px) apart and each sees 36 cells (288 px), an eye or mouth with
 the face around it to compare with; a global max-pool keeps the strongest local evidence anywhere in
 the face, so a small edit is not averaged away, and any map size works.
-(The network of docs/probes/jpeg_ghosts.py, with a two-class head like every model here.)
 """
 from __future__ import annotations
 

@@ -26,18 +26,25 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from realfake.pipelines.images import DEFAULT_MAX_PIXELS, too_large
+from realfake.pipelines.images import DEFAULT_MAX_PIXELS, InvalidImageError, check_image, too_large
 from realfake.pipelines.spec import MEAN, STD, AugmentSpec, Batch, shard_range
+
+try:  # DALI is optional: without it this module still imports, and dali_available() says no
+    from nvidia.dali import backend as dali_backend
+    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali.backend import TensorGPU
+    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+except ImportError:
+    dali_backend = fn = pipeline_def = types = TensorGPU = feed_ndarray = to_torch_type = None
 
 log = logging.getLogger(__name__)
 
 READER = "Reader"
 # Batches decoded ahead of the one in use (DALI's default).
 PREFETCH_QUEUE_DEPTH = 2
-# Share of the JPEG work given to the hardware decoder (A100/H100/H200) in `mixed` mode. Measured on an
-# H200 (docs/gpu-h200.md), decode + resize to 128 of 600x600 baseline JPEGs: 17.8k img/s at 1.0, 9.0k
-# at DALI's default (0.65), 3.4k at 0.0. Progressive JPEGs (every CIPLAB file) cannot use the hardware
-# decoder: 1.3-1.4k img/s whatever this says. Ignored on the CPU.
+# Share of the JPEG work given to the hardware decoder (A100/H100/H200) in `mixed` mode: all of it, the
+# fastest setting for baseline JPEGs (docs/gpu-h200.md has the figures against DALI's default 0.65).
+# Progressive JPEGs cannot use the hardware decoder, whatever this says. Ignored on the CPU.
 DEFAULT_HW_DECODER_LOAD = 1.0
 # ITU-R 601 luma weights: the grey level ColorJitter's contrast blends towards (PIL's "L" mode).
 LUMA = (0.299, 0.587, 0.114)
@@ -45,21 +52,15 @@ LUMA = (0.299, 0.587, 0.114)
 
 def dali_available() -> bool:
     """NVIDIA DALI can be imported here."""
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return fn is not None
 
 
 def cuda_available_for_dali() -> bool:
     """DALI sees at least one CUDA device (asks DALI itself, so torch's CUDA state is not touched)."""
     if not dali_available():
         return False
-    from nvidia.dali import backend
-
     try:
-        return backend.GetCUDADeviceCount() > 0
+        return dali_backend.GetCUDADeviceCount() > 0
     except RuntimeError:  # no driver
         return False
 
@@ -83,28 +84,24 @@ def _device_id(device: str) -> int | None:
 # --------------------------------------------------------------------------- pipelines (graph pieces)
 
 def _decode(encoded, gpu: bool, hw_decoder_load: float, fancy_upsampling: bool = False):
-    from nvidia.dali import fn, types
 
     if gpu:
         # `mixed`: parsing on the CPU, decoding on the GPU (hardware decoder for baseline JPEGs).
-        # nvJPEG's default chroma upsampling is simpler than libjpeg-turbo's: on an H200 the eval tensor of
-        # baseline JPEGs then differed from torchvision's by up to 0.12 (normalized) at colour edges, mean
-        # 0.002; `fancy_upsampling` brings that to 0.018, at a decode speed not measured yet (see
-        # docs/gpu-h200.md), so it is off by default.
+        # nvJPEG's default chroma upsampling is simpler than libjpeg-turbo's, so colour edges differ a little
+        # from torchvision's tensors; `fancy_upsampling` matches libjpeg-turbo more closely, at a decode
+        # cost not measured yet (docs/gpu-h200.md), so it is off by default.
         return fn.decoders.image(encoded, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load,
                                  jpeg_fancy_upsampling=fancy_upsampling)
     return fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
 
 
 def _resize(images, image_size: int):
-    from nvidia.dali import fn, types
 
     # Linear + antialias = PIL's BILINEAR when shrinking (a triangle filter widened by the scale).
     return fn.resize(images, size=(image_size, image_size), interp_type=types.INTERP_LINEAR, antialias=True)
 
 
 def _normalize(images, mirror=None):
-    from nvidia.dali import fn, types
 
     return fn.crop_mirror_normalize(
         images, dtype=types.FLOAT, output_layout="CHW",
@@ -121,7 +118,6 @@ def _color_jitter(images, brightness: float, contrast: float):
     Spelled as arithmetic rather than `fn.brightness_contrast`, whose per-image `contrast_center` must
     be a CPU argument input: this way one formula runs on both devices (and is faster on the CPU too).
     """
-    from nvidia.dali import fn, types
 
     # A zero jitter is the constant 1 (DALI refuses an empty range).
     b = fn.random.uniform(range=(1.0 - brightness, 1.0 + brightness)) if brightness > 0 else 1.0
@@ -135,7 +131,6 @@ def _color_jitter(images, brightness: float, contrast: float):
 
 def _train_graph(files, labels, shard_id, num_shards, image_size, augment: AugmentSpec | None, gpu,
                  hw_decoder_load, fancy_upsampling=False):
-    from nvidia.dali import fn, types
 
     encoded, index = fn.readers.file(
         files=files, labels=labels, shard_id=shard_id, num_shards=num_shards,
@@ -168,7 +163,6 @@ def _train_graph(files, labels, shard_id, num_shards, image_size, augment: Augme
 
 
 def _eval_graph(files, labels, shard_id, num_shards, image_size, gpu, hw_decoder_load, fancy_upsampling=False):
-    from nvidia.dali import fn
 
     encoded, index = fn.readers.file(
         files=files, labels=labels, shard_id=shard_id, num_shards=num_shards,
@@ -179,16 +173,12 @@ def _eval_graph(files, labels, shard_id, num_shards, image_size, gpu, hw_decoder
 
 
 def train_pipeline(**kwargs):
-    """`@pipeline_def(enable_conditionals=True)` over `_train_graph` (built on first use: DALI imports lazily)."""
-    from nvidia.dali import pipeline_def
-
+    """`@pipeline_def(enable_conditionals=True)` over `_train_graph`."""
     return pipeline_def(enable_conditionals=True)(_train_graph)(**kwargs)
 
 
 def eval_pipeline(**kwargs):
     """`@pipeline_def` over `_eval_graph`: decode, resize, normalize; in file order."""
-    from nvidia.dali import pipeline_def
-
     return pipeline_def(_eval_graph)(**kwargs)
 
 
@@ -197,9 +187,6 @@ def eval_pipeline(**kwargs):
 def _to_torch(tensor, exec_dynamic: bool) -> torch.Tensor:
     """A dense DALI TensorCPU/TensorGPU as a torch tensor, as DALIGenericIterator converts it: shared
     through DLPack under the dynamic executor (which keeps the buffer alive), copied otherwise."""
-    from nvidia.dali.backend import TensorGPU
-    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
-
     gpu = isinstance(tensor, TensorGPU)
     device = torch.device("cuda", tensor.device_id()) if gpu else torch.device("cpu")
     if exec_dynamic:
@@ -218,8 +205,8 @@ def pass_batches(pipe, n_batches: int, n_samples: int, started: bool = False) ->
     Exactly `n_batches` runs are scheduled: the first `schedule_run` queues `prefetch_queue_depth` of
     them (at most `n_batches`, see `DaliLoader._pipeline`), and one more follows each batch taken until
     the pass is covered. DALIGenericIterator keeps that many runs going past the end of the epoch, for
-    the next one; for a pipeline that lives one pass they are waste: two batches decoded on top of the
-    three of a 96-file pass on 2 CPU threads (decode + resize: 205 img/s with it, 340 without).
+    the next one; for a pipeline that lives one pass they are waste, which on a short pass costs a large
+    share of its time.
     """
     scheduled = pipe.prefetch_queue_depth
     if not started:
@@ -240,7 +227,6 @@ def pass_batches(pipe, n_batches: int, n_samples: int, started: bool = False) ->
 
 def _dali_decode_error(path: str) -> str | None:
     """Decode one file with a one-sample CPU pipeline; the DALI error's last line, or None if it decodes."""
-    from nvidia.dali import fn, pipeline_def, types
 
     @pipeline_def(batch_size=1, num_threads=1, device_id=None)
     def probe():
@@ -264,8 +250,6 @@ def find_undecodable(paths: Sequence[str], chunk_size: int = 64) -> list[tuple[i
     `check_image` (PIL, the data-prepare check) names the problem; files it accepts are then tried with
     DALI's own CPU decoder, which is what actually failed.
     """
-    from realfake.pipelines.images import InvalidImageError, check_image
-
     for checker in ("pil", "dali"):
         for start in range(0, len(paths), chunk_size):
             found = []
@@ -296,7 +280,6 @@ def screen_headers(paths: Sequence[str], num_threads: int = 2, batch_size: int =
     loader, without decoding (about one file read per image). Files whose header parses but whose data
     is bad (truncated, corrupt scan) make the decoder raise normally: `DaliLoader.__iter__` handles those.
     """
-    from nvidia.dali import fn, pipeline_def
 
     bad: list[tuple[int, str]] = []
     start = 0

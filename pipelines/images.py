@@ -211,10 +211,9 @@ def sniff_problem(path: str | os.PathLike) -> str | None:
     which also applies `too_large`): a file that starts like an accepted format (JPEG, PNG, BMP,
     WebP) passes on its first 16 bytes; any other gets header_problem's reason.
 
-    Why: folder scoring runs this in a Python thread for every file. On the CIPLAB files (2-core EPYC)
-    header_problem costs 41-49 us a file, mostly PIL parsing markers under the GIL: about the time
-    an H200 takes to decode a baseline JPEG (56 us at 17.8k img/s). This costs 10-13 us; DALI's
-    screen parses the headers in C++ threads, without the GIL.
+    Why: folder scoring runs this in a Python thread for every file, where header_problem's PIL marker
+    parsing (under the GIL) would cost about as much as a GPU's decode of the file; DALI's screen
+    parses the headers in C++ threads, without the GIL.
     """
     try:
         with open(path, "rb") as f:

@@ -7,15 +7,14 @@ Forgeries from JPEG Ghosts, IEEE TIFS 2009). Here each image is re-saved with it
 tables and at the standard qualities 50, 55, ..., 95; the squared difference to the decoded
 original, per YCbCr plane and averaged over each 8x8 block, gives 3 x 11 = 33 maps of (H/8, W/8)
 cells. Maps are log-scaled and each is centred on its own mean, so a model sees where the history
-differs from place to place, not the file's overall quality. (docs/quality.md has the probes that
-chose this: it is the one input on which models trained from scratch here pass AUC 0.8.)
+differs from place to place, not the file's overall quality (docs/quality.md: why this input).
 
 Images are read as stored (the block grid is in stored orientation) and the maps turned afterwards by
 the EXIF orientation, like the pixels every other loader gives. An image larger than `image_size`
 is centre-cropped on the 16-pixel MCU grid before re-saving (so the re-save sees the blocks the
 file has); a smaller one gives smaller maps, padded with zeros (the centred mean) to the model's grid.
 
-Costs 11 encodes and 12 decodes a file, about 0.17 s of CPU for a 600x600 JPEG, so training computes
+Costs 11 encodes and 12 decodes a file, so training computes
 the maps once and keeps them on disk by content hash (`cache_dir`): later epochs, seeds, evaluations
 and engine builds read them back. Only JPEG files have ghosts: anything else is the error "not a JPEG".
 """
@@ -33,7 +32,9 @@ import numpy as np
 import torch
 from PIL import Image, JpegImagePlugin
 from realfake.pipelines.images import InvalidImageError, load_jpeg
+from realfake.pipelines.prepare import EDIT_REGIONS
 from realfake.pipelines.spec import Batch, InMemoryBatches, shard_range
+from realfake.pipelines.torch_loader import collate
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -194,8 +195,6 @@ class GhostMapLoader:
         return math.ceil(len(self.dataset) / self.batch_size)
 
     def __iter__(self):
-        from realfake.pipelines.torch_loader import collate
-
         yield from DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
                               collate_fn=collate, persistent_workers=False)
 
@@ -259,8 +258,6 @@ _MIRRORED_REGIONS = [1, 0, 2, 3]
 
 
 def _regions_tensor(regions: Sequence[Sequence[int] | None], n: int) -> torch.Tensor:
-    from realfake.pipelines.prepare import EDIT_REGIONS
-
     if len(regions) != n:
         raise ValueError(f"{n} files but {len(regions)} region entries: pass one per file (None where unknown)")
     out = torch.full((n, len(EDIT_REGIONS)), float("nan"))

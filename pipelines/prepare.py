@@ -52,6 +52,8 @@ from realfake.pipelines.manifest import (
 )
 from realfake.pipelines.provenance import sha256_file, versions
 from realfake.pipelines.spec import CLASS_NAMES, IMAGE_EXTENSIONS
+from sklearn.model_selection import train_test_split
+from tqdm import tqdm
 
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)  # the report's train / valid / test
 EXTRACT_DIR = "images"  # OUT/images: where a zip is extracted
@@ -324,8 +326,6 @@ def _list_files(class_dir: Path) -> list[Path]:
 
 
 def _validate(items: list[tuple[Path, int]], *, progress: bool, workers: int | None) -> list[_Checked]:
-    from tqdm import tqdm
-
     # PIL decodes and hashlib hashes with the GIL released, so a few threads overlap decoding;
     # map() keeps the input order, so nothing downstream depends on scheduling. The bar shows on
     # a terminal only (disable=None), so logs and captured output stay clean.
@@ -391,8 +391,6 @@ def _can_stratify(strata: list[str], n_out: int) -> bool:
 
 
 def _take(units: list[str], strata: list[str], n_out: int, seed: int, stratify: bool):
-    from sklearn.model_selection import train_test_split
-
     if n_out == 0:
         return units, strata, [], False
     use = stratify and _can_stratify(strata, n_out)

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from realfake.pipelines.loaders import get_loader
+from realfake.pipelines.manifest import read_manifest
+from realfake.pipelines.plotting import pyplot
 from realfake.pipelines.spec import CLASS_NAMES, DEFAULT_IMAGE_SIZE, MEAN, STD, AugmentSpec
 
 
@@ -10,14 +14,7 @@ def save_preview(data_dir: Path, out: Path, *, loader: str = "auto", n: int = 16
                  image_size: int = DEFAULT_IMAGE_SIZE, augment: bool = True, split: str = "train",
                  seed: int = 0, epoch: int = 1) -> dict:
     """Draw the first `n` images of the split's epoch-`epoch` batch (augmented when `augment`) as a grid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-    from realfake.pipelines.loaders import get_loader
-    from realfake.pipelines.manifest import read_manifest
-
+    plt = pyplot()
     rows = read_manifest(data_dir, split)
     if not rows:
         raise ValueError(f"split {split!r} of {data_dir} is empty: preview another --split")

@@ -7,9 +7,8 @@ expert retouch leaves in this data set (a pasted or re-touched eye, nose or mout
 sharpness steps along a smooth boundary, with no semantic change a detector could shortcut on.
 
 No face landmark model is available offline, so regions come from priors: the CIPLAB portraits are
-centred, roughly aligned 600x600 faces, and the mean of the real images puts the eyes at about 44% of
-the height, 36% / 64% of the width, the nose at 58% and the mouth at 73% (measured on 200 real
-images). Each pseudo-fake picks, like the data set's fake codes (eye-eye-nose-mouth bits), a non-empty
+centred, roughly aligned 600x600 faces, and `REGIONS` holds where the mean real image has its eyes,
+nose and mouth (docs/quality.md). Each pseudo-fake picks, like the data set's fake codes (eye-eye-nose-mouth bits), a non-empty
 set of those regions, or the whole face, or a random smooth blob; each region is an ellipse whose
 centre, radii and angle are jittered, elastically deformed and blurred into a soft edge.
 
@@ -18,11 +17,13 @@ low-resolution noise); the pixel work runs where the images are (GPU or CPU), in
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from realfake.pipelines import batch_ops
+from realfake.pipelines.spec import MEAN, STD
 
 # Region priors as (centre x, centre y, radius x, radius y), fractions of width and height.
 REGIONS: dict[str, tuple[float, float, float, float]] = {
@@ -213,10 +214,6 @@ def train_batch_transform(*, seed: int, pseudo_fakes: float = 0.0, train_crop: i
     Returns transform(images, labels, epoch, step) -> (images, labels); its randomness is a pure
     function of (seed, epoch, step), so `--resume` replays it exactly.
     """
-    import zlib
-
-    from realfake.pipelines.spec import MEAN, STD
-
     if not pseudo_fakes and not train_crop:
         return None
     mean, std = mean or MEAN, std or STD

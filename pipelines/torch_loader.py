@@ -72,7 +72,7 @@ class ImageFileDataset(Dataset):
             return None, label, index, exc.reason
         # Augmentation is a pure function of (seed, epoch, file): the same with any worker count,
         # and exact after --resume. Only the CPU generator is seeded: torch.manual_seed also queues a
-        # CUDA seed with a formatted stack trace each call (0.09 ms, 15x this, per image).
+        # CUDA seed with a formatted stack trace each call, which costs more than the seeding itself.
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(zlib.crc32(f"{self.seed}:{self.epoch}:{index}".encode()))
             tensor = self.transform(image)
@@ -105,8 +105,8 @@ class TorchLoader:
         draft_size = (image_size, image_size) if draft else None
         self.num_workers, self.pin_memory = num_workers, str(device).startswith("cuda")
         # Eval batches for the CPU leave the workers as uint8 and are normalized here, a batch at a time:
-        # a quarter of the bytes through shared memory and no per-image float ops in the workers (3% less
-        # CPU per image when scoring Model 1 on 2 cores). Batches for a GPU stay float from pinned memory.
+        # a quarter of the bytes through shared memory and no per-image float ops in the workers. Batches
+        # for a GPU stay float from pinned memory.
         self.uint8 = not train and not self.pin_memory
         transform = build_uint8_transform(image_size) if self.uint8 else build_transform(
             image_size, augment if train else None)

@@ -15,18 +15,17 @@ A range with MAX 1 is exported static.
 Precision: fp16/bf16 engines export the model with its weights converted to that dtype, wrapped so
 that the graph takes float32 images and returns float32 logits (CastInput). Weight conversion, not
 autocast, because the exported graph then holds only the reduced-precision kernels; the parity
-check at build measures what that costs (bf16 on CPU, Model 1 on 174 CIPLAB validation images:
-max |dp| 5e-3, mean 7e-4).
+check at build measures what that costs.
 
 On the CPU, inductor's `freezing` folds the weights into constants and pre-packs them for oneDNN.
 The input stays NCHW-contiguous (channels_last is off): inductor picks its own layouts inside, and
 an AOTInductor package assumes the strides it was traced with, so one fixed layout is safest.
 
 Crash isolation: the compile, a load of the package and one call run in a child process
-(`python -m realfake.engines.backends.aot PROGRAM PACKAGE ...`). On an H200 with torch 2.11 an fp16
-build killed the interpreter with SIGSEGV (docs/gpu-h200.md); in a child, that becomes a
-`BackendCrash` naming the signal and the way out, and `engine build --backend auto` moves on to the
-next backend. The child costs a torch import (2-3 s) on a build of 20-45 s.
+(`python -m realfake.engines.backends.aot PROGRAM PACKAGE ...`). AOTInductor builds have killed the
+interpreter with SIGSEGV (docs/gpu-h200.md); in a child, that becomes a `BackendCrash` naming the
+signal and the way out, and `engine build --backend auto` moves on to the next backend. The child
+costs a torch import, small against a build.
 """
 from __future__ import annotations
 

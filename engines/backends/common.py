@@ -21,9 +21,9 @@ class BackendCrash(RuntimeError):
 def model_from_meta(meta: Mapping[str, Any]) -> nn.Module:
     """An untrained module of the engine's architecture (eval mode, CPU): an Ensemble of `members` of it
     when the engine averages several runs, mirrored when it averages flips."""
-    model = build_ensemble(meta["architecture"], int(meta.get("members", 1)), num_classes=int(meta["num_classes"]),
-                           image_size=int(meta["image_size"]), dropout=meta.get("dropout"), width=meta.get("width"))
-    return (MirrorAverage(model) if meta.get("tta", "none") == "flip" else model).eval()
+    model = build_ensemble(meta["architecture"], int(meta["members"]), num_classes=int(meta["num_classes"]),
+                           image_size=int(meta["image_size"]), dropout=meta["dropout"], width=meta["width"])
+    return (MirrorAverage(model) if meta["tta"] == "flip" else model).eval()
 
 
 class CastInput(nn.Module):

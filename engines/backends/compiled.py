@@ -1,7 +1,7 @@
 """compile backend: the eager artifact, torch.compile'd when the engine loads.
 
 Mode: inductor's default on both CPU and GPU. The compile happens at every load (a cold compile costs
-20-40 s on 2 CPU cores, less with a warm inductor cache), so `max-autotune`'s minutes of kernel
+tens of seconds on a small CPU, less with a warm inductor cache), so `max-autotune`'s minutes of kernel
 benchmarking would be paid by every scoring job; "reduce-overhead" (CUDA graphs) records one graph
 per batch size and only pays off for tiny batches. Where compile time matters, use the `aot`
 backend, which compiles once at build. On the CPU, inductor's `freezing` folds the weights into

@@ -3,7 +3,7 @@
 Runs anywhere, loads in a second, and is the reference every other backend is compared to. The
 artifact is the state dict alone (`model.pt`, loadable with torch.load(weights_only=True)); the
 architecture comes from engine.json. fp16/bf16 run under torch.autocast on the device. channels_last
-is on: oneDNN and cuDNN run 2-D convolutions faster in NHWC (Model 1 at 128 px, batch 64: 1.6x on 2 CPU cores).
+is on: oneDNN and cuDNN run 2-D convolutions faster in NHWC (docs/engines.md).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`realfake engine build|list|show|promote`."""
+"""`realfake engine build|list|show|promote`. The engines modules import torch, so they load inside the
+commands, not for `realfake --help`."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,8 @@ from pathlib import Path
 
 import click
 from realfake.jobs.cli.options import JobCommand, as_arguments
+from realfake.jobs.service.store import realfake_home
+from realfake.jobs.service.tables import format_table
 
 
 @click.group()
@@ -26,7 +29,7 @@ def build(**options):
       realfake engine build runs/simple_cnn-1 --out engines_out/m1 --backend aot --threshold auto
       realfake engine build runs/resnet18-1 --out engines_out/r18-trt --backend tensorrt --precision fp16
     """
-    from realfake.engines.backends.common import BackendCrash  # torch loads when a build runs, not for --help
+    from realfake.engines.backends.common import BackendCrash
     from realfake.jobs.tasks.engine import run_engine_build
 
     try:
@@ -80,8 +83,6 @@ def list_(engines_dir, as_json):
     """Engine directories at or up to three levels below ENGINES_DIR (default: here), one row each;
     `*` marks the promoted engine, damaged ones show why."""
     from realfake.engines.registry import engine_rows
-    from realfake.jobs.service.store import realfake_home
-    from realfake.jobs.service.tables import format_table
 
     rows = engine_rows(engines_dir, realfake_home())
     if as_json:
@@ -107,7 +108,6 @@ def show(engine_dir):
     """engine.json of ENGINE_DIR (default: the promoted engine), after checking the directory."""
     from realfake.engines.registry import promoted_engine
     from realfake.engines.schema import read_engine_meta
-    from realfake.jobs.service.store import realfake_home
 
     meta = read_engine_meta(engine_dir if engine_dir is not None else promoted_engine(realfake_home()))
     click.echo(json.dumps(meta, indent=2))
@@ -119,7 +119,6 @@ def promote(engine_dir):
     """Make ENGINE_DIR the engine `realfake score` uses when no --engine is given (recorded in
     $REALFAKE_HOME/promoted_engine.json; REALFAKE_HOME defaults to ~/.realfake)."""
     from realfake.engines.registry import promote_engine
-    from realfake.jobs.service.store import realfake_home
 
     record = promote_engine(engine_dir, realfake_home())
     click.echo(f"Promoted engine {record['engine_id']} ({record['engine_dir']})")

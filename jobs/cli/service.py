@@ -1,7 +1,6 @@
-"""`realfake submit`, `jobs`, `worker`, `schedule`: the job service over realfake.jobs.{spec,store,worker,schedules}.
-
-Only click and the standard library are imported here; the service modules load inside the commands
-(they are stdlib-only, but a kind's function imports torch, and only `submit KIND` needs it).
+"""`realfake submit`, `jobs`, `worker`, `schedule`: the job service (`realfake.jobs.service`) on the command
+line. Only click and the standard library load here: a kind's function (and torch) is imported only by
+`submit KIND`, to build its flags.
 """
 from __future__ import annotations
 
@@ -12,7 +11,18 @@ from datetime import datetime
 from pathlib import Path
 
 import click
+from realfake.jobs.cli.options import click_param, spec_help
+from realfake.jobs.service.schedules import (
+    add_schedule,
+    list_schedules,
+    pause_schedule,
+    remove_schedule,
+    resume_schedule,
+)
+from realfake.jobs.service.spec import KIND_HELP, available_kinds, kind_params, load_spec_file, validate_spec
+from realfake.jobs.service.store import JobStore, follow_log
 from realfake.jobs.service.tables import format_table
+from realfake.jobs.service.worker import run_worker
 
 # `submit --wait` and `jobs logs --follow` exit codes by final state.
 EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 3}
@@ -34,7 +44,6 @@ def _duration(seconds: float | None) -> str:
 
 
 def _store():
-    from realfake.jobs.service.store import JobStore
 
     return JobStore()
 
@@ -50,7 +59,6 @@ def _queue(spec, max_attempts: int, wait: bool) -> None:
 
 
 def _follow_and_exit(store, job_id: int) -> None:
-    from realfake.jobs.service.store import follow_log
 
     if store.get(job_id).state == "queued" and not store.live_workers():
         click.echo("no worker is running: start one with `realfake worker` (waiting...)", err=True)
@@ -66,9 +74,6 @@ def _follow_and_exit(store, job_id: int) -> None:
 def _kind_params(kind: str) -> list[click.Parameter]:
     """click parameters for a kind: its first required argument is positional, the rest are options.
     Every option defaults to "not given" (None), so the function's own defaults apply."""
-    from realfake.jobs.cli.options import click_param, spec_help
-    from realfake.jobs.service.spec import kind_params
-
     params = kind_params(kind)
     clashes = [p.name for p in params if p.name in _COMMON_OPTIONS]
     if clashes:
@@ -87,7 +92,6 @@ _attempts_option = click.Option(["--max-attempts"], type=click.IntRange(min=1), 
 class KindCommand(click.Command):
     """`submit KIND ...`: parameters are built from the kind's signature only when it is used, so that
     `realfake submit --help` lists the kinds without importing them."""
-
     def __init__(self, kind: str, short_help: str):
         super().__init__(name=kind, short_help=short_help,
                          help=f"{short_help}\n\nQueues a {kind} job and prints its id. The flags are the keyword "
@@ -103,8 +107,6 @@ class KindCommand(click.Command):
         return super().get_params(ctx)
 
     def invoke(self, ctx: click.Context) -> None:
-        from realfake.jobs.service.spec import validate_spec
-
         args = {}
         for name, value in ctx.params.items():
             if name in _COMMON_OPTIONS or value is None or value == ():
@@ -120,22 +122,15 @@ class KindCommand(click.Command):
                                     _wait_option, _attempts_option])
 def _submit_file(spec_file: str, wait: bool, max_attempts: int) -> None:
     """Queue the job described by a TOML spec file."""
-    from realfake.jobs.service.spec import load_spec_file
-
     _queue(load_spec_file(Path(spec_file)), max_attempts, wait)
 
 
 class SubmitGroup(click.Group):
     """Dispatches `submit SPEC.toml` to the file command and `submit KIND ...` to a generated one."""
-
     def list_commands(self, ctx: click.Context) -> list[str]:
-        from realfake.jobs.service.spec import available_kinds
-
         return sorted(available_kinds())
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        from realfake.jobs.service.spec import KIND_HELP, available_kinds
-
         if cmd_name in available_kinds():
             return KindCommand(cmd_name, KIND_HELP.get(cmd_name, f"Queue a {cmd_name} job."))
         return None
@@ -226,8 +221,6 @@ def jobs_show(job_id: int, as_json: bool) -> None:
               help="Keep printing until the job ends; exit 0 succeeded, 1 failed, 3 cancelled.")
 def jobs_logs(job_id: int, follow: bool) -> None:
     """Print a job's log (stdout and stderr of every attempt)."""
-    from realfake.jobs.service.store import follow_log
-
     store = _store()
     if follow:
         _follow_and_exit(store, job_id)
@@ -275,8 +268,6 @@ def worker(once: bool, max_jobs: int | None, poll_s: float, grace_s: float, stal
     a worker puts back the jobs of dead workers (queued again up to their attempt limit, else failed).
     SIGTERM or Ctrl-C: the running job is stopped and queued again, then the worker exits.
     """
-    from realfake.jobs.service.worker import run_worker
-
     run_worker(once=once, max_jobs=max_jobs, poll_s=poll_s, grace_s=grace_s, stale_after_s=stale_after_s)
 
 
@@ -302,9 +293,6 @@ def schedule_add(name: str, spec_file: str, cron: str, tz: str | None) -> None:
     each run scores only the files not scored before. Runs missed while no worker ran collapse into
     one; a worker must be running for anything to be queued.
     """
-    from realfake.jobs.service.schedules import add_schedule
-    from realfake.jobs.service.spec import load_spec_file
-
     spec = load_spec_file(Path(spec_file))
     added = add_schedule(_store(), name, cron, spec, tz=tz)
     click.echo(f"schedule {added.name}: {added.kind} at {added.cron!r} ({added.tz}); "
@@ -317,8 +305,6 @@ def schedule_add(name: str, spec_file: str, cron: str, tz: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 def schedule_list(as_json: bool) -> None:
     """Schedules with their next due time and last job."""
-    from realfake.jobs.service.schedules import list_schedules
-
     store = _store()
     found = list_schedules(store)
     if as_json:
@@ -336,8 +322,6 @@ def schedule_list(as_json: bool) -> None:
 @click.argument("name")
 def schedule_remove(name: str) -> None:
     """Delete a schedule (the jobs it queued stay)."""
-    from realfake.jobs.service.schedules import remove_schedule
-
     remove_schedule(_store(), name)
     click.echo(f"schedule {name} removed")
 
@@ -346,8 +330,6 @@ def schedule_remove(name: str) -> None:
 @click.argument("name")
 def schedule_pause(name: str) -> None:
     """Stop queueing runs of a schedule until it is resumed."""
-    from realfake.jobs.service.schedules import pause_schedule
-
     pause_schedule(_store(), name)
     click.echo(f"schedule {name} paused")
 
@@ -356,7 +338,5 @@ def schedule_pause(name: str) -> None:
 @click.argument("name")
 def schedule_resume(name: str) -> None:
     """Queue runs again, from the next due time on (runs missed while paused are not made up)."""
-    from realfake.jobs.service.schedules import resume_schedule
-
     resumed = resume_schedule(_store(), name)
     click.echo(f"schedule {name} resumed; next run {_local(resumed.next_due)}")

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     exit_code = main()
     # The outcome is recorded: skip the interpreter's teardown, which takes seconds after a torch/DALI
-    # job (measured 5-6 s on 2 CPU cores) and would hold the worker that long. What the job left in
+    # job and would hold the worker that long. What the job left in
     # its process group is killed by the worker.
     logging.shutdown()
     sys.stdout.flush()

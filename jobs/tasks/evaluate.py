@@ -85,7 +85,7 @@ def run_evaluate(
                          "its splits may overlap the training data; train again on the new data")
     run_device = resolve_device(device)
     model = model.to(run_device)
-    input_kind = config.get("input", "pixels")
+    input_kind = config["input"]
     if input_kind == "ghosts" and tta == "crops":
         raise ValueError(f"{config['model']} reads JPEG ghost maps, which resized crops would blur: use --tta flip")
 
