@@ -4,7 +4,7 @@ A JPEG ghost model (`jpeg_ghosts.py`, `ghost_cnn`) reads a file's compression hi
 re-save rewrites that history. Photos reach a scorer re-saved, resized and cropped all the time, so
 each such change is a named, parameterized transform here, applied to a file's bytes or to a PIL
 image, always ending in one JPEG re-save, and deterministic: the same input and spec give the same
-bytes (PIL's libjpeg-turbo encoder and resampling are deterministic; nothing else is random).
+bytes under one Pillow version (its libjpeg-turbo encoder and its resampling have no randomness).
 
 Spec strings (what users type; `parse` reads them, `Transform.spec` writes them back):
 

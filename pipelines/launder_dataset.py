@@ -211,7 +211,7 @@ def _write_marker(out: Path, settings: dict, summary: LaunderSummary | None) -> 
 def launder_dataset(
     src: str | os.PathLike,
     out: str | os.PathLike,
-    transform: str,
+    transform: str | launder.Transform,
     *,
     seed: int = 0,
     split: str | None = None,
@@ -222,7 +222,7 @@ def launder_dataset(
     docstring. `transform` is a spec (`launder.parse`) or "random" (one `launder.draw` per file)."""
     from tqdm import tqdm
 
-    spec = transform.strip()
+    spec = transform.spec if isinstance(transform, launder.Transform) else str(transform).strip()
     fixed = None if spec == launder.RANDOM else launder.parse(spec)
     if seed < 0:
         raise ValueError(f"--seed {seed} must be >= 0")

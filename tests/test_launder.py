@@ -257,7 +257,7 @@ def _rel_to_data_root(path: str) -> str:
 
 def test_prepared_copy_keeps_names_labels_groups_and_splits(prepared, tmp_path):
     out = tmp_path / "out"
-    summary = launder_dataset(prepared, out, "resize:scale=0.75,q=80", progress=False, workers=1)
+    summary = launder_dataset(prepared, out, launder.parse("resize:q=80,scale=0.75"), progress=False, workers=1)
     source = read_manifest(prepared)
     copy = read_manifest(out)
     assert (summary.files, summary.laundered, summary.kept, summary.rejected) == (len(source), len(source), 0, [])
