@@ -155,8 +155,11 @@ def _launder_one(task: tuple[str, str, str]) -> tuple[str | None, str, int, int,
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             return f"unwritable: {out}: {exc.strerror or exc}", "", 0, 0, kept
-    with Image.open(io.BytesIO(data)) as img:  # the header only
-        width, height = img.size
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # the header only
+            width, height = img.size
+    except (OSError, SyntaxError, ValueError) as exc:  # only a file changed by someone else since
+        return f"{out} is not a readable JPEG ({exc}): remove it and rerun", "", 0, 0, kept
     return None, hashlib.sha256(data).hexdigest(), width, height, kept
 
 
@@ -165,8 +168,8 @@ def _launder_one(task: tuple[str, str, str]) -> tuple[str | None, str, int, int,
 
 def _settings(summary: LaunderSummary, listing_hash: str) -> dict:
     return {"source": summary.source, "source_kind": summary.source_kind, "transform": summary.transform,
-            "seed": summary.seed if summary.transform == launder.RANDOM else None, "split": summary.split, "listing_sha256": listing_hash,
-            "pillow": metadata.version("pillow")}
+            "seed": summary.seed if summary.transform == launder.RANDOM else None,  # a fixed spec ignores it
+            "split": summary.split, "listing_sha256": listing_hash, "pillow": metadata.version("pillow")}
 
 
 def _check_out(out: Path, settings: dict, source_root: Path) -> None:
@@ -279,9 +282,11 @@ def launder_dataset(
         results = [_launder_one(t) for t in tqdm(tasks, **bar)]
     else:
         # spawn: a fresh interpreter per worker, safe whatever threads the caller (torch) started.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
             results = list(tqdm(pool.map(_launder_one, tasks, chunksize=4), **bar))
+        finally:  # on Ctrl-C, do not launder what is still queued (a rerun resumes)
+            pool.shutdown(wait=True, cancel_futures=True)
 
     manifest_rows: list[ManifestRow] = []
     record: list[dict] = []
