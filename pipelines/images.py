@@ -158,7 +158,7 @@ def check_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX
     return info
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit grey: PIL's convert() clips to 0-255 (most of the image turns white); scale the
         # way decoders that output uint8 do.
@@ -185,7 +185,7 @@ def load_rgb(
     """
     img, _ = _decode(path, max_pixels, draft_size)
     img = ImageOps.exif_transpose(img)
-    return _to_rgb(img)
+    return to_rgb(img)
 
 
 def load_jpeg(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, int]:

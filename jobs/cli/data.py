@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from realfake.jobs.cli.data_launder import launder_cmd
 
 _SHOW_REJECTED = 5  # rejected files listed on screen; rejected.csv has them all
 
@@ -20,6 +21,9 @@ def data() -> None:
     realfake data synth demo_src                     # 400 synthetic faces, archive layout
     realfake data prepare demo_src --out demo_data   # validate, de-duplicate, split
     """
+
+
+data.add_command(launder_cmd)  # `data launder` (data_launder.py)
 
 
 @data.command("prepare", short_help="Validate, de-duplicate and split images into a manifest.")
