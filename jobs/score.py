@@ -249,6 +249,7 @@ def run_score(
     engine_threads: int = 0,
     device: str = "auto",
     progress: bool = True,
+    report: bool = False,
 ) -> dict:
     """Score every image under FOLDERS with an engine; one row per file in OUT, errors beside it.
 
@@ -266,6 +267,7 @@ def run_score(
             (see choose_engine_threads). On a GPU, one.
         device: auto, cpu or cuda[:N] for decoding (DALI) and the engine.
         progress: Show a progress bar.
+        report: Then write OUT.report.html, the page of the whole output (see jobs/report.py).
 
     Returns a summary: files (found in this shard), scored (new rows), skipped (already in OUT), errors,
     seconds (walking, decoding and scoring: not loading the engine), img_per_s (scored / seconds), and
@@ -467,6 +469,10 @@ def run_score(
     }
     log.info("scored %d, skipped %d, errors %d of %d files in %.1f s (%.1f img/s)", summary["scored"],
              summary["skipped"], summary["errors"], summary["files"], seconds, summary["img_per_s"] or 0.0)
+    if report:
+        from realfake.jobs.report import run_report
+
+        summary["report"] = run_report(out_file, progress=progress)["report"]
     return summary
 
 

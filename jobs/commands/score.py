@@ -29,7 +29,8 @@ def _summary_lines(summary: dict) -> str:
     return (f"files {summary['files']}  scored {summary['scored']}  skipped {summary['skipped']} (already in OUT)  "
             f"errors {summary['errors']}  {summary['seconds']:.1f} s  "
             f"{rate if rate is not None else '-'} img/s  [{summary['loader'] or '-'}, engine {summary['engine_id']}]\n"
-            f"results: {summary['out']}\nerrors:  {summary['errors_file']}")
+            f"results: {summary['out']}\nerrors:  {summary['errors_file']}"
+            + (f"\nreport:  {summary['report']}" if summary.get("report") else ""))
 
 
 class _FoldersCommand(click.Command):
@@ -63,6 +64,8 @@ class _FoldersCommand(click.Command):
 @click.option("--device", default="auto", show_default=True,
               help="cpu or cuda[:N] for the engine and DALI decoding; auto: where the engine was built for.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar (img/s) on stderr.")
+@click.option("--report", is_flag=True, help="Then write OUT.report.html, the HTML page of the whole output "
+                                             "(see `realfake report --help`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of text.")
 @click.pass_context
 def score_folders(ctx, folders, as_json, **options):
