@@ -23,13 +23,13 @@ def decision_for(p_fake: float) -> tuple[str, str]:
 
 def make_scores(root: Path, n: int = 30, *, fmt: str = "csv", decision: bool = False, seed: int = 0,
                 errors: int = 2, image_size: int = 40) -> tuple[Path, list[dict]]:
-    """n images in root/images/{a,b}/img_NNN.jpg and a score output root/scores.<fmt> of them (p_fake
+    """n images in root/images/{A,b}/img_NNN.jpg and a score output root/scores.<fmt> of them (p_fake
     from a seeded generator, label by THRESHOLD; with `decision`, the decision and reason columns too),
     plus an errors file with `errors` rows. Returns (the output, its rows)."""
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
-        path = save_image(root / "images" / ("a" if i % 2 else "b") / f"img_{i:03d}.jpg", rng, size=image_size)
+        path = save_image(root / "images" / ("A" if i % 2 else "b") / f"img_{i:03d}.jpg", rng, size=image_size)
         p_fake = float(rng.random())
         row = {"path": str(path.absolute()), "size": path.stat().st_size, "mtime": f"2026-01-01T00:00:{i % 60:02d}",
                "p_fake": p_fake, "label": "fake" if p_fake >= THRESHOLD else "real", "threshold": THRESHOLD,

@@ -115,10 +115,10 @@ def test_filter_by_decision_and_text(browser, page, scored):  # noqa: F811
         "return Array.from(document.querySelectorAll('#files-table tbody .badge')).map(b => b.textContent)")
     assert set(decisions) == {"unknown"}
     # Text and decision together; the text is a substring of the path, any letter case.
-    fake_in_a = [p for p in expected_order(rows) if "/a/img_1" in p
+    fake_in_a = [p for p in expected_order(rows) if "/A/img_1" in p
                  and next(x for x in rows if x["path"] == p)["decision"] == "fake"]
     select(browser, "files-decision", "fake")
-    set_text(browser, "files-text", "A/IMG_1")
+    set_text(browser, "files-text", "a/IMG_1")
     wait_for(browser, lambda d: shown_paths(d) == fake_in_a, "text + decision filter did not apply")
     set_text(browser, "files-text", "no such file")
     wait_for(browser, lambda d: shown_paths(d) == [], "a filter matching nothing still shows rows")
