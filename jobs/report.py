@@ -626,7 +626,7 @@ def run_report(
     page = render_html(data, _summary_html(summary, thumb_note, heat_note, problems), histogram,
                        title or f"realfake report: {run.scores_file.name}")
     tmp = report.with_name(report.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
+    tmp.write_text(page, encoding="utf-8", errors="surrogateescape")  # a file name that is not UTF-8: its bytes
     os.replace(tmp, report)
     if heat_embedded and (extra_dir / "heatmaps").is_dir():
         shutil.rmtree(extra_dir / "heatmaps")  # copies of an earlier report of this page

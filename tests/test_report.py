@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from _report_helpers import ENGINE_ID, UNKNOWN_REASON, make_scores, write_heatmaps
 from click.testing import CliRunner
@@ -223,6 +224,23 @@ def test_file_names_cannot_break_the_page(tmp_path):
     html = open(result["report"], encoding="utf-8").read()
     assert "</script>" in str(odd) and html.count("</script>") == 2  # the data and code scripts' ends only
     assert page_data(result["report"])["rows"][0][F["path"]] == str(odd)
+
+
+def test_file_name_that_is_not_utf8(tmp_path):
+    from _score_helpers import save_image
+    from realfake.jobs.score_writers import RESULT_COLUMNS, open_writer
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9.jpg")  # Latin-1 bytes: a surrogate escape in the str
+    path = save_image(folder / name, np.random.default_rng(0))
+    out = tmp_path / "scores.csv"
+    with open_writer(out, RESULT_COLUMNS, resume=False) as writer:
+        writer.write([{"path": str(path), "size": 1, "mtime": "m", "p_fake": 0.9, "label": "fake",
+                       "threshold": 0.5, "engine_id": ENGINE_ID}])
+    result = run_report(out, **QUIET)
+    row = page_data(result["report"])["rows"][0]
+    assert row[F["path"]] == str(path) and row[F["thumb"]] is not None  # the file was found and thumbnailed
 
 
 def test_page_loads_nothing_from_the_network(tmp_path):

@@ -86,8 +86,9 @@
         this.sort = key;
         this.dir = key === "p_fake" ? -1 : 1;
       }
-      this.sortView();
-      this.show(0);
+      // Sorted from the rows' own order, which a score output keeps by path (its folder walk is
+      // sorted): the array sort takes runs already in order in linear time.
+      this.refilter();
     }
 
     sortView() {
