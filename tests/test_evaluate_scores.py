@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from realfake.jobs.cli import main
 from realfake.jobs.tasks.evaluate import run_evaluate_scores
-from realfake.jobs.tasks.score.outputs import RESULT_COLUMNS, errors_path
-from realfake.jobs.tasks.score.writers import open_writer
+from realfake.jobs.tasks.outputs.common import RESULT_COLUMNS, errors_path
+from realfake.jobs.tasks.outputs.writers import open_writer
 from realfake.pipelines.manifest import read_manifest
 from sklearn.metrics import roc_auc_score
 

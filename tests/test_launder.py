@@ -367,8 +367,8 @@ def test_bad_arguments(prepared, synth_src, tmp_path):
 
 def test_evaluate_scores_reads_the_laundered_copy(prepared, tmp_path):
     from realfake.jobs.tasks.evaluate import run_evaluate_scores
-    from realfake.jobs.tasks.score.outputs import RESULT_COLUMNS
-    from realfake.jobs.tasks.score.writers import open_writer
+    from realfake.jobs.tasks.outputs.common import RESULT_COLUMNS
+    from realfake.jobs.tasks.outputs.writers import open_writer
 
     out = tmp_path / "out"
     launder_dataset(prepared, out, "jpeg:q=70", split="test", progress=False, workers=1)

@@ -22,10 +22,10 @@ from _score_helpers import (
 from click.testing import CliRunner
 from PIL import Image
 from realfake.jobs.cli import main
+from realfake.jobs.tasks.outputs.common import ERROR_COLUMNS, OutputMismatch, errors_path
+from realfake.jobs.tasks.outputs.parquet import parts_dir
+from realfake.jobs.tasks.outputs.writers import open_writer, read_existing, read_rows
 from realfake.jobs.tasks.score import concurrency, merge_outputs, run_score
-from realfake.jobs.tasks.score.outputs import ERROR_COLUMNS, OutputMismatch, errors_path
-from realfake.jobs.tasks.score.parquet import parts_dir
-from realfake.jobs.tasks.score.writers import open_writer, read_existing, read_rows
 from realfake.pipelines import images
 from realfake.pipelines.provenance import usable_cores
 

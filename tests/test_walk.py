@@ -3,8 +3,8 @@ import os
 import sys
 
 import pytest
-from realfake.jobs.tasks.score.outputs import RESULT_COLUMNS
-from realfake.jobs.tasks.score.writers import open_writer, read_rows
+from realfake.jobs.tasks.outputs.common import RESULT_COLUMNS
+from realfake.jobs.tasks.outputs.writers import open_writer, read_rows
 from realfake.pipelines import walk
 from realfake.pipelines.walk import DirEntryInfo, Found, parse_shard, select_shard, shard_of, walk_images
 

@@ -30,7 +30,8 @@ def _summary_lines(summary: dict) -> str:
     return (f"files {summary['files']}  scored {summary['scored']}  skipped {summary['skipped']} (already in OUT)  "
             f"errors {summary['errors']}  {summary['seconds']:.1f} s  "
             f"{rate if rate is not None else '-'} img/s  [{summary['loader'] or '-'}, engine {summary['engine_id']}]\n"
-            f"results: {summary['out']}\nerrors:  {summary['errors_file']}")
+            f"results: {summary['out']}\nerrors:  {summary['errors_file']}"
+            + (f"\nreport:  {summary['report']}" if summary.get("report") else ""))
 
 
 class _FoldersCommand(JobCommand):

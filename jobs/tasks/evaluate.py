@@ -17,8 +17,8 @@ from realfake.engines.metrics import (
 from realfake.engines.recipes import TTA_MODES
 from realfake.engines.trainer import CHECKPOINTS, load_runs, predict
 from realfake.jobs.service.params import InputPath
-from realfake.jobs.tasks.score.outputs import errors_path, resolve_output
-from realfake.jobs.tasks.score.writers import read_rows
+from realfake.jobs.tasks.outputs.common import errors_path, resolve_output
+from realfake.jobs.tasks.outputs.writers import read_rows
 from realfake.pipelines.images import file_encoding
 from realfake.pipelines.loaders import get_loader, manifest_loader_options
 from realfake.pipelines.manifest import SPLITS, manifest_sha256, read_manifest

@@ -6,9 +6,9 @@ import shutil
 from pathlib import Path
 
 from realfake.jobs.service.params import InputPath, OutputPath
-from realfake.jobs.tasks.score.outputs import ERROR_COLUMNS, RESULT_COLUMNS, errors_path, resolve_output
-from realfake.jobs.tasks.score.parquet import parts_dir
-from realfake.jobs.tasks.score.writers import open_writer, read_rows, remove_output
+from realfake.jobs.tasks.outputs.common import ERROR_COLUMNS, RESULT_COLUMNS, errors_path, resolve_output
+from realfake.jobs.tasks.outputs.parquet import parts_dir
+from realfake.jobs.tasks.outputs.writers import open_writer, read_rows, remove_output
 
 # Rows per write when merging shard outputs.
 MERGE_BATCH_ROWS = 10_000

@@ -39,16 +39,17 @@ from realfake.engines.registry import promoted_engine
 from realfake.engines.runtime import Engine, load_engine
 from realfake.jobs.service.params import InputPath, OutputPath
 from realfake.jobs.service.store import realfake_home
-from realfake.jobs.tasks.score.concurrency import Ahead, MicroBatches, choose_engine_threads, chunked
-from realfake.jobs.tasks.score.files import WalkCounts, files_to_score
-from realfake.jobs.tasks.score.outputs import (
+from realfake.jobs.tasks.outputs.common import (
     ERROR_COLUMNS,
     RESULT_COLUMNS,
     errors_path,
     output_format,
     resolve_output,
 )
-from realfake.jobs.tasks.score.writers import open_writer, read_existing
+from realfake.jobs.tasks.outputs.writers import open_writer, read_existing
+from realfake.jobs.tasks.report import run_report
+from realfake.jobs.tasks.score.concurrency import Ahead, MicroBatches, choose_engine_threads, chunked
+from realfake.jobs.tasks.score.files import WalkCounts, files_to_score
 from realfake.pipelines.loaders import get_loader
 from realfake.pipelines.pixel_loaders import LOADER_CHOICES, dali_installed, resolve_backend
 from realfake.pipelines.walk import parse_shard
@@ -253,6 +254,7 @@ def run_score(
     engine_threads: int = 0,
     device: str = "auto",
     progress: bool = True,
+    report: bool = False,
 ) -> dict:
     """Score every image under FOLDERS with an engine; one row per file in OUT, errors beside it.
 
@@ -269,6 +271,7 @@ def run_score(
         engine_threads: torch threads for the engine on a CPU. 0: the cores the decode workers leave free (at least 1), best when decoding costs more than the model; raise it for heavy models that keep the decoders waiting.
         device: cpu or cuda[:N] for the engine and DALI decoding; auto: where the engine was built for.
         progress: Show a progress bar (img/s) on stderr.
+        report: Then write OUT.report.html, the HTML page of the whole output (see `realfake report --help`).
 
     Returns a summary: files (found in this shard), scored (new rows), skipped (already in OUT), errors,
     seconds (walking, decoding and scoring: not loading the engine), img_per_s (scored / seconds), and
@@ -293,4 +296,6 @@ def run_score(
     summary = scorer.summary(seconds, folders, recursive)
     log.info("scored %d, skipped %d, errors %d of %d files in %.1f s (%.1f img/s)", summary["scored"],
              summary["skipped"], summary["errors"], summary["files"], seconds, summary["img_per_s"] or 0.0)
+    if report:
+        summary["report"] = run_report(out_file, progress=progress)["report"]
     return summary

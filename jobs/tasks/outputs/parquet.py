@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from realfake.jobs.tasks.score.outputs import Existing, OutputMismatch, fsync_dir
+from realfake.jobs.tasks.outputs.common import Existing, OutputMismatch, fsync_dir
 
 PARTS_SUFFIX = ".parts"
 NEXT_PART_KEY = b"realfake.next_part"

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from realfake.jobs.tasks.score.outputs import Existing, OutputMismatch, fsync_dir, typed_row
+from realfake.jobs.tasks.outputs.common import Existing, OutputMismatch, fsync_dir, typed_row
 
 
 class _LineFormat:

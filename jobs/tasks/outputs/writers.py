@@ -8,9 +8,9 @@ import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from realfake.jobs.tasks.score.lines import LINE_FORMATS, LineWriter
-from realfake.jobs.tasks.score.outputs import RESULT_COLUMNS, Existing, output_format
-from realfake.jobs.tasks.score.parquet import ParquetWriter, parts_dir, read_parquet_rows
+from realfake.jobs.tasks.outputs.common import RESULT_COLUMNS, Existing, output_format
+from realfake.jobs.tasks.outputs.lines import LINE_FORMATS, LineWriter
+from realfake.jobs.tasks.outputs.parquet import ParquetWriter, parts_dir, read_parquet_rows
 
 
 def open_writer(path: str | os.PathLike, columns: Sequence[str] = RESULT_COLUMNS, *, resume: bool = True):
