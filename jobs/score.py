@@ -30,7 +30,7 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import import_module
 from pathlib import Path
 
@@ -249,6 +249,8 @@ def run_score(
     engine_threads: int = 0,
     device: str = "auto",
     progress: bool = True,
+    ray: str | None = None,
+    ray_shards: int = 0,
 ) -> dict:
     """Score every image under FOLDERS with an engine; one row per file in OUT, errors beside it.
 
@@ -266,11 +268,45 @@ def run_score(
             (see choose_engine_threads). On a GPU, one.
         device: auto, cpu or cuda[:N] for decoding (DALI) and the engine.
         progress: Show a progress bar.
+        ray: Score on a Ray cluster, one task per shard (see score_ray.py): "local" starts Ray on this
+            machine, "auto" or ray://HOST:PORT joins a running cluster. Every node must see the folders,
+            the engine and OUT at the same paths (a shared filesystem).
+        ray_shards: With ray, how many shards (tasks); 0: the number an earlier run of OUT used, else one
+            per task slot of the cluster.
 
     Returns a summary: files (found in this shard), scored (new rows), skipped (already in OUT), errors,
     seconds (walking, decoding and scoring: not loading the engine), img_per_s (scored / seconds), and
     where everything went.
     """
+    options = dict(engine=engine, recursive=recursive, batch_size=batch_size, loader=loader, resume=resume,
+                   shard=shard, num_workers=num_workers, engine_threads=engine_threads, device=device,
+                   progress=progress)
+    if ray is not None:
+        from realfake.jobs.score_ray import run_score_ray
+
+        return run_score_ray(folders, out, address=ray, num_shards=ray_shards, **options)
+    if ray_shards:
+        raise ValueError(f"--ray-shards {ray_shards} needs --ray: pass --ray [ADDRESS], or drop --ray-shards")
+    return run_score_here(folders, out, **options)
+
+
+def run_score_here(
+    folders: list[InputPath],
+    out: OutputPath,
+    engine: InputPath | None = None,
+    recursive: bool = True,
+    batch_size: int = 64,
+    loader: str = "auto",
+    resume: bool = True,
+    shard: str | None = None,
+    num_workers: int = 2,
+    engine_threads: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict:
+    """run_score on this machine (each Ray task runs it for its shard). `on_progress(n)` is called after
+    each batch with the number of files it settled (scored or failed): what the progress bar counts."""
     import torch
     from realfake.engines.inference import load_engine, resolve_device
     from realfake.pipelines.images import sniff_problem
@@ -419,6 +455,8 @@ def run_score(
                 counts["scored"] += n
             flush_errors()
             bar.update(n + len(batch.errors))
+            if on_progress is not None:
+                on_progress(n + len(batch.errors))
             bar.set_postfix(errors=counts["errors"], refresh=False)
 
     # Ghost maps are computed with PIL in the loader's worker processes (0.17 s of CPU a 600 px JPEG).

@@ -29,7 +29,10 @@ def _summary_lines(summary: dict) -> str:
     return (f"files {summary['files']}  scored {summary['scored']}  skipped {summary['skipped']} (already in OUT)  "
             f"errors {summary['errors']}  {summary['seconds']:.1f} s  "
             f"{rate if rate is not None else '-'} img/s  [{summary['loader'] or '-'}, engine {summary['engine_id']}]\n"
-            f"results: {summary['out']}\nerrors:  {summary['errors_file']}")
+            f"results: {summary['out']}\nerrors:  {summary['errors_file']}"
+            + (f"\nray:     {summary['ray_shards']} shards on {len(summary['nodes'])} node(s), Ray start-up "
+               f"{summary['startup_s']:.1f} s, merge {summary['merge_s']:.1f} s, parts: {summary['shards_dir']}"
+               if summary.get("ray") else ""))
 
 
 class _FoldersCommand(click.Command):
@@ -63,6 +66,14 @@ class _FoldersCommand(click.Command):
 @click.option("--device", default="auto", show_default=True,
               help="cpu or cuda[:N] for the engine and DALI decoding; auto: where the engine was built for.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar (img/s) on stderr.")
+@click.option("--ray", "ray", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Score on Ray, one task per shard, parts in OUT.shards/ merged into OUT: no ADDRESS starts Ray "
+                   "on this machine, `auto` or ray://HOST:PORT joins a cluster. Every node must see the folders, "
+                   "the engine and OUT at the same paths (a shared filesystem). Needs "
+                   "`pip install 'realfake[cluster]'`. See docs/cluster.md.")
+@click.option("--ray-shards", type=click.IntRange(min=0), default=0, show_default=True,
+              help="With --ray: shards (tasks). 0: those of an earlier run of OUT, else one per task slot of "
+                   "the cluster. Fixed for an OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of text.")
 @click.pass_context
 def score_folders(ctx, folders, as_json, **options):
@@ -81,6 +92,7 @@ def score_folders(ctx, folders, as_json, **options):
       realfake score a/ b/ --engine engines_out/m1 --out scores.parquet
       realfake score incoming/ --shard 0/2 --out s0.csv   (and 1/2 -> s1.csv elsewhere)
       realfake score merge scores.csv s0.csv s1.csv
+      realfake score /shared/incoming --out /shared/scores.csv --ray auto   (on a Ray cluster)
     """
     from realfake.jobs.score import run_score
 
