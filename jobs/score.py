@@ -17,7 +17,8 @@ Rules (also in `realfake score --help`):
   retries the files of the errors file: the errors file is started afresh, and a file that fails again
   is listed again (a file that now decodes moves to OUT).
 - Sharding: `shard="i/n"` scores the files whose relative path hashes to i (see pipelines/walk.py);
-  `merge_outputs` joins the outputs of the n shards.
+  `merge_outputs` joins the outputs of the n shards. `ray=ADDRESS` runs the n shards as Ray tasks and
+  merges them (see score_ray.py and docs/cluster.md).
 - A resumed output is never rescored: a file that changed since it was scored keeps its row (its size
   and mtime in OUT tell), and a file that disappeared keeps its row too.
 """

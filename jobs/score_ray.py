@@ -65,6 +65,7 @@ SHARDS_SUFFIX = ".shards"
 MANIFEST = "shards.json"
 DRIVER_LOCK = "driver.lock"
 LOCK_SUFFIX = ".lock"
+ENGINE_JSON = "engine.json"  # an engine directory's metadata (engines/inference.py)
 LOCAL = "local"  # `--ray` without an address: start Ray on this machine
 # Retries of a task whose worker process or node died (Ray's max_retries); each retry resumes its part.
 TASK_RETRIES = 3
@@ -182,10 +183,30 @@ def score_shard(job: dict, index: int, count: int, counter) -> dict:
                                  shard=f"{index}/{count}", num_workers=job["num_workers"],
                                  engine_threads=job["engine_threads"], device=job["device"], progress=False,
                                  on_progress=lambda n: counter.add.remote(n))
-    return {**summary, "node": node}
+    # Wall-clock span of the scoring itself (the summary's seconds), to tell concurrent tasks from sequential ones.
+    ended = time.time()
+    return {**summary, "node": node, "scoring_from": round(ended - summary["seconds"], 3), "scoring_to": round(ended, 3)}
 
 
 # --------------------------------------------------------------------------- the driver side
+
+def engine_meta(engine_dir: Path) -> dict:
+    """The fields of engine.json that the driver needs, read without importing torch (seconds of the
+    driver's start-up): each task loads the engine, and checks it fully, itself."""
+    path = engine_dir / ENGINE_JSON
+    rebuild = "pass a folder written by `realfake engine build`, or rebuild it"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing: {engine_dir} is not an engine directory: {rebuild}") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} cannot be read ({exc}): {rebuild}") from None
+    missing = [key for key in ("engine_id", "device", "threshold", "image_size") if not isinstance(meta, dict)
+               or key not in meta]
+    if missing:
+        raise ValueError(f"{path} is damaged (missing {', '.join(missing)}): {rebuild}")
+    return meta
+
 
 def _check_options(batch_size: int, loader: str, num_workers: int, engine_threads: int, num_shards: int,
                    shard: str | None, device: str) -> None:
@@ -360,9 +381,10 @@ def run_score_ray(folders: list, out, *, address: str, num_shards: int = 0, engi
                   progress: bool = True) -> dict:
     """run_score(..., ray=address): one Ray task per shard, parts merged into OUT (see the module docstring).
     Returns run_score's summary over all shards, plus ray, ray_shards, shards_dir, nodes, startup_s
-    (connecting to or starting Ray) and merge_s; seconds runs from the tasks' submission to the merge's end.
+    (connecting to or starting Ray), merge_s and tasks (each last attempt's shard, node, scored, errors,
+    seconds and img_per_s, counted as run_score counts them, and scoring_from/scoring_to, the Unix times
+    of that scoring on its node's clock); seconds runs from the tasks' submission to the merge's end.
     """
-    from realfake.engines.inference import promoted_engine, read_engine_meta
     from tqdm import tqdm
 
     address = check_address(address)
@@ -374,8 +396,12 @@ def run_score_ray(folders: list, out, *, address: str, num_shards: int = 0, engi
         if not os.path.exists(folder):
             raise FileNotFoundError(f"{folder} does not exist: pass existing folders to score")
     out_file = resolve_output(Path(out).absolute())
-    engine_dir = Path(os.path.abspath(engine if engine is not None else promoted_engine()))
-    meta = read_engine_meta(engine_dir)
+    if engine is None:
+        from realfake.engines.inference import promoted_engine
+
+        engine = promoted_engine()
+    engine_dir = Path(os.path.abspath(engine))
+    meta = engine_meta(engine_dir)
     engine_id = str(meta["engine_id"])
     device_type = "cuda" if device == "cuda" or (device == "auto" and meta["device"] == "cuda") else "cpu"
     ray = import_ray()
@@ -477,4 +503,7 @@ def _summary(summaries: dict[int, dict], merged: dict, meta: dict, engine_dir: P
         "seconds": round(seconds, 3), "img_per_s": round(scored / seconds, 2) if seconds > 0 else None,
         "ray": address, "ray_shards": count, "shards_dir": str(directory),
         "nodes": sorted({s["node"] for s in each}), "startup_s": round(startup_s, 3), "merge_s": round(merge_s, 3),
+        "tasks": [{"shard": f"{i}/{count}", "node": s["node"], "scored": s["scored"], "errors": s["errors"],
+                   "seconds": s["seconds"], "img_per_s": s["img_per_s"], "scoring_from": s["scoring_from"],
+                   "scoring_to": s["scoring_to"]} for i, s in sorted(summaries.items())],
     }

@@ -136,10 +136,12 @@ def test_cli_exit_codes_and_summary_line_with_ray(tmp_path, cluster, engine):
                                    *CLI_FAST, "--ray", "--ray-shards", "2"])
     assert ok.exit_code == 0, ok.output
     assert "files 12  scored 12  skipped 0" in ok.output and "ray:     2 shards on 1 node(s)" in ok.output
-    write_bad_files(folder / "bad")
-    with_errors = CliRunner().invoke(main, ["score", str(folder), "--out", str(tmp_path / "b.csv"), "--engine",
-                                            str(engine), *CLI_FAST, "--ray"])
+    bad = write_bad_files(folder / "bad")
+    parquet = tmp_path / "b.parquet"
+    with_errors = CliRunner().invoke(main, ["score", str(folder), "--out", str(parquet), "--engine", str(engine),
+                                            *CLI_FAST, "--ray", "--ray-shards", "3", "--json"])
     assert with_errors.exit_code == 1, with_errors.output
+    assert len(rows_of(parquet)) == 12 and len(errors_of(parquet)) == len(bad)
     shard_and_ray = CliRunner().invoke(main, ["score", str(folder), "--out", str(tmp_path / "c.csv"), "--engine",
                                               str(engine), "--shard", "0/2", "--ray"])
     assert shard_and_ray.exit_code == 2 and "error: --shard and --ray do not go together" in shard_and_ray.output
@@ -191,6 +193,33 @@ def test_a_part_has_one_writer_at_a_time(tmp_path):
         pass
 
 
+def test_a_task_waits_for_the_lock_of_its_part_and_names_the_holder(tmp_path, cluster, engine, monkeypatch):
+    folder = tmp_path / "in"
+    make_good_folder(folder, n=12)
+    out = tmp_path / "scores.csv"
+    score_ray.shards_dir(out).mkdir()
+    monkeypatch.setattr(score_ray, "LOCK_WAIT_S", 1.0)
+    lock = Path(str(score_ray.part_path(out, 0, 2)) + score_ray.LOCK_SUFFIX)
+    with score_ray.exclusive_lock(lock, wait_s=0, busy="held by the test"):  # as an orphaned task would
+        with pytest.raises(OSError, match=f"is locked by .* pid {os.getpid()}: an earlier task of shard 0/2"):
+            run_score([str(folder)], out, engine=engine, ray="local", ray_shards=2, **FAST)
+    assert not score_ray.part_path(out, 0, 2).exists()  # nothing written to the part while it was held
+    summary = run_score([str(folder)], out, engine=engine, ray="local", **FAST)
+    assert summary["scored"] == 12 and len(rows_of(out)) == 12
+
+
+def test_a_task_asks_for_what_one_score_process_uses():
+    one_small_node = [{"Resources": {"CPU": 2.0}}]
+    # 2 decoders + 1 engine thread, capped at the node's 2 CPUs: one task at a time, the engine on 1 thread
+    assert score_ray.task_resources("cpu", 2, 0, one_small_node) == (2.0, 0.0, 1, 1)
+    assert score_ray.task_resources("cpu", 0, 0, one_small_node) == (1.0, 0.0, 1, 2)
+    nodes = [{"Resources": {"CPU": 16.0, "GPU": 2.0}}, {"Resources": {"CPU": 8.0}},
+             {"Resources": {"CPU": 64.0}, "Alive": False}]
+    assert score_ray.task_resources("cpu", 2, 2, nodes) == (4.0, 0.0, 2, 6)
+    # a CUDA engine: one GPU per task, so as many tasks at once as GPUs
+    assert score_ray.task_resources("cuda", 2, 0, nodes) == (3.0, 1.0, 1, 2)
+
+
 # ----------------------------------------------------------------------------------------------- kill -9
 
 @pytest.mark.slow
@@ -219,6 +248,8 @@ def test_kill_9_of_a_ray_worker_is_retried_and_resumes_its_part(tmp_path, cluste
     assert proc.returncode == 0, stderr[-3000:]
     summary = json.loads(stdout)
     assert summary["scored"] == len(files) and summary["skipped"] == 0 and summary["files"] == len(files)
+    # the retry resumed the part: it scored only what the killed attempt had not written
+    assert summary["tasks"][0]["scored"] <= in_shard_0 - at_kill
     rows = rows_of(out)
     assert len(rows) == len(files) and sorted(r["path"] for r in rows) == sorted(map(str, files))
     assert lock_holder(lock) != worker  # shard 0 was finished by a retry in another process
@@ -320,3 +351,12 @@ def test_cancelling_a_score_job_stops_its_tasks_and_its_local_ray(tmp_path, engi
     rows = part_rows(out)
     time.sleep(1)
     assert part_rows(out) == rows < 400  # nothing writes on
+
+
+def test_the_benchmark_counts_concurrent_tasks_once():
+    pytest.importorskip("ray", reason="needs Ray: pip install 'realfake[cluster]'")
+    from realfake.benchmarks.suite_score_ray import scoring_time
+
+    overlapping_then_alone = [{"scoring_from": 0.0, "scoring_to": 2.0}, {"scoring_from": 1.0, "scoring_to": 3.0},
+                              {"scoring_from": 5.0, "scoring_to": 6.0}]
+    assert scoring_time(overlapping_then_alone) == 4.0
