@@ -205,7 +205,10 @@ def test_a_task_waits_for_the_lock_of_its_part_and_names_the_holder(tmp_path, cl
             run_score([str(folder)], out, engine=engine, ray="local", ray_shards=2, **FAST)
     assert not score_ray.part_path(out, 0, 2).exists()  # nothing written to the part while it was held
     summary = run_score([str(folder)], out, engine=engine, ray="local", **FAST)
-    assert summary["scored"] == 12 and len(rows_of(out)) == 12
+    # shard 1 may have finished before the failure of shard 0 stopped the run: its rows are kept
+    assert summary["scored"] + summary["skipped"] == 12 and summary["scored"] >= len(rows_of(score_ray.part_path(
+        out, 0, 2)))
+    assert sorted(r["path"] for r in rows_of(out)) == sorted({r["path"] for r in rows_of(out)}) and len(rows_of(out)) == 12
 
 
 def test_a_task_asks_for_what_one_score_process_uses():
