@@ -35,6 +35,7 @@ SUITE_MODULES: dict[str, str] = {
     "train": "realfake.benchmarks.suite_train",  # training step per model, eager vs torch.compile
     "engines": "realfake.benchmarks.suite_engines",  # inference per backend, precision, batch size
     "score": "realfake.benchmarks.suite_score",  # end to end over a folder
+    "score-ray": "realfake.benchmarks.suite_score_ray",  # `score` plain vs `score --ray` (needs Ray)
 }
 ALL = "all"
 

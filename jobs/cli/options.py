@@ -33,9 +33,10 @@ def click_type(param: Param, *, check_exists: bool = True) -> Any:
 
 
 def click_param(param: Param, *, argument: bool = False, unset_default: bool = False, check_exists: bool = True,
-                help: str | None = None) -> click.Parameter:
+                help: str | None = None, **option_settings) -> click.Parameter:
     """The click Argument or Option for `param`. unset_default: the option defaults to None, "not
-    given", so that the function's own default applies (what `submit` needs to leave specs short)."""
+    given", so that the function's own default applies (what `submit` needs to leave specs short).
+    option_settings: click.Option keywords of a command's own (e.g. a value that may be left out)."""
     multiple = list_item(param.annotation) is not None
     kind = click_type(param, check_exists=check_exists)
     if argument:
@@ -47,36 +48,33 @@ def click_param(param: Param, *, argument: bool = False, unset_default: bool = F
             return click.Option([param.flag, param.name], is_flag=True, default=False, help=text)
         return click.Option([f"{param.flag}/--no-{param.flag[2:]}", param.name], default=default,
                             show_default=default is not None, help=text)
-    return click.Option([param.flag, param.name], type=kind, multiple=multiple, required=param.required and not
-                        unset_default, default=() if multiple and default is None else default,
-                        show_default=default not in (None, ()),
-                        metavar="PATH" if isinstance(kind, click.Path) else None, help=text)
+    settings = dict(type=kind, multiple=multiple, required=param.required and not unset_default,
+                    default=() if multiple and default is None else default, show_default=default not in (None, ()),
+                    metavar="PATH" if isinstance(kind, click.Path) else None, help=text)
+    return click.Option([param.flag, param.name], **{**settings, **option_settings})
 
 
 def command_params(function: Callable, *, arguments: Iterable[str] = (), skip: Iterable[str] = (),
-                   extra_help: Mapping[str, str] | None = None) -> list[click.Parameter]:
+                   settings: Mapping[str, dict] | None = None) -> list[click.Parameter]:
     """click parameters for every option of a job function: `arguments` become positional arguments,
-    `skip` are left out (the command sets them itself)."""
-    arguments, skip, extra_help = set(arguments), set(skip), dict(extra_help or {})
-    out: list[click.Parameter] = []
-    for param in function_params(function):
-        if param.name in skip:
-            continue
-        help_text = param.help + (f" {extra_help[param.name]}" if param.name in extra_help else "")
-        out.append(click_param(param, argument=param.name in arguments, help=help_text))
-    return out
+    `skip` are left out (the command sets them itself), `settings` are click.Option keywords per option."""
+    arguments, skip, settings = set(arguments), set(skip), dict(settings or {})
+    return [click_param(param, argument=param.name in arguments, **settings.get(param.name, {}))
+            for param in function_params(function) if param.name not in skip]
 
 
 class JobCommand(click.Command):
     """A command whose options are those of a job function ("module:function"), made when the command is
     used (its --help, or a run), so that listing the commands never imports the job's module (torch).
 
-    `arguments`: options given positionally; `skip`: options the command does not offer; options the
-    callback declares itself with @click.option (output format, ...) come after the generated ones."""
+    `arguments`: options given positionally; `skip`: options the command does not offer; `settings`:
+    click.Option keywords per option; options the callback declares itself with @click.option (output
+    format, ...) come after the generated ones."""
 
-    def __init__(self, *args, target: str, arguments: Iterable[str] = (), skip: Iterable[str] = (), **kwargs):
+    def __init__(self, *args, target: str, arguments: Iterable[str] = (), skip: Iterable[str] = (),
+                 settings: Mapping[str, dict] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.target, self.arguments, self.skip = target, tuple(arguments), tuple(skip)
+        self.target, self.arguments, self.skip, self.settings = target, tuple(arguments), tuple(skip), settings
         self._own_params = list(self.params)
         self._generated: list[click.Parameter] | None = None
 
@@ -86,7 +84,8 @@ class JobCommand(click.Command):
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         if self._generated is None:
-            self._generated = command_params(self.function(), arguments=self.arguments, skip=self.skip)
+            self._generated = command_params(self.function(), arguments=self.arguments, skip=self.skip,
+                                             settings=self.settings)
             self.params = [*self._generated, *self._own_params]
         return super().get_params(ctx)
 

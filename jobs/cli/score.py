@@ -31,6 +31,9 @@ def _summary_lines(summary: dict) -> str:
             f"errors {summary['errors']}  {summary['seconds']:.1f} s  "
             f"{rate if rate is not None else '-'} img/s  [{summary['loader'] or '-'}, engine {summary['engine_id']}]\n"
             f"results: {summary['out']}\nerrors:  {summary['errors_file']}"
+            + (f"\nray:     {summary['ray_shards']} shards on {len(summary['nodes'])} node(s), Ray start-up "
+               f"{summary['startup_s']:.1f} s, merge {summary['merge_s']:.1f} s, parts: {summary['shards_dir']}"
+               if summary.get("ray") else "")
             + (f"\nreport:  {summary['report']}" if summary.get("report") else ""))
 
 
@@ -41,7 +44,8 @@ class _FoldersCommand(JobCommand):
 
 
 @click.command(_SCORE_FOLDERS, cls=_FoldersCommand, target="realfake.jobs.tasks.score:run_score",
-               arguments=("folders",), epilog=EXIT_CODES_HELP)
+               arguments=("folders",), epilog=EXIT_CODES_HELP,
+               settings={"ray": dict(is_flag=False, flag_value="local", metavar="[ADDRESS]")})
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of text.")
 @click.pass_context
 def score_folders(ctx, as_json, **options):
@@ -60,6 +64,7 @@ def score_folders(ctx, as_json, **options):
       realfake score a/ b/ --engine engines_out/m1 --out scores.parquet
       realfake score incoming/ --shard 0/2 --out s0.csv   (and 1/2 -> s1.csv elsewhere)
       realfake score merge scores.csv s0.csv s1.csv
+      realfake score /shared/incoming --out /shared/scores.csv --ray auto   (on a Ray cluster)
     """
     from realfake.jobs.tasks.score import run_score  # torch loads when a command runs, not for --help
 

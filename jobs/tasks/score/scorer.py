@@ -28,16 +28,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import import_module
 from pathlib import Path
-from typing import Literal
 
 import torch
 from realfake.engines.devices import resolve_device
 from realfake.engines.registry import promoted_engine
 from realfake.engines.runtime import Engine, load_engine
-from realfake.jobs.service.params import InputPath, OutputPath
 from realfake.jobs.service.store import realfake_home
 from realfake.jobs.tasks.outputs.common import (
     ERROR_COLUMNS,
@@ -47,7 +45,6 @@ from realfake.jobs.tasks.outputs.common import (
     resolve_output,
 )
 from realfake.jobs.tasks.outputs.writers import open_writer, read_existing
-from realfake.jobs.tasks.report import run_report
 from realfake.jobs.tasks.score.concurrency import Ahead, MicroBatches, choose_engine_threads, chunked
 from realfake.jobs.tasks.score.files import WalkCounts, files_to_score
 from realfake.pipelines.loaders import get_loader
@@ -86,8 +83,10 @@ class Scorer:
     counts and errors they produce. `run(folders)` scores; `summary()` says what happened."""
 
     def __init__(self, engine: Engine, engine_dir: Path, out_file: Path, *, resume: bool, batch_size: int,
-                 loader: str, num_workers: int, engine_threads: int, shard: str | None, progress: bool):
+                 loader: str, num_workers: int, engine_threads: int, shard: str | None, progress: bool,
+                 on_progress: Callable[[int], None] | None = None):
         self.engine, self.engine_dir, self.out_file = engine, engine_dir, out_file
+        self.on_progress = on_progress  # called with the files each batch settled (what the bar counts)
         self.err_file = errors_path(out_file)
         self.batch_size, self.num_workers, self.shard = batch_size, num_workers, shard
         self.device = str(engine.device)
@@ -173,6 +172,8 @@ class Scorer:
             self.flush_errors()
             self.bar.update(n + len(batch.errors))
             self.bar.set_postfix(errors=self.errors, refresh=False)
+            if self.on_progress is not None:
+                self.on_progress(n + len(batch.errors))
 
     def run(self, folders: Sequence[str], recursive: bool) -> float:
         """Score `folders` into the output; returns the seconds it took (walk, decode and engine)."""
@@ -225,7 +226,7 @@ class Scorer:
         }
 
 
-def _check_options(folders: list[str], batch_size: int, num_workers: int, engine_threads: int, loader: str) -> None:
+def check_options(folders: list[str], batch_size: int, num_workers: int, engine_threads: int, loader: str) -> None:
     if not folders:
         raise ValueError("no folder to score: pass at least one FOLDER")
     for folder in folders:
@@ -241,44 +242,14 @@ def _check_options(folders: list[str], batch_size: int, num_workers: int, engine
         raise ValueError(f"unknown loader {loader!r}: choose one of {', '.join(LOADER_CHOICES)}")
 
 
-def run_score(
-    folders: list[InputPath],
-    out: OutputPath,
-    engine: InputPath | None = None,
-    recursive: bool = True,
-    batch_size: int = 64,
-    loader: Literal[LOADER_CHOICES] = "auto",
-    resume: bool = True,
-    shard: str | None = None,
-    num_workers: int = 2,
-    engine_threads: int = 0,
-    device: str = "auto",
-    progress: bool = True,
-    report: bool = False,
-) -> dict:
-    """Score every image under FOLDERS with an engine; one row per file in OUT, errors beside it.
-
-    Args:
-        folders: Folders to score (files named directly are scored too).
-        out: Results: .csv, .parquet or .jsonl (a folder, or a path without suffix, gets scores.csv inside). Errors go to OUT.errors.csv.
-        engine: Engine directory from `realfake engine build`; default: the promoted engine.
-        recursive: Score the folders' subfolders too.
-        batch_size: Images per batch through the loader and the engine.
-        loader: Decoder. auto: DALI on a GPU (when installed); on the CPU torchvision with PIL draft mode, the cheaper CPU decoder for scoring.
-        resume: Skip files OUT already holds (and retry those of its errors file); false (--no-resume) replaces OUT.
-        shard: I/N: score only shard I of N (a fixed 1/N of the files, by a hash of their relative path); join the N outputs with `realfake score merge`.
-        num_workers: Decoding processes (torchvision) or threads (DALI).
-        engine_threads: torch threads for the engine on a CPU. 0: the cores the decode workers leave free (at least 1), best when decoding costs more than the model; raise it for heavy models that keep the decoders waiting.
-        device: cpu or cuda[:N] for the engine and DALI decoding; auto: where the engine was built for.
-        progress: Show a progress bar (img/s) on stderr.
-        report: Then write OUT.report.html, the HTML page of the whole output (see `realfake report --help`).
-
-    Returns a summary: files (found in this shard), scored (new rows), skipped (already in OUT), errors,
-    seconds (walking, decoding and scoring: not loading the engine), img_per_s (scored / seconds), and
-    where everything went.
-    """
+def score_here(folders: Sequence[str], out, *, engine=None, recursive: bool = True, batch_size: int = 64,
+               loader: str = "auto", resume: bool = True, shard: str | None = None, num_workers: int = 2,
+               engine_threads: int = 0, device: str = "auto", progress: bool = True,
+               on_progress: Callable[[int], None] | None = None) -> dict:
+    """`run_score` on this machine (a Ray task runs it for its shard): options checked, the engine
+    loaded, one `Scorer` run. `on_progress(n)` is called after each batch with the files it settled."""
     folders = [str(f) for f in ([folders] if isinstance(folders, (str, os.PathLike)) else folders)]
-    _check_options(folders, batch_size, num_workers, engine_threads, loader)
+    check_options(folders, batch_size, num_workers, engine_threads, loader)
     parse_shard(shard)
     out_file = resolve_output(Path(out).absolute())
     engine_dir = Path(engine) if engine is not None else promoted_engine(realfake_home())
@@ -288,7 +259,8 @@ def run_score(
         raise ValueError(f"engine {model.engine_id} reads JPEG ghost maps, which PIL computes; DALI decodes pixels "
                          "only: use --loader auto or torch")
     scorer = Scorer(model, engine_dir, out_file, resume=resume, batch_size=batch_size, loader=loader,
-                    num_workers=num_workers, engine_threads=engine_threads, shard=shard, progress=progress)
+                    num_workers=num_workers, engine_threads=engine_threads, shard=shard, progress=progress,
+                    on_progress=on_progress)
     log.info("scoring %s with engine %s (%s, %dpx, threshold %.4g) into %s; %d files already scored",
              ", ".join(folders), model.engine_id, engine_dir, model.image_size, model.threshold, out_file,
              len(scorer.writer.existing.paths))
@@ -296,6 +268,4 @@ def run_score(
     summary = scorer.summary(seconds, folders, recursive)
     log.info("scored %d, skipped %d, errors %d of %d files in %.1f s (%.1f img/s)", summary["scored"],
              summary["skipped"], summary["errors"], summary["files"], seconds, summary["img_per_s"] or 0.0)
-    if report:
-        summary["report"] = run_report(out_file, progress=progress)["report"]
     return summary

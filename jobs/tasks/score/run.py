@@ -1,0 +1,66 @@
+"""`run_score`, the job function behind `realfake score`: on this machine (`scorer.py`), or on a Ray
+cluster one task per shard (`cluster.py`); then, if asked, the report page of the whole output."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from realfake.jobs.service.params import InputPath, OutputPath
+from realfake.jobs.tasks.report import run_report
+from realfake.jobs.tasks.score.cluster import run_score_ray
+from realfake.jobs.tasks.score.scorer import score_here
+from realfake.pipelines.pixel_loaders import LOADER_CHOICES
+
+
+def run_score(
+    folders: list[InputPath],
+    out: OutputPath,
+    engine: InputPath | None = None,
+    recursive: bool = True,
+    batch_size: int = 64,
+    loader: Literal[LOADER_CHOICES] = "auto",
+    resume: bool = True,
+    shard: str | None = None,
+    num_workers: int = 2,
+    engine_threads: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    report: bool = False,
+    ray: str | None = None,
+    ray_shards: int = 0,
+) -> dict:
+    """Score every image under FOLDERS with an engine; one row per file in OUT, errors beside it.
+
+    Args:
+        folders: Folders to score (files named directly are scored too).
+        out: Results: .csv, .parquet or .jsonl (a folder, or a path without suffix, gets scores.csv inside). Errors go to OUT.errors.csv.
+        engine: Engine directory from `realfake engine build`; default: the promoted engine.
+        recursive: Score the folders' subfolders too.
+        batch_size: Images per batch through the loader and the engine.
+        loader: Decoder. auto: DALI on a GPU (when installed); on the CPU torchvision with PIL draft mode, the cheaper CPU decoder for scoring.
+        resume: Skip files OUT already holds (and retry those of its errors file); false (--no-resume) replaces OUT.
+        shard: I/N: score only shard I of N (a fixed 1/N of the files, by a hash of their relative path); join the N outputs with `realfake score merge`.
+        num_workers: Decoding processes (torchvision) or threads (DALI).
+        engine_threads: torch threads for the engine on a CPU. 0: the cores the decode workers leave free (at least 1), best when decoding costs more than the model; raise it for heavy models that keep the decoders waiting.
+        device: cpu or cuda[:N] for the engine and DALI decoding; auto: where the engine was built for.
+        progress: Show a progress bar (img/s) on stderr.
+        report: Then write OUT.report.html, the HTML page of the whole output (see `realfake report --help`).
+        ray: Score on Ray, one task per shard, parts in OUT.shards/ merged into OUT: without an ADDRESS (or "local") Ray starts on this machine; "auto", ray://HOST:PORT or HOST:PORT joins a running cluster. Every node must see the folders, the engine and OUT at the same paths (a shared filesystem). Needs `pip install 'realfake[cluster]'`; see docs/cluster.md.
+        ray_shards: With --ray: shards (tasks). 0: those of an earlier run of OUT, else one per task slot of the cluster. Fixed for an OUT.
+
+    Returns a summary: files (found in this shard), scored (new rows), skipped (already in OUT), errors,
+    seconds (walking, decoding and scoring: not loading the engine), img_per_s (scored / seconds), and
+    where everything went.
+    """
+    options = dict(engine=engine, recursive=recursive, batch_size=batch_size, loader=loader, resume=resume,
+                   shard=shard, num_workers=num_workers, engine_threads=engine_threads, device=device,
+                   progress=progress)
+    if ray is not None:
+        summary = run_score_ray(folders, out, address=ray, num_shards=ray_shards, **options)
+    elif ray_shards:
+        raise ValueError(f"--ray-shards {ray_shards} needs --ray: pass --ray [ADDRESS], or drop --ray-shards")
+    else:
+        summary = score_here(folders, out, **options)
+    if report:
+        summary["report"] = run_report(Path(summary["out"]), progress=progress)["report"]
+    return summary

@@ -1,0 +1,366 @@
+"""`realfake score --ray`: the same rows and errors as plain score, resume after kill -9 of a Ray worker and of
+the driver, a job's cancel stopping the tasks and a local Ray, the install hint, and a folder a task cannot see.
+
+One local Ray of 2 CPUs, started in this process, serves the tests (the drivers run here or in
+subprocesses that join it); only the cancel test starts a Ray of its own, as `--ray` without an address does.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _score_helpers import LAUNCHER, build_engines, make_good_folder, write_bad_files
+from _service_helpers import pid_gone, use_service_home, wait_for
+from click.testing import CliRunner
+from realfake.jobs.cli import main
+from realfake.jobs.tasks.outputs.common import ERROR_COLUMNS, errors_path
+from realfake.jobs.tasks.outputs.writers import read_rows
+from realfake.jobs.tasks.score import cluster as score_ray
+from realfake.jobs.tasks.score import run_score
+from realfake.pipelines.walk import shard_of
+
+FAST = dict(loader="torch", num_workers=0, batch_size=8, progress=False)
+CLI_FAST = ["--loader", "torch", "--num-workers", "0", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray of 2 CPUs for the module; yields its address for drivers in other processes."""
+    ray = pytest.importorskip("ray", reason="needs Ray: pip install 'realfake[cluster]'")
+    sigterm = signal.getsignal(signal.SIGTERM)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    signal.signal(signal.SIGTERM, sigterm)  # ray.init makes SIGTERM exit; pytest's own handling stays
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    return build_engines(tmp_path_factory.mktemp("engines"))
+
+
+@pytest.fixture(scope="module")
+def engine(engines):
+    return engines[0]
+
+
+def rows_of(path):
+    return list(read_rows(path))
+
+
+def errors_of(out):
+    return {row["path"]: row["reason"] for row in read_rows(errors_path(out), ERROR_COLUMNS)}
+
+
+def part_rows(out):
+    """Rows in all the parts of a --ray OUT so far."""
+    parts = score_ray.shards_dir(out).glob(f"part-*-of-*{out.suffix}")
+    return sum(len(rows_of(p)) for p in parts if not p.name.endswith(".errors.csv"))
+
+
+def lock_holder(lock: Path) -> int | None:
+    """The pid written into a lock file by its holder."""
+    text = lock.read_text().split() if lock.exists() else []
+    return int(text[-1]) if len(text) >= 3 and text[-2] == "pid" else None
+
+
+def cli_command(folder, out, engine, address, shards, *extra):
+    return [sys.executable, "-c", LAUNCHER, "score", str(folder), "--out", str(out), "--engine", str(engine),
+            *CLI_FAST, "--batch-size", "1", "--json", "--ray", address, "--ray-shards", str(shards), *extra]
+
+
+def wait_rows(out, proc, at_least, timeout_s=120):
+    """Wait until the parts hold `at_least` rows while `proc` (the driver) runs; returns the count."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        rows = part_rows(out)
+        if rows >= at_least:
+            return rows
+        time.sleep(0.02)
+    raise AssertionError(f"the run ended or stalled before {at_least} rows: {proc.stderr.read()[-3000:] if proc.stderr else ''}")
+
+
+# ----------------------------------------------------------------------------------------------- same results
+
+def test_ray_gives_the_rows_and_errors_of_plain_score_and_resumes(tmp_path, cluster, engines):
+    engine, other = engines
+    folder = tmp_path / "in"
+    files = make_good_folder(folder, n=200, seed=2)
+    bad = write_bad_files(folder / "bad")
+    plain_out, ray_out = tmp_path / "plain.csv", tmp_path / "ray.csv"
+    plain = run_score([str(folder)], plain_out, engine=engine, **FAST)
+    summary = run_score([str(folder)], ray_out, engine=engine, ray="local", ray_shards=4, **FAST)
+
+    for key in ("files", "scored", "skipped", "errors", "engine_id", "threshold", "image_size", "folders"):
+        assert summary[key] == plain[key], key
+    assert summary["scored"] == len(files) and summary["errors"] == len(bad) and summary["ray_shards"] == 4
+    parts = sorted(score_ray.shards_dir(ray_out).glob("part-*-of-4.csv"))
+    assert len(parts) == 4 and all(rows_of(p) for p in parts)  # four real shards, each with rows
+    reference = {r["path"]: r for r in rows_of(plain_out)}
+    rows = rows_of(ray_out)
+    assert len(rows) == len(reference) and {r["path"] for r in rows} == set(reference)
+    for row in rows:
+        assert {**row, "p_fake": None} == {**reference[row["path"]], "p_fake": None}
+        assert row["p_fake"] == pytest.approx(reference[row["path"]]["p_fake"], abs=1e-6)
+    assert errors_of(ray_out) == errors_of(plain_out)
+
+    # a rerun resumes every part: nothing scored again, OUT rebuilt with the same rows
+    again = run_score([str(folder)], ray_out, engine=engine, ray="local", **FAST)
+    assert again["scored"] == 0 and again["skipped"] == len(files) and again["ray_shards"] == 4
+    assert again["retried_errors"] == len(bad) and errors_of(ray_out) == errors_of(plain_out)
+    assert sorted(r["path"] for r in rows_of(ray_out)) == sorted(reference)
+    # what could count a file twice or mix engines is refused before anything runs
+    with pytest.raises(ValueError, match="holds 4 shards of an earlier run"):
+        run_score([str(folder)], ray_out, engine=engine, ray="local", ray_shards=2, **FAST)
+    with pytest.raises(ValueError, match="holds scores of engine"):
+        run_score([str(folder)], ray_out, engine=other, ray="local", **FAST)
+    with pytest.raises(ValueError, match="must score the same folders"):
+        run_score([str(folder / "sub")], ray_out, engine=engine, ray="local", **FAST)
+    with pytest.raises(ValueError, match="was not written by `score --ray`"):
+        run_score([str(folder)], plain_out, engine=engine, ray="local", **FAST)
+    # --no-resume starts over, with another shard count if asked
+    fresh = run_score([str(folder)], ray_out, engine=engine, ray="local", ray_shards=2, resume=False, **FAST)
+    assert fresh["scored"] == len(files) and fresh["skipped"] == 0 and len(rows_of(ray_out)) == len(files)
+    assert sorted(p.name for p in score_ray.shards_dir(ray_out).iterdir()) == [
+        "driver.lock", "part-0-of-2.csv", "part-0-of-2.csv.errors.csv", "part-0-of-2.csv.lock",
+        "part-1-of-2.csv", "part-1-of-2.csv.errors.csv", "part-1-of-2.csv.lock", "shards.json"]
+
+
+def test_cli_exit_codes_and_summary_line_with_ray(tmp_path, cluster, engine):
+    folder = tmp_path / "in"
+    make_good_folder(folder, n=12)
+    ok = CliRunner().invoke(main, ["score", str(folder), "--out", str(tmp_path / "a.csv"), "--engine", str(engine),
+                                   *CLI_FAST, "--ray", "--ray-shards", "2"])
+    assert ok.exit_code == 0, ok.output
+    assert "files 12  scored 12  skipped 0" in ok.output and "ray:     2 shards on 1 node(s)" in ok.output
+    bad = write_bad_files(folder / "bad")
+    parquet = tmp_path / "b.parquet"
+    with_errors = CliRunner().invoke(main, ["score", str(folder), "--out", str(parquet), "--engine", str(engine),
+                                            *CLI_FAST, "--ray", "--ray-shards", "3", "--json"])
+    assert with_errors.exit_code == 1, with_errors.output
+    assert len(rows_of(parquet)) == 12 and len(errors_of(parquet)) == len(bad)
+    shard_and_ray = CliRunner().invoke(main, ["score", str(folder), "--out", str(tmp_path / "c.csv"), "--engine",
+                                              str(engine), "--shard", "0/2", "--ray"])
+    assert shard_and_ray.exit_code == 2 and "error: --shard and --ray do not go together" in shard_and_ray.output
+    not_an_address = CliRunner().invoke(main, ["score", "--ray", str(folder), str(folder), "--out",
+                                               str(tmp_path / "d.csv"), "--engine", str(engine)])
+    assert not_an_address.exit_code == 2 and "is not a Ray address" in not_an_address.output
+
+
+# ----------------------------------------------------------------------------------------------- failures
+
+def test_a_folder_a_task_cannot_see_is_one_clear_error(tmp_path, cluster, engine, monkeypatch):
+    folder = tmp_path / "in"
+    make_good_folder(folder, n=12)
+    real_resources = score_ray.task_resources
+
+    def hide_folder_from_tasks(*args):
+        # the driver has checked the folder; from here on the tasks' node cannot see it
+        folder.rename(tmp_path / "elsewhere")
+        return real_resources(*args)
+
+    monkeypatch.setattr(score_ray, "task_resources", hide_folder_from_tasks)
+    result = CliRunner().invoke(main, ["score", str(folder), "--out", str(tmp_path / "s.csv"), "--engine", str(engine),
+                                       *CLI_FAST, "--ray", "--ray-shards", "2"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output
+    assert f"cannot see folder {folder}: every node must see it at the same path" in errors[0]
+    assert errors[0].startswith("error: node ")
+
+
+def test_without_ray_installed_the_flag_says_how_to_install(tmp_path, engine, monkeypatch):
+    folder = tmp_path / "in"
+    make_good_folder(folder, n=2)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    result = CliRunner().invoke(main, ["score", str(folder), "--out", str(tmp_path / "s.csv"), "--engine", str(engine),
+                                       "--ray"])
+    assert result.exit_code == 2
+    assert "error: --ray needs Ray, which is not installed in this environment: pip install 'realfake[cluster]'" \
+        in result.output
+
+
+def test_a_part_has_one_writer_at_a_time(tmp_path):
+    lock = tmp_path / "part-0-of-2.csv.lock"
+    with score_ray.exclusive_lock(lock, wait_s=0, busy="wait for it"):
+        with pytest.raises(OSError, match=f"is locked by .* pid {os.getpid()}: wait for it"):
+            with score_ray.exclusive_lock(lock, wait_s=0.3, busy="wait for it"):
+                pass
+    with score_ray.exclusive_lock(lock, wait_s=0, busy="free again"):  # released with the block
+        pass
+
+
+def test_a_task_waits_for_the_lock_of_its_part_and_names_the_holder(tmp_path, cluster, engine, monkeypatch):
+    folder = tmp_path / "in"
+    make_good_folder(folder, n=12)
+    out = tmp_path / "scores.csv"
+    score_ray.shards_dir(out).mkdir()
+    monkeypatch.setattr(score_ray, "LOCK_WAIT_S", 1.0)
+    lock = Path(str(score_ray.part_path(out, 0, 2)) + score_ray.LOCK_SUFFIX)
+    with score_ray.exclusive_lock(lock, wait_s=0, busy="held by the test"):  # as an orphaned task would
+        with pytest.raises(OSError, match=f"is locked by .* pid {os.getpid()}: an earlier task of shard 0/2"):
+            run_score([str(folder)], out, engine=engine, ray="local", ray_shards=2, **FAST)
+    assert not score_ray.part_path(out, 0, 2).exists()  # nothing written to the part while it was held
+    summary = run_score([str(folder)], out, engine=engine, ray="local", **FAST)
+    # shard 1 may have finished before the failure of shard 0 stopped the run: its rows are kept
+    assert summary["scored"] + summary["skipped"] == 12 and summary["scored"] >= len(rows_of(score_ray.part_path(
+        out, 0, 2)))
+    assert sorted(r["path"] for r in rows_of(out)) == sorted({r["path"] for r in rows_of(out)}) and len(rows_of(out)) == 12
+
+
+def test_a_task_asks_for_what_one_score_process_uses():
+    one_small_node = [{"Resources": {"CPU": 2.0}}]
+    # 2 decoders + 1 engine thread, capped at the node's 2 CPUs: one task at a time, the engine on 1 thread
+    assert score_ray.task_resources("cpu", 2, 0, one_small_node) == (2.0, 0.0, 1, 1)
+    assert score_ray.task_resources("cpu", 0, 0, one_small_node) == (1.0, 0.0, 1, 2)
+    nodes = [{"Resources": {"CPU": 16.0, "GPU": 2.0}}, {"Resources": {"CPU": 8.0}},
+             {"Resources": {"CPU": 64.0}, "Alive": False}]
+    assert score_ray.task_resources("cpu", 2, 2, nodes) == (4.0, 0.0, 2, 6)
+    # a CUDA engine: one GPU per task, so as many tasks at once as GPUs
+    assert score_ray.task_resources("cuda", 2, 0, nodes) == (3.0, 1.0, 1, 2)
+
+
+# ----------------------------------------------------------------------------------------------- kill -9
+
+@pytest.mark.slow
+def test_kill_9_of_a_ray_worker_is_retried_and_resumes_its_part(tmp_path, cluster, engine):
+    folder = tmp_path / "in"
+    files = make_good_folder(folder, n=400, seed=7)
+    out = tmp_path / "scores.csv"
+    in_shard_0 = sum(shard_of(str(p.relative_to(folder)), 2) == 0 for p in files)
+    # with the progress bar on: the driver's one bar, no bar of a task
+    command = [c for c in cli_command(folder, out, engine, cluster, 2) if c != "--no-progress"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    part, lock = score_ray.part_path(out, 0, 2), Path(str(score_ray.part_path(out, 0, 2)) + ".lock")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not (part.exists() and len(rows_of(part)) >= 20):
+            time.sleep(0.02)
+        worker = lock_holder(lock)
+        assert worker is not None and proc.poll() is None, proc.stderr.read()[-3000:]
+        os.kill(worker, signal.SIGKILL)
+        at_kill = len(rows_of(part))
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert at_kill < in_shard_0  # killed mid-shard
+    assert proc.returncode == 0, stderr[-3000:]
+    summary = json.loads(stdout)
+    assert summary["scored"] == len(files) and summary["skipped"] == 0 and summary["files"] == len(files)
+    # the retry resumed the part: it scored only what the killed attempt had not written
+    assert summary["tasks"][0]["scored"] <= in_shard_0 - at_kill
+    rows = rows_of(out)
+    assert len(rows) == len(files) and sorted(r["path"] for r in rows) == sorted(map(str, files))
+    assert lock_holder(lock) != worker  # shard 0 was finished by a retry in another process
+    assert "score on ray (2 shards)" in stderr and "score 0/2" not in stderr and "score 1/2" not in stderr
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_driver_then_rerun_scores_every_file_once(tmp_path, cluster, engine):
+    folder = tmp_path / "in"
+    files = make_good_folder(folder, n=400, seed=8)
+    out = tmp_path / "scores.jsonl"
+    proc = subprocess.Popen(cli_command(folder, out, engine, cluster, 2), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_rows(out, proc, 20)
+        tasks = [lock_holder(Path(str(score_ray.part_path(out, i, 2)) + ".lock")) for i in range(2)]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL and not out.exists()  # died before its merge
+    # Ray ends the dead driver's tasks: no orphan writes on into the parts the rerun resumes
+    for pid in filter(None, tasks):
+        wait_for(lambda pid=pid: pid_gone(pid), timeout_s=60, what=f"task process {pid} to end with its driver")
+    before = part_rows(out)
+    assert 20 <= before < len(files)
+    summary = run_score([str(folder)], out, engine=engine, ray=cluster, **FAST)
+    assert summary["skipped"] == before and summary["scored"] == len(files) - before
+    rows = rows_of(out)
+    assert len(rows) == len(files) and sorted(r["path"] for r in rows) == sorted(map(str, files))
+
+
+# ----------------------------------------------------------------------------------------------- jobs
+
+def test_a_score_spec_carries_ray(tmp_path):
+    from realfake.jobs.service.spec import SpecError, validate_spec
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    spec = validate_spec("score", {"folders": ["in"], "ray": "auto", "ray_shards": 4}, base_dir=tmp_path)
+    assert spec.args["ray"] == "auto" and spec.args["ray_shards"] == 4
+    with pytest.raises(SpecError, match="key 'ray' of kind 'score' must be a string"):
+        validate_spec("score", {"folders": ["in"], "ray": 3}, base_dir=tmp_path)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+@pytest.mark.slow
+def test_cancelling_a_score_job_stops_its_tasks_and_its_local_ray(tmp_path, engine, monkeypatch):
+    pytest.importorskip("ray", reason="needs Ray: pip install 'realfake[cluster]'")
+    from realfake.jobs.service.spec import validate_spec
+    from realfake.jobs.service.store import JobStore
+
+    use_service_home(monkeypatch, tmp_path)
+    folder = tmp_path / "in"
+    make_good_folder(folder, n=400, seed=9)
+    out = tmp_path / "scores.csv"
+    spec = validate_spec("score", {"folders": [str(folder)], "engine": str(engine), "out": str(out), "ray": "local",
+                                   "ray_shards": 2, "batch_size": 1, "num_workers": 0, "loader": "torch",
+                                   "progress": False})
+    job_id = JobStore().submit(spec).id
+    worker = subprocess.Popen([sys.executable, "-m", "realfake.jobs.cli", "worker", "--once", "--poll", "0.1",
+                               "--grace", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_rows(out, worker, 10, timeout_s=150)
+        runner = lock_holder(score_ray.shards_dir(out) / score_ray.DRIVER_LOCK)
+        task = lock_holder(Path(str(score_ray.part_path(out, 0, 2)) + ".lock"))
+        ray_processes = descendants(runner)  # the local Ray this job started: GCS, raylet, its workers
+        assert task in ray_processes and len(ray_processes) > 3
+        JobStore().request_cancel(job_id)
+        job = wait_for(lambda: (j := JobStore().get(job_id)).terminal and j, timeout_s=60, what="the cancel")
+        worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert job.state == "cancelled"
+    log = Path(job.log_path).read_text()
+    # JobTerminated reached the runner as it is (not wrapped by Ray), within the grace
+    assert "[realfake] terminated by SIGTERM" in log and "SystemError" not in log, log[-3000:]
+    for pid in [runner, *ray_processes]:
+        wait_for(lambda pid=pid: pid_gone(pid), timeout_s=30, what=f"process {pid} of the job's Ray to end")
+    rows = part_rows(out)
+    time.sleep(1)
+    assert part_rows(out) == rows < 400  # nothing writes on
+
+
+def test_the_benchmark_counts_concurrent_tasks_once():
+    pytest.importorskip("ray", reason="needs Ray: pip install 'realfake[cluster]'")
+    from realfake.benchmarks.suite_score_ray import scoring_time
+
+    overlapping_then_alone = [{"scoring_from": 0.0, "scoring_to": 2.0}, {"scoring_from": 1.0, "scoring_to": 3.0},
+                              {"scoring_from": 5.0, "scoring_to": 6.0}]
+    assert scoring_time(overlapping_then_alone) == 4.0
