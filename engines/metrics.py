@@ -82,6 +82,9 @@ def classification_metrics(labels: Sequence[int], p_fake: Sequence[float], *, th
         "f1_fake": float(f1[1]),
         # rows = true class, columns = predicted class, in CLASS_NAMES order
         "confusion_matrix": skm.confusion_matrix(y, pred, labels=[0, 1]).tolist(),
+        # What a user of the decisions meets: real photos called fake, and fakes caught.
+        "real_called_fake": float(np.mean(pred[y == 0] == 1)) if (y == 0).any() else None,
+        "fakes_caught": float(np.mean(pred[y == 1] == 1)) if (y == 1).any() else None,
         "roc_auc": float(skm.roc_auc_score(y, p)) if both_classes else None,
         "average_precision": float(skm.average_precision_score(y, p)) if both_classes else None,
         "eer": None,
@@ -174,6 +177,15 @@ def format_report_md(metrics: dict, *, title: str) -> str:
         lines += ["", "| group | n | recall (correct rate) |", "|---|---|---|"]
         for name, row in metrics["recall_per_group"].items():
             lines.append(f"| {name} | {row['n']} | {row['recall']:.3f} |")
+    if metrics.get("launder"):
+        lines += ["", "Under laundering (the split's files re-saved, resized or cropped, then scored at the same "
+                      "threshold; docs/robustness.md):", "",
+                  "| transform | ROC AUC | accuracy | real called fake | fakes caught |", "|---|---|---|---|---|",
+                  f"| none | {fmt(metrics['roc_auc'], '.3f')} | {metrics['accuracy']:.3f} | "
+                  f"{fmt(metrics['real_called_fake'], '.3f')} | {fmt(metrics['fakes_caught'], '.3f')} |"]
+        for spec, row in metrics["launder"].items():
+            lines.append(f"| `{spec}` | {fmt(row['roc_auc'], '.3f')} | {row['accuracy']:.3f} | "
+                         f"{fmt(row['real_called_fake'], '.3f')} | {fmt(row['fakes_caught'], '.3f')} |")
     if metrics.get("fakes_by_encoding"):
         lines += ["", "Fakes by encoding (JPEG quantization tables or format; see docs/quality.md):", "",
                   "| fakes | n | recall | ROC AUC vs all real images |", "|---|---|---|---|"]

@@ -327,3 +327,26 @@ def test_an_engine_built_with_flip_tta_averages_each_image_and_its_mirror(ghost_
         assert not torch.allclose(engine.predict(maps), torch.softmax(model(maps), 1)[:, 1], atol=1e-5)
     with pytest.raises(ValueError, match="unknown --tta 'crops'"):
         build_engine(run_dir, tmp_path / "crops", backend="eager", tta="crops", num_workers=0)
+
+
+def test_evaluate_under_laundering_adds_one_row_per_transform_and_reuses_the_copies(ghost_run):
+    from realfake.jobs.tasks.evaluate import run_evaluate
+
+    run_dir, data_dir = ghost_run
+    summary = run_evaluate(run_dir, split="test", num_workers=0, progress=False,
+                           launder=["jpeg:q=85", "crop:dx=3,dy=5,q=90", "jpeg:q=85"])
+    assert summary["launder"] == ["jpeg:q=85", "crop:dx=3,dy=5,q=90"]  # a spec asked for twice is one row
+    report = json.loads((run_dir / "report.json").read_text())
+    clean, rows = report["metrics"], report["metrics"]["launder"]
+    assert list(rows) == summary["launder"]
+    for spec, row in rows.items():
+        assert row["n"] == clean["n"] and {"roc_auc", "real_called_fake", "fakes_caught"} <= set(row), spec
+    copy = data_dir / "laundered" / "jpeg_q85"
+    assert len(list((copy / "images").glob("*.jpg"))) == clean["n"]  # the test split, laundered
+    assert "Under laundering" in (run_dir / "report.md").read_text() and "`crop:dx=3,dy=5,q=90`" in (
+        run_dir / "report.md").read_text()
+    made = {p: p.stat().st_mtime_ns for p in copy.rglob("*.jpg")}
+    run_evaluate(run_dir, split="test", num_workers=0, progress=False, launder=["jpeg:q=85"])
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob("*.jpg")} == made  # reused, not laundered again
+    with pytest.raises(ValueError, match="jpeg:q=500"):
+        run_evaluate(run_dir, split="test", num_workers=0, progress=False, launder=["jpeg:q=500"])

@@ -99,3 +99,10 @@ def test_pictures_and_markdown(tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = format_report_md(m, title="t")
     assert "| fake | 0.80 | 0.80 | 0.80 | 5 |" in md and "ROC AUC" in md and "| hard | 2 | 0.500 |" in md
+
+
+def test_real_called_fake_and_fakes_caught_are_the_rates_at_the_threshold():
+    m = classification_metrics([0, 0, 0, 0, 1, 1], [0.9, 0.2, 0.1, 0.7, 0.8, 0.3], threshold=0.5)
+    assert m["real_called_fake"] == pytest.approx(2 / 4) and m["fakes_caught"] == pytest.approx(1 / 2)
+    only_fakes = classification_metrics([1, 1], [0.9, 0.1], threshold=0.5)
+    assert only_fakes["real_called_fake"] is None and only_fakes["fakes_caught"] == 0.5

@@ -20,9 +20,13 @@ from realfake.jobs.service.params import InputPath
 from realfake.jobs.tasks.outputs.common import errors_path, resolve_output
 from realfake.jobs.tasks.outputs.writers import read_rows
 from realfake.pipelines.images import file_encoding
+from realfake.pipelines.launder import FAMILY, parse
+from realfake.pipelines.launder_dataset import launder_dataset
 from realfake.pipelines.loaders import get_loader, manifest_loader_options
 from realfake.pipelines.manifest import SPLITS, manifest_sha256, read_manifest
 from realfake.pipelines.pixel_loaders import LOADER_CHOICES
+
+LAUNDERED_DIR = "laundered"  # DATA_DIR/laundered/<transform>/: copies made by --launder
 
 
 def _write_report(report: dict, labels, p_fake, title: str, path_of) -> Path:
@@ -49,6 +53,7 @@ def run_evaluate(
     tta: Literal[TTA_MODES] = "none",
     calibrate: bool = False,
     ensemble: list[InputPath] | None = None,
+    launder: list[str] | None = None,
 ) -> dict:
     """Evaluate RUN_DIR's checkpoint on a split of the data it was trained on; writes report.json,
     report.md, confusion.png and roc.png into the run directory (suffixed by split when not test).
@@ -66,6 +71,7 @@ def run_evaluate(
         tta: Test-time augmentation, p_fake averaged over views: none, flip (image + mirror) or crops (the image and its 4 corner + centre crops of 7/8 side resized back, each also mirrored: 12 views).
         calibrate: Use the valid split's equal-error-rate threshold instead of --threshold (same checkpoint and TTA): a decision point chosen without the evaluated split (training with pseudo-fakes shifts the class prior, so 0.5 is no longer the balanced point).
         ensemble: Another run of the same model and data set (repeatable, e.g. other seeds): p_fake is the mean over RUN_DIR and these, same checkpoint and TTA; the report files get an "_ensemble" suffix.
+        launder: Also evaluate the split laundered by this transform (repeatable; a `realfake data launder` spec such as jpeg:q=85, resize:scale=0.75,q=85, crop:dx=3,dy=5,q=90, or `family` for the default family of docs/robustness.md), at the same threshold: one row each in the report. Laundered copies are kept in DATA_DIR/laundered/ and reused.
     """
     run_dir = Path(run_dir)
     if not 0.0 <= threshold <= 1.0:
@@ -89,11 +95,11 @@ def run_evaluate(
     if input_kind == "ghosts" and tta == "crops":
         raise ValueError(f"{config['model']} reads JPEG ghost maps, which resized crops would blur: use --tta flip")
 
-    def scores(split_rows, name):
+    def scores(split_rows, name, rows_dir=data_dir):
         data = get_loader([r.path for r in split_rows], [r.label for r in split_rows], train=False, backend=loader,
                           image_size=config["image_size"], batch_size=batch_size, num_workers=num_workers,
                           device=run_device,
-                          **manifest_loader_options(input_kind, data_dir, config["image_size"], split_rows))
+                          **manifest_loader_options(input_kind, rows_dir, config["image_size"], split_rows))
         p, y, indices, _ = predict(model, data, torch.device(run_device), progress=progress,
                                    desc=f"evaluate {name}", tta=tta)
         if len(indices) != len(split_rows) or sorted(indices.tolist()) != list(range(len(split_rows))):
@@ -109,9 +115,18 @@ def run_evaluate(
             raise ValueError(f"--calibrate needs both classes in the valid split of {data_dir}")
         _, threshold = equal_error_rate(y_valid, p_valid)
         threshold_source = "valid EER"
+    specs = laundering_specs(launder)
     p_fake, labels, backend = scores(rows, split)
     metrics = classification_metrics(labels, p_fake, threshold=threshold, groups=[r.group for r in rows],
                                      encodings=[file_encoding(r.path) for r in rows])
+    if specs:
+        metrics["launder"] = {}
+        for spec in specs:
+            laundered_dir = laundered_copy(data_dir, spec, split, workers=max(1, num_workers), progress=progress)
+            laundered_rows = read_manifest(laundered_dir, split)
+            p_l, y_l, _ = scores(laundered_rows, f"{split} {spec}", laundered_dir)
+            metrics["launder"][spec] = classification_metrics(y_l, p_l, threshold=threshold,
+                                                              groups=[r.group for r in laundered_rows])
     suffix = ("" if split == "test" else f"_{split}") + ("_ensemble" if len(members) > 1 else "")
     title = f"{config['model']} @ {config['image_size']}px — {split} split ({checkpoint} checkpoint, epoch {state['epoch']})"
     if tta != "none":
@@ -131,7 +146,31 @@ def run_evaluate(
             "f1_fake": metrics["f1_fake"], "roc_auc": metrics["roc_auc"], "eer": metrics["eer"],
             "report": str(report_md), "loader": backend, "tta": tta,
             "threshold": metrics["threshold"], "threshold_source": threshold_source,
-            "ensemble": report["ensemble"]}
+            "ensemble": report["ensemble"], "launder": list(specs)}
+
+
+def laundering_specs(launder: list[str] | None) -> list[str]:
+    """The transform specs asked for, `family` expanded to the default family, each checked (canonical form)."""
+    specs: list[str] = []
+    for item in launder or ():
+        for spec in (FAMILY if item == "family" else [item]):
+            canonical = parse(spec).spec
+            if canonical not in specs:
+                specs.append(canonical)
+    return specs
+
+
+def laundered_copy(data_dir: Path, spec: str, split: str, *, workers: int, progress: bool) -> Path:
+    """DATA_DIR/laundered/<spec>/: the split's files laundered by `spec`, with a manifest of the same
+    splits (made once, then reused: `launder_dataset` resumes). A file that cannot be laundered is an
+    error: the laundered rows must be the split's rows."""
+    out = data_dir / LAUNDERED_DIR / spec.replace(":", "_").replace(",", "_").replace("=", "")
+    summary = launder_dataset(data_dir, out, spec, split=split, workers=workers, progress=progress)
+    if summary.rejected:
+        first = summary.rejected[0]
+        raise ValueError(f"{first['path']} could not be laundered by {spec} ({first['reason']}): "
+                         f"{len(summary.rejected)} files of the {split} split are listed in {summary.rejected_path}")
+    return out
 
 
 def run_evaluate_scores(scores: InputPath, data_dir: InputPath, split: Literal[SPLITS] = "test") -> dict:
