@@ -145,6 +145,27 @@ def test_table_adds_the_auc_on_fakes_encoded_like_reals_where_the_data_has_other
     assert "fakes encoded like reals" not in format_results_md(results)
 
 
+def test_laundered_rows_are_aggregated_per_transform_over_seeds():
+    def run(seed, auc_q85, fpr_q85):
+        return {"seed": seed, "roc_auc": 0.9, "accuracy": 0.8, "real_called_fake": 0.1, "fakes_caught": 0.7,
+                "recall_per_group": {}, "best_epoch": 1, "train_seconds": 1.0,
+                "launder": {"jpeg:q=85": {"roc_auc": auc_q85, "accuracy": 0.5, "real_called_fake": fpr_q85,
+                                          "fakes_caught": 1.0}}}
+
+    runs = [run(0, 0.55, 0.9), run(1, 0.65, 0.7)]
+    summary = aggregate(runs)
+    assert summary["launder"]["jpeg:q=85"]["roc_auc"]["mean"] == pytest.approx(0.6)
+    assert summary["launder"]["jpeg:q=85"]["real_called_fake"]["std"] == pytest.approx(0.1414, abs=1e-4)
+    results = {"name": "s", "data_dir": "d", "manifest_sha256": "0" * 64, "seeds": [0, 1], "device": "cpu",
+               "best": "a", "configs": [{"name": "a", "label": "a", "evaluate": {}, "runs": runs, "summary": summary,
+                                          "commands": {"train": "realfake train d"}}]}
+    table = format_results_md(results)
+    assert "| `a` | none | 0.900 ± 0.000 | 0.800 ± 0.000 | 0.100 ± 0.000 | 0.700 ± 0.000 |" in table
+    assert "| `a` | `jpeg:q=85` | 0.600 ± 0.071 | 0.500 ± 0.000 | 0.800 ± 0.141 | 1.000 ± 0.000 |" in table
+    assert "Under laundering" not in format_results_md({**results, "configs": [
+        {**results["configs"][0], "summary": aggregate([{**r, "launder": {}} for r in runs])}]})
+
+
 def test_sweep_trains_each_configuration_per_seed_and_resumes(data_dir, tmp_path):
     spec = tmp_path / "tiny.toml"
     spec.write_text(SPEC)

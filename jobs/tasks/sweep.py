@@ -57,6 +57,8 @@ _EVAL_FIXED = ("run_dir", "split", "progress")
 _PRETRAIN_FIXED = ("data_dir", "out", "seed", "run_dir", "progress")
 _EVAL_FROM_TRAIN = ("loader", "num_workers", "device")
 GROUP_ORDER = ("easy", "mid", "hard", "real")
+# What a sweep keeps of each laundered evaluation (evaluate --launder): one table row per transform.
+LAUNDER_KEYS = ("roc_auc", "accuracy", "real_called_fake", "fakes_caught")
 DONE_NAME = "sweep_done.json"
 
 
@@ -214,6 +216,11 @@ def aggregate(runs: list[dict]) -> dict:
         "recall_per_group": {g: summarize([(r.get("recall_per_group") or {}).get(g, {}).get("recall") for r in runs])
                              for g in groups},
         "train_seconds": summarize([r.get("train_seconds") for r in runs]),
+        "real_called_fake": summarize([r.get("real_called_fake") for r in runs]),
+        "fakes_caught": summarize([r.get("fakes_caught") for r in runs]),
+        "launder": {spec: {key: summarize([(r.get("launder") or {}).get(spec, {}).get(key) for r in runs])
+                           for key in LAUNDER_KEYS}
+                    for spec in dict.fromkeys(s for r in runs for s in (r.get("launder") or {}))},
     }
 
 
@@ -267,6 +274,19 @@ def format_results_md(results: dict) -> str:
                   "```sh", "for SEED in " + " ".join(str(s) for s in results["seeds"]) + "; do"]
         lines += [f"  {c['commands'][k]}" for k in ("pretrain", "train", "evaluate") if k in c["commands"]]
         lines += ["done", "```"]
+    laundered = [c for c in configs if c["summary"].get("launder")]
+    if laundered:
+        lines += ["", "Under laundering (evaluate --launder: the test split re-saved, resized or cropped, scored at "
+                      "the same threshold; docs/robustness.md):", "",
+                  "| configuration | transform | test AUC | accuracy | real called fake | fakes caught |",
+                  "|---|---|---|---|---|---|"]
+        for c in laundered:
+            s = c["summary"]
+            lines.append(f"| `{c['name']}` | none | {_pm(s['roc_auc'])} | {_pm(s['accuracy'])} | "
+                         f"{_pm(s['real_called_fake'])} | {_pm(s['fakes_caught'])} |")
+            for spec, row in s["launder"].items():
+                lines.append(f"| `{c['name']}` | `{spec}` | {_pm(row['roc_auc'])} | {_pm(row['accuracy'])} | "
+                             f"{_pm(row['real_called_fake'])} | {_pm(row['fakes_caught'])} |")
     lines += ["", "Per seed:", "", "| configuration | seed | test AUC | accuracy | best epoch | train s |",
               "|---|---|---|---|---|---|"]
     for c in configs:
@@ -425,6 +445,9 @@ def run_sweep(
                            "encoded like a real image", {}).get("roc_auc"),
                        "balanced_accuracy": m["balanced_accuracy"], "eer": m["eer"], "f1_fake": m["f1_fake"],
                        "recall_per_group": m.get("recall_per_group", {}), "n": m["n"],
+                       "real_called_fake": m.get("real_called_fake"), "fakes_caught": m.get("fakes_caught"),
+                       "launder": {spec: {key: row.get(key) for key in LAUNDER_KEYS}
+                                   for spec, row in (m.get("launder") or {}).items()},
                        "best_epoch": record["best_epoch"], "train_seconds": record["train_seconds"],
                        "eval_seconds": time.perf_counter() - start, "evaluate": config["evaluate"]}
                 eval_path.parent.mkdir(parents=True, exist_ok=True)
