@@ -46,6 +46,7 @@ MCU = 16  # crops start on the 4:2:0 MCU grid, so the chroma blocks stay the fil
 CHANNELS = 3 * len(QUALITIES)
 LOG_EPS = 0.01  # floor of log(): blocks that re-save exactly (flat areas) are 0 error
 MAPS_VERSION = 1  # part of the cache folder name: change it when the maps change
+GHOST_MAPS = ("pil",)  # how the maps are computed (`ghost_maps` of a run and an engine)
 
 
 def grid_cells(image_size: int) -> int:

@@ -17,6 +17,7 @@ from realfake.jobs.service.options import dataclass_params, option
 from realfake.jobs.service.params import InputPath
 from realfake.models import default_image_size, model_input
 from realfake.pipelines.gpu_cache import CACHE_CHOICES
+from realfake.pipelines.jpeg_ghosts import GHOST_MAPS
 from realfake.pipelines.pixel_loaders import LOADER_CHOICES
 
 PIXELS, GHOSTS = ("pixels",), ("ghosts",)
@@ -86,6 +87,9 @@ class TrainConfig:
     cache: str = option("none", "Decode the data once into a uint8 cache (host memory or GPU; the --loader backend "
                                 "decodes) and augment each epoch on that device with batched tensor ops: epochs "
                                 "then cost the model, not the decoder.", choices=CACHE_CHOICES, inputs=PIXELS)
+    ghost_maps: str = option("pil", "How ghost_cnn's JPEG ghost maps are computed: pil (each file re-saved with PIL, the "
+                                    "reference). An engine reads the maps its run was trained on.", choices=GHOST_MAPS,
+                             inputs=GHOSTS, applies="chooses how JPEG ghost maps are computed")
     ghost_shift: int = option(0, "Move each training batch's JPEG ghost maps by up to N cells (8 px) each way, edges "
                                  "repeated (faces are not all centred alike). 0 = off.", min=0, inputs=GHOSTS,
                               applies="moves JPEG ghost maps")
