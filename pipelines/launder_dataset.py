@@ -54,6 +54,8 @@ RECORD_NAME = "launder.csv"
 _JPEG_EXTENSIONS = (".jpg", ".jpeg")
 _TMP_SUFFIX = ".launder-tmp"  # a file being written; one left by a killed run is removed on the rerun
 
+LAUNDERED_DIR = "laundered"  # DATA_DIR/laundered/<transform>/: a prepared data set's laundered splits
+
 
 @dataclass(frozen=True)
 class _Item:
@@ -315,3 +317,27 @@ def launder_dataset(
             summary.split_counts[r.split] = summary.split_counts.get(r.split, 0) + 1
     _write_marker(out_path, settings, summary)
     return summary
+
+
+def laundering_specs(requested: list[str] | None) -> list[str]:
+    """The transform specs asked for, `family` expanded to the default family, each checked (canonical form)."""
+    specs: list[str] = []
+    for item in requested or ():
+        for spec in (launder.FAMILY if item == "family" else [item]):
+            canonical = launder.parse(spec).spec
+            if canonical not in specs:
+                specs.append(canonical)
+    return specs
+
+
+def laundered_split(data_dir: Path, spec: str, split: str, *, workers: int = 2, progress: bool = True) -> Path:
+    """DATA_DIR/laundered/<spec>/: the split's files laundered by `spec`, with a manifest of the same
+    splits (made once, then reused: `launder_dataset` resumes). A file that cannot be laundered is an
+    error: the laundered rows must be the split's rows."""
+    out = Path(data_dir) / LAUNDERED_DIR / spec.replace(":", "_").replace(",", "_").replace("=", "")
+    summary = launder_dataset(data_dir, out, spec, split=split, workers=workers, progress=progress)
+    if summary.rejected:
+        first = summary.rejected[0]
+        raise ValueError(f"{first['path']} could not be laundered by {spec} ({first['reason']}): "
+                         f"{len(summary.rejected)} files of the {split} split are listed in {summary.rejected_path}")
+    return out

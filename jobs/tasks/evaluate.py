@@ -20,13 +20,10 @@ from realfake.jobs.service.params import InputPath
 from realfake.jobs.tasks.outputs.common import errors_path, resolve_output
 from realfake.jobs.tasks.outputs.writers import read_rows
 from realfake.pipelines.images import file_encoding
-from realfake.pipelines.launder import FAMILY, parse
-from realfake.pipelines.launder_dataset import launder_dataset
+from realfake.pipelines.launder_dataset import laundered_split, laundering_specs
 from realfake.pipelines.loaders import get_loader, manifest_loader_options
 from realfake.pipelines.manifest import SPLITS, manifest_sha256, read_manifest
 from realfake.pipelines.pixel_loaders import LOADER_CHOICES
-
-LAUNDERED_DIR = "laundered"  # DATA_DIR/laundered/<transform>/: copies made by --launder
 
 
 def _write_report(report: dict, labels, p_fake, title: str, path_of) -> Path:
@@ -122,7 +119,7 @@ def run_evaluate(
     if specs:
         metrics["launder"] = {}
         for spec in specs:
-            laundered_dir = laundered_copy(data_dir, spec, split, workers=max(1, num_workers), progress=progress)
+            laundered_dir = laundered_split(data_dir, spec, split, workers=max(1, num_workers), progress=progress)
             laundered_rows = read_manifest(laundered_dir, split)
             p_l, y_l, _ = scores(laundered_rows, f"{split} {spec}", laundered_dir)
             metrics["launder"][spec] = classification_metrics(y_l, p_l, threshold=threshold,
@@ -147,30 +144,6 @@ def run_evaluate(
             "report": str(report_md), "loader": backend, "tta": tta,
             "threshold": metrics["threshold"], "threshold_source": threshold_source,
             "ensemble": report["ensemble"], "launder": list(specs)}
-
-
-def laundering_specs(launder: list[str] | None) -> list[str]:
-    """The transform specs asked for, `family` expanded to the default family, each checked (canonical form)."""
-    specs: list[str] = []
-    for item in launder or ():
-        for spec in (FAMILY if item == "family" else [item]):
-            canonical = parse(spec).spec
-            if canonical not in specs:
-                specs.append(canonical)
-    return specs
-
-
-def laundered_copy(data_dir: Path, spec: str, split: str, *, workers: int, progress: bool) -> Path:
-    """DATA_DIR/laundered/<spec>/: the split's files laundered by `spec`, with a manifest of the same
-    splits (made once, then reused: `launder_dataset` resumes). A file that cannot be laundered is an
-    error: the laundered rows must be the split's rows."""
-    out = data_dir / LAUNDERED_DIR / spec.replace(":", "_").replace(",", "_").replace("=", "")
-    summary = launder_dataset(data_dir, out, spec, split=split, workers=workers, progress=progress)
-    if summary.rejected:
-        first = summary.rejected[0]
-        raise ValueError(f"{first['path']} could not be laundered by {spec} ({first['reason']}): "
-                         f"{len(summary.rejected)} files of the {split} split are listed in {summary.rejected_path}")
-    return out
 
 
 def run_evaluate_scores(scores: InputPath, data_dir: InputPath, split: Literal[SPLITS] = "test") -> dict:
