@@ -26,6 +26,7 @@ import torch
 from realfake.engines.backends import BACKEND_CHOICES, backend_module, resolve_backend
 from realfake.engines.backends.common import BackendCrash
 from realfake.engines.devices import PRECISION_CHOICES, check_precision, resolve_device, resolve_precision
+from realfake.engines.evidence import evidence_features, fit_gate
 from realfake.engines.metrics import equal_error_rate, threshold_at_fpr
 from realfake.engines.runtime import Engine
 from realfake.engines.schema import (
@@ -39,6 +40,8 @@ from realfake.engines.schema import (
 )
 from realfake.engines.trainer import load_runs
 from realfake.models import Ensemble, MirrorAverage, input_shape, model_input
+from realfake.pipelines.launder import FAMILY
+from realfake.pipelines.launder_dataset import laundered_split
 from realfake.pipelines.loaders import get_loader, manifest_loader_options
 from realfake.pipelines.manifest import manifest_sha256, read_manifest
 from realfake.pipelines.provenance import sha256_file, versions
@@ -90,6 +93,10 @@ class BuildOptions:
     tta: str = field(default="none", metadata={"choices": ENGINE_TTA, "help": (
         "flip: the engine averages p_fake over each image and its mirror, as `evaluate --tta flip` does "
         "(twice the model compute; build with the TTA you evaluated the runs with).")})
+    evidence: bool = field(default=True, metadata={"help": (
+        "Ghost engines: fit the laundering gate (engines/evidence.py) on the run's validation files as saved "
+        "and laundered by the default family of re-saves, resizes and crops, so that scoring decides "
+        "`unknown` where such a change erased the evidence the engine reads. Off: every file is decided.")})
 
     def checked(self) -> BuildOptions:
         """The options with batch and threshold parsed and the device resolved; one-line errors for bad ones."""
@@ -206,6 +213,25 @@ def measure_parity(p_eager: torch.Tensor, p_engine: torch.Tensor, threshold: flo
     return result
 
 
+def _laundering_gate(engine: Engine, laundered: Mapping[str, Validation], clean_features: np.ndarray,
+                     clean_labels: np.ndarray, clean_p: np.ndarray, threshold: float) -> dict:
+    """engine.json's `evidence`: the laundering gate fitted on the validation files as saved and laundered
+    (see engines/evidence.py), or why the engine has none."""
+    measured = {}
+    for spec, validation in laundered.items():
+        feats, ys, ps = [], [], []
+        for images, y in validation.batches():
+            feats.append(evidence_features(images))
+            ps.append(engine.predict(images).numpy())
+            ys.append(y.numpy())
+        measured[spec] = (np.concatenate(feats), np.concatenate(ys), np.concatenate(ps))
+    gate, record = fit_gate(clean_features, measured, clean_labels, clean_p, threshold)
+    if gate is None:
+        return {"kind": "none", "why": record["why_none"], "outcomes": record["outcomes"]}
+    log.info("laundering gate: unknown where %s erased the evidence on validation", ", ".join(record["erased"]))
+    return gate.to_meta()
+
+
 @contextlib.contextmanager
 def _partial_dir(out: Path) -> Iterator[Path]:
     """A scratch folder beside `out`, renamed to `out` on success and deleted on any failure, so a
@@ -269,12 +295,13 @@ def build_engine_from_model(model: nn.Module, out: str | Path, *, architecture: 
                             width: int | None = None, mean: Sequence[float] | None = None,
                             std: Sequence[float] | None = None, class_names: Sequence[str] | None = None,
                             source: Mapping[str, Any] | None = None, parity_images: int = PARITY_MAX_IMAGES,
-                            **options) -> Path:
+                            laundered: Mapping[str, Validation] | None = None, **options) -> Path:
     """Build an engine directory from an in-memory model (what `build_engine` does after loading a
     run; benchmarks call it with random weights). `model` must be `build_model(architecture,
     image_size=..., dropout=..., width=...)` with trained weights, or an Ensemble of such models.
     `options` are the fields of `BuildOptions`; tta="flip" builds the model averaged with its run on the
-    mirror image (twice the compute). Returns `out`."""
+    mirror image (twice the compute). `laundered`: the validation images laundered by each transform of
+    the family (ghost engines), for the laundering gate. Returns `out`."""
     started = time.perf_counter()
     opts = build_options(options)
     backend, batch, threshold, target_fpr, device, tta = (opts.backend, opts.batch, opts.threshold, opts.target_fpr,
@@ -318,6 +345,7 @@ def build_engine_from_model(model: nn.Module, out: str | Path, *, architecture: 
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "source": dict(source or {}),
         "parity": None,
+        "evidence": None,
         "artifact": None,
         "build_s": None,
     }
@@ -333,19 +361,24 @@ def build_engine_from_model(model: nn.Module, out: str | Path, *, architecture: 
 
         # One pass over the validation images: eager fp32 (the reference) and the engine.
         reference = _eager_reference(model, device)
-        p_eager, p_engine, labels = [], [], []
+        p_eager, p_engine, labels, features = [], [], [], []
         fake = class_names.index("fake")
         for images, y in validation.batches():
             p_eager.append(torch.softmax(reference(images), 1)[:, fake])
             p_engine.append(engine.predict(images))
+            if laundered:
+                features.append(evidence_features(images))
             if y is not None:
                 labels.append(y.cpu())
-        engine.close()
         p_eager_all, p_engine_all = torch.cat(p_eager), torch.cat(p_engine)
         labels_all = torch.cat(labels) if labels else None
 
         value, how = choose_threshold(threshold, target_fpr, labels_all, p_engine_all.numpy())
         meta["threshold"], meta["threshold_method"] = float(value), how
+        if laundered and labels_all is not None:
+            meta["evidence"] = _laundering_gate(engine, laundered, np.concatenate(features), labels_all.numpy(),
+                                                p_engine_all.numpy(), float(value))
+        engine.close()
         n = min(parity_images, p_eager_all.numel())
         meta["parity"] = parity = measure_parity(p_eager_all[:n], p_engine_all[:n], float(value), precision, device)
         parity["images"] = validation.description
@@ -385,9 +418,14 @@ def build_engine(run_dir: str | Path, out: str | Path, *, checkpoint: str = "bes
                               for p in members]
     validation = split_validation(data_dir, int(config["image_size"]), num_workers=num_workers,
                                   input=config["input"])
+    laundered = None
+    if config["input"] == "ghosts" and options.get("evidence", BuildOptions.evidence):
+        laundered = {spec: split_validation(laundered_split(data_dir, spec, "valid", workers=max(1, num_workers)),
+                                            int(config["image_size"]), num_workers=num_workers, input="ghosts")
+                     for spec in FAMILY}
     return build_engine_from_model(
         model, out, architecture=config["model"], image_size=int(config["image_size"]), validation=validation,
         dropout=config["dropout"], width=config["width"], mean=config["mean"], std=config["std"],
-        class_names=config["class_names"], source=source, **options)
+        class_names=config["class_names"], source=source, laundered=laundered, **options)
 
 

@@ -56,6 +56,17 @@ def fakes_by_encoding(labels: Sequence[int], p_fake: Sequence[float], encodings:
     return result
 
 
+def decision_coverage(labels: Sequence[int], decisions: Sequence[str]) -> dict:
+    """What a service that may answer `unknown` does over ALL the files: the share it decided, and the
+    share of real photos it called fake and of fakes it caught (unknown counts as not fake)."""
+    y = np.asarray(labels, dtype=np.int64)
+    d = np.asarray(decisions, dtype=object)
+    return {"n": int(y.size), "decided": float(np.mean(d != "unknown")) if y.size else None,
+            "unknown": int(np.sum(d == "unknown")),
+            "real_called_fake": float(np.mean(d[y == 0] == "fake")) if (y == 0).any() else None,
+            "fakes_caught": float(np.mean(d[y == 1] == "fake")) if (y == 1).any() else None}
+
+
 def classification_metrics(labels: Sequence[int], p_fake: Sequence[float], *, threshold: float = 0.5,
                            groups: Sequence[str] | None = None, encodings: Sequence[str] | None = None) -> dict:
     """Everything the report's evaluation shows, and what it lacked: accuracy, per-class precision /
@@ -158,8 +169,14 @@ def format_report_md(metrics: dict, *, title: str) -> str:
     def fmt(value, spec=".4f"):
         return "n/a" if value is None else format(value, spec)
 
-    lines = [f"# {title}", "", f"Files: {metrics['n']}, threshold: {metrics['threshold']:.4f}", "",
-             "| class | precision | recall | f1-score | support |", "|---|---|---|---|---|"]
+    lines = [f"# {title}", "", f"Files: {metrics['n']}, threshold: {metrics['threshold']:.4f}", ""]
+    if metrics.get("coverage"):
+        c = metrics["coverage"]
+        lines += [f"Decided {c['n'] - c['unknown']} of {c['n']} files (coverage {c['decided']:.3f}; {c['unknown']} "
+                  f"unknown, never counted as fake); over all {c['n']}: real called fake "
+                  f"{fmt(c['real_called_fake'], '.3f')}, fakes caught {fmt(c['fakes_caught'], '.3f')}. The figures "
+                  "below are those of the decided files.", ""]
+    lines += ["| class | precision | recall | f1-score | support |", "|---|---|---|---|---|"]
     for name, row in metrics["per_class"].items():
         lines.append(f"| {name} | {row['precision']:.2f} | {row['recall']:.2f} | {row['f1']:.2f} | {row['support']} |")
     cm = metrics["confusion_matrix"]

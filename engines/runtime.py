@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from realfake.engines.backends import COMPILED_ARTIFACT_BACKENDS, backend_module
+from realfake.engines.evidence import Gate
 from realfake.engines.schema import EngineError, one_line, parse_batch, read_engine_meta
 from realfake.models import input_shape, model_input
 
@@ -37,6 +38,7 @@ class Engine:
         self.device = torch.device(device)
         self._runner = runner
         self._fake_index = list(meta["class_names"]).index("fake")
+        self.gate = Gate.from_meta(meta["evidence"])  # None: the engine decides every file
 
     def __repr__(self) -> str:
         return (f"Engine({self.engine_id}, {self.backend} {self.precision}, {self.meta['architecture']}@{self.image_size}, "

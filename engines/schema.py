@@ -24,7 +24,8 @@ ENGINE_TTA = ("none", "flip")  # test-time views an engine can average (crops re
 
 # The fields that change what an engine computes: its id is a hash of these and of the artifact.
 CORE_FIELDS = ("format_version", "architecture", "input", "members", "tta", "width", "image_size", "num_classes",
-               "mean", "std", "class_names", "threshold", "backend", "precision", "batch", "channels_last", "device")
+               "mean", "std", "class_names", "threshold", "evidence", "backend", "precision", "batch", "channels_last",
+               "device")
 REQUIRED_FIELDS = (*CORE_FIELDS, "engine_id", "artifact", "versions")
 
 

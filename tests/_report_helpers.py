@@ -11,7 +11,6 @@ from realfake.jobs.tasks.outputs.writers import open_writer
 
 ENGINE_ID = "simple_cnn-test"
 THRESHOLD = 0.5
-DECISION_COLUMNS = RESULT_COLUMNS + ("decision", "reason")
 UNKNOWN_REASON = "p_fake too close to the threshold"
 
 
@@ -25,8 +24,8 @@ def decision_for(p_fake: float) -> tuple[str, str]:
 def make_scores(root: Path, n: int = 30, *, fmt: str = "csv", decision: bool = False, seed: int = 0,
                 errors: int = 2, image_size: int = 40) -> tuple[Path, list[dict]]:
     """n images in root/images/{A,b}/img_NNN.jpg and a score output root/scores.<fmt> of them (p_fake
-    from a seeded generator, label by THRESHOLD; with `decision`, the decision and reason columns too),
-    plus an errors file with `errors` rows. Returns (the output, its rows)."""
+    from a seeded generator, label by THRESHOLD; the decision is the label, or with `decision` unknown near
+    the threshold, with its reason), plus an errors file with `errors` rows. Returns (the output, its rows)."""
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
@@ -35,18 +34,11 @@ def make_scores(root: Path, n: int = 30, *, fmt: str = "csv", decision: bool = F
         row = {"path": str(path.absolute()), "size": path.stat().st_size, "mtime": f"2026-01-01T00:00:{i % 60:02d}",
                "p_fake": p_fake, "label": "fake" if p_fake >= THRESHOLD else "real", "threshold": THRESHOLD,
                "engine_id": ENGINE_ID}
-        if decision:
-            row["decision"], row["reason"] = decision_for(p_fake)
+        row["decision"], row["reason"] = decision_for(p_fake) if decision else (row["label"], "")
         rows.append(row)
     out = root / f"scores.{fmt}"
-    if fmt == "parquet" and decision:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.Table.from_pylist(rows), out)
-    else:
-        with open_writer(out, DECISION_COLUMNS if decision else RESULT_COLUMNS, resume=False) as writer:
-            writer.write(rows)
+    with open_writer(out, RESULT_COLUMNS, resume=False) as writer:
+        writer.write(rows)
     with open_writer(errors_path(out), ERROR_COLUMNS, resume=False) as writer:
         writer.write([{"path": str((root / "images" / f"bad_{k}.jpg").absolute()), "reason": "corrupt",
                        "engine_id": ENGINE_ID} for k in range(errors)])

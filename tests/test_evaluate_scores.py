@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,12 +16,18 @@ from realfake.pipelines.manifest import read_manifest
 from sklearn.metrics import roc_auc_score
 
 
-def _write_scores(path, items, *, threshold=0.4, engine_id="e1"):
-    """items: (path, p_fake) pairs, written the way `realfake score` writes its rows."""
+def _write_scores(path, items, *, threshold=0.4, engine_id="e1", unknown=()):
+    """items: (path, p_fake) pairs, written the way `realfake score` writes its rows; the paths in
+    `unknown` are decided unknown."""
     writer = open_writer(path, RESULT_COLUMNS, resume=False)
-    writer.write([{"path": p, "size": 1, "mtime": "2026-12-06T00:00:00+00:00", "p_fake": float(v),
-                   "label": "fake" if v >= threshold else "real", "threshold": threshold, "engine_id": engine_id}
-                  for p, v in items])
+    rows = []
+    for p, v in items:
+        label = "fake" if v >= threshold else "real"
+        decision = "unknown" if p in unknown else label
+        rows.append({"path": p, "size": 1, "mtime": "2026-12-06T00:00:00+00:00", "p_fake": float(v), "label": label,
+                     "decision": decision, "reason": "laundered" if decision == "unknown" else "",
+                     "threshold": threshold, "engine_id": engine_id})
+    writer.write(rows)
     writer.close()
     return path
 
@@ -79,7 +86,7 @@ def test_scores_of_two_engines_are_refused(prepared, tmp_path):
     writer = open_writer(scores, RESULT_COLUMNS, resume=False)
     for k, (r, v) in enumerate(zip(rows, p, strict=True)):
         writer.write([{"path": r.path, "size": 1, "mtime": "m", "p_fake": float(v), "label": "real",
-                       "threshold": 0.5, "engine_id": f"e{k % 2}"}])
+                       "decision": "real", "reason": "", "threshold": 0.5, "engine_id": f"e{k % 2}"}])
     writer.close()
     with pytest.raises(ValueError, match="2 engines"):
         run_evaluate_scores(scores, prepared, "test")
@@ -95,3 +102,26 @@ def test_cli_prints_the_report_and_fails_clearly(prepared, tmp_path):
     res = CliRunner().invoke(main, ["evaluate-scores", str(scores), str(prepared), "--split", "valid"])
     assert res.exit_code != 0
     assert "valid files" in res.output and "realfake score" in res.output
+
+
+def test_unknown_files_are_never_fake_and_the_metrics_are_those_of_the_decided_ones(prepared, tmp_path):
+    rows, p = _split_scores(prepared, "test")
+    # Every real scored confidently fake, but half of them unknown: those must not count as fake.
+    p = np.where(np.array([r.label for r in rows]) == 0, 0.99, p)
+    reals = [r.path for r in rows if r.label == 0]
+    unknown = set(reals[: len(reals) // 2])
+    scores = _write_scores(tmp_path / "scores.csv", [(r.path, v) for r, v in zip(rows, p, strict=True)],
+                           unknown=unknown)
+    summary = run_evaluate_scores(scores, prepared, "test")
+    coverage = json.loads(Path(f"{scores}.test-report.json").read_text())["metrics"]["coverage"]
+    assert coverage["unknown"] == len(unknown) and summary["n"] == len(rows) - len(unknown)
+    assert summary["coverage"] == pytest.approx((len(rows) - len(unknown)) / len(rows))
+    assert summary["real_called_fake"] == pytest.approx((len(reals) - len(unknown)) / len(reals))
+    decided = [i for i, r in enumerate(rows) if r.path not in unknown]
+    y = np.array([rows[i].label for i in decided])
+    assert summary["roc_auc"] == pytest.approx(roc_auc_score(y, p[decided]))
+    assert "coverage" in Path(summary["report"]).read_text()
+    everything = _write_scores(tmp_path / "all_unknown.csv", [(r.path, v) for r, v in zip(rows, p, strict=True)],
+                               unknown={r.path for r in rows})
+    with pytest.raises(ValueError, match="decided none"):
+        run_evaluate_scores(everything, prepared, "test")

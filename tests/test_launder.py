@@ -375,8 +375,8 @@ def test_evaluate_scores_reads_the_laundered_copy(prepared, tmp_path):
     scored = sorted((out / "real_and_fake_face").rglob("*.jpg"))  # what `realfake score` walks
     writer = open_writer(out / "scores.csv", RESULT_COLUMNS, resume=False)
     writer.write([{"path": str(p), "size": p.stat().st_size, "mtime": "2026-12-06T00:00:00+00:00",
-                   "p_fake": 0.9 if "training_fake" in str(p) else 0.1, "label": "", "threshold": 0.5,
-                   "engine_id": "e1"} for p in scored])
+                   "p_fake": 0.9 if "training_fake" in str(p) else 0.1, "label": "", "decision": "",
+                   "reason": "", "threshold": 0.5, "engine_id": "e1"} for p in scored])
     writer.close()
     summary = run_evaluate_scores(out / "scores.csv", out, "test")
     assert summary["n"] == len(read_manifest(prepared, "test")) and summary["accuracy"] == 1.0

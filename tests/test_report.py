@@ -49,7 +49,6 @@ def test_every_row_and_error_of_each_format(tmp_path, fmt):
     assert result["decisions"] == {"real": 12 - n_fake, "fake": n_fake}
     assert (result["files"], result["scored"], result["errors"]) == (15, 12, 3)
     assert result["thresholds"] == [0.5] and result["engine_ids"] == [ENGINE_ID]
-    assert data["has_decision_column"] is False
     assert data["root"] == str((tmp_path / "images").absolute())
 
 
@@ -61,7 +60,6 @@ def test_decision_column_counts_unknown_apart(tmp_path):
     assert expected["unknown"] > 0 and expected["fake"] > 0
     assert result["decisions"] == expected  # unknown never counted as fake, though its label may be fake
     assert data["decisions"] == ["real", "fake", "unknown"]
-    assert data["has_decision_column"] is True
     for row, source in zip(data["rows"], rows, strict=True):
         assert row[F["decision"]] == source["decision"]
         assert row[F["reason"]] == (UNKNOWN_REASON if source["decision"] == "unknown" else None)
@@ -300,10 +298,10 @@ def test_report_job_kind(tmp_path):
     assert validate_spec("score", {"folders": [str(tmp_path)], "report": True}).args["report"] is True
 
 
-def test_read_scores_keeps_extra_columns(tmp_path):
+def test_read_scores_keeps_the_reason_of_a_decision(tmp_path):
     out, rows = make_scores(tmp_path, n=3, fmt="jsonl", decision=True)
     run = read_scores(out)
-    assert run.has_decision and run.rows[0]["reason"] == rows[0]["reason"]
+    assert run.rows[0]["reason"] == rows[0]["reason"]
     assert run.scores_file == out.absolute() and run.written is not None
 
 

@@ -286,14 +286,17 @@ def test_rows_hold_path_size_mtime_p_fake_label_threshold_engine(tmp_path, engin
     summary = score([root], out, engine)
     with open(out, newline="") as f:
         header = next(csv.reader(f))
-    assert header == ["path", "size", "mtime", "p_fake", "label", "threshold", "engine_id"]
+    assert header == ["path", "size", "mtime", "p_fake", "label", "decision", "reason", "threshold", "engine_id"]
     for row in rows_of(out):
         st = os.stat(row["path"])
         assert row["size"] == st.st_size and row["mtime"].endswith("+00:00")
         assert abs(dt.datetime.fromisoformat(row["mtime"]).timestamp() - st.st_mtime) < 1e-5
         assert 0.0 <= row["p_fake"] <= 1.0 and row["threshold"] == summary["threshold"]
         assert row["label"] == ("fake" if row["p_fake"] >= row["threshold"] else "real")
+        assert row["decision"] == row["label"] and row["reason"] == ""  # a pixel engine decides every file
         assert row["engine_id"] == summary["engine_id"]
+    assert summary["decisions"] == {"real": sum(r["decision"] == "real" for r in rows_of(out)),
+                                    "fake": sum(r["decision"] == "fake" for r in rows_of(out)), "unknown": 0}
 
 
 # ----------------------------------------------------------------------------------------------- formats

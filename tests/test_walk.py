@@ -142,7 +142,8 @@ def test_million_files_stream_with_flat_memory(tmp_path, monkeypatch):
     for found in select_shard(walk_images([root]), (0, 4)):
         written += 1
         batch.append({"path": found.path, "size": 1, "mtime": "2024-01-01T00:00:00.000000+00:00",
-                      "p_fake": 0.25, "label": "real", "threshold": 0.5, "engine_id": "e"})
+                      "p_fake": 0.25, "label": "real", "decision": "real", "reason": "", "threshold": 0.5,
+                      "engine_id": "e"})
         if len(batch) == 5000:
             writer.write(batch)
             batch = []

@@ -27,8 +27,9 @@ EXIT_CODES_HELP = (
 
 def _summary_lines(summary: dict) -> str:
     rate = summary["img_per_s"]
-    return (f"files {summary['files']}  scored {summary['scored']}  skipped {summary['skipped']} (already in OUT)  "
-            f"errors {summary['errors']}  {summary['seconds']:.1f} s  "
+    decided = "  ".join(f"{name} {count}" for name, count in summary["decisions"].items())
+    return (f"files {summary['files']}  scored {summary['scored']} ({decided})  skipped {summary['skipped']} "
+            f"(already in OUT)  errors {summary['errors']}  {summary['seconds']:.1f} s  "
             f"{rate if rate is not None else '-'} img/s  [{summary['loader'] or '-'}, engine {summary['engine_id']}]\n"
             f"results: {summary['out']}\nerrors:  {summary['errors_file']}"
             + (f"\nray:     {summary['ray_shards']} shards on {len(summary['nodes'])} node(s), Ray start-up "

@@ -9,6 +9,7 @@ import torch
 from realfake.engines.devices import resolve_device
 from realfake.engines.metrics import (
     classification_metrics,
+    decision_coverage,
     equal_error_rate,
     format_report_md,
     save_confusion_png,
@@ -179,13 +180,20 @@ def run_evaluate_scores(scores: InputPath, data_dir: InputPath, split: Literal[S
     if len(engine_ids) > 1 or len(thresholds) > 1:
         raise ValueError(f"{scores_file} holds the {split} files' scores of {len(engine_ids)} engines "
                          f"({', '.join(engine_ids)}): score them again with one engine into a new file")
-    labels, p_fake = [r.label for r in rows], [s["p_fake"] for s in picked]
-    metrics = classification_metrics(labels, p_fake, threshold=thresholds[0], groups=[r.group for r in rows],
-                                     encodings=[file_encoding(r.path) for r in rows])
+    # The engine's decisions: the metrics are those of the files it decided; unknown is never fake.
+    decided = [i for i, s in enumerate(picked) if s["decision"] != "unknown"]
+    if not decided:
+        raise ValueError(f"engine {engine_ids[0]} decided none of the {len(rows)} {split} files of {data_dir} "
+                         f"(every one is unknown in {scores_file}): there is nothing to measure")
+    labels, p_fake = [rows[i].label for i in decided], [picked[i]["p_fake"] for i in decided]
+    metrics = classification_metrics(labels, p_fake, threshold=thresholds[0], groups=[rows[i].group for i in decided],
+                                     encodings=[file_encoding(rows[i].path) for i in decided])
+    metrics["coverage"] = decision_coverage([r.label for r in rows], [s["decision"] for s in picked])
     title = f"engine {engine_ids[0]} — {split} split of {data_dir} ({scores_file.name}, the engine's threshold)"
     report = {"scores": str(scores_file), "data_dir": str(data_dir), "split": split, "engine_id": engine_ids[0],
               "metrics": metrics}
     report_md = _write_report(report, labels, p_fake, title, lambda kind, ext: Path(f"{scores_file}.{split}-{kind}{ext}"))
     return {"scores": str(scores_file), "split": split, "n": metrics["n"], "accuracy": metrics["accuracy"],
             "roc_auc": metrics["roc_auc"], "threshold": metrics["threshold"], "engine_id": engine_ids[0],
+            "coverage": metrics["coverage"]["decided"], "real_called_fake": metrics["coverage"]["real_called_fake"],
             "report": str(report_md)}

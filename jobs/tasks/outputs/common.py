@@ -17,7 +17,7 @@ Formats, chosen by OUT's suffix:
   run combines them.
 
 Result columns: path (absolute), size (bytes), mtime (ISO 8601, UTC, microseconds), p_fake, label,
-threshold, engine_id. Error rows (`ERROR_COLUMNS`, always CSV) go to `<OUT>.errors.csv`.
+decision, reason, threshold, engine_id. Error rows (`ERROR_COLUMNS`, always CSV) go to `<OUT>.errors.csv`.
 """
 from __future__ import annotations
 
@@ -26,7 +26,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-RESULT_COLUMNS = ("path", "size", "mtime", "p_fake", "label", "threshold", "engine_id")
+# label: the engine's call at its threshold; decision: what the service decides, the label or "unknown" where
+# the engine's evidence gate says the file no longer carries what the engine reads (reason: why).
+RESULT_COLUMNS = ("path", "size", "mtime", "p_fake", "label", "decision", "reason", "threshold", "engine_id")
+DECISIONS = ("real", "fake", "unknown")
 ERROR_COLUMNS = ("path", "reason", "engine_id")
 # How a value read back from text (CSV) is typed; every other column is a string.
 TEXT_TYPES = {"size": int, "p_fake": float, "threshold": float}

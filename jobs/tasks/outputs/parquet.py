@@ -29,7 +29,8 @@ def _arrow_schema(columns: Sequence[str]):
     import pyarrow as pa
 
     types = {"path": pa.string(), "size": pa.int64(), "mtime": pa.string(), "p_fake": pa.float64(),
-             "label": pa.string(), "threshold": pa.float64(), "engine_id": pa.string(), "reason": pa.string()}
+             "label": pa.string(), "decision": pa.string(), "threshold": pa.float64(), "engine_id": pa.string(),
+             "reason": pa.string()}
     return pa.schema([(c, types[c]) for c in columns])
 
 

@@ -81,7 +81,6 @@ def build_page_data(run: ScoreRun, thumbs: Sequence[tuple[str | None, str | None
         "rows": rows,
         "errors": [[str(e["path"]), str(e.get("reason") or "")] for e in run.errors],
         "decisions": ordered_decisions(row[2] for row in rows),
-        "has_decision_column": run.has_decision,
         "root": common_folder(paths),
         "page_size": page_size,
         "thumb_size": thumb_size,

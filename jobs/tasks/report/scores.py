@@ -2,27 +2,23 @@
 row's decision and the run's summary."""
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import json
 import math
 import os
 import statistics
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from realfake.jobs.tasks.outputs.common import (
+    DECISIONS,
     ERROR_COLUMNS,
     RESULT_COLUMNS,
     errors_path,
-    output_format,
     resolve_output,
 )
 from realfake.jobs.tasks.outputs.parquet import parts_dir
 from realfake.jobs.tasks.outputs.writers import read_rows
-
-DECISIONS = ("real", "fake", "unknown")  # listed first, in this order; any other value after them
 
 
 @dataclass
@@ -33,74 +29,30 @@ class ScoreRun:
     rows: list[dict]
     errors: list[dict]
     errors_file: Path | None  # None: OUT has no errors file
-    has_decision: bool  # the output has a `decision` column (else `label` is the decision)
     written: dt.datetime | None  # last change of OUT or its errors file (local time)
-    columns: tuple[str, ...] = field(default=())
-
-
-def output_columns(path: Path) -> tuple[str, ...]:
-    """The columns a score output holds, read from its header (CSV), first row (JSONL) or schema
-    (Parquet); an empty JSONL or a missing output has the standard result columns."""
-    fmt = output_format(path)
-    if fmt == "parquet":
-        import pyarrow.parquet as pq  # Parquet outputs only
-
-        sources = [path] if path.exists() else sorted(parts_dir(path).glob("part-*.parquet"))
-        if not sources:
-            return RESULT_COLUMNS
-        try:
-            return tuple(pq.read_schema(sources[0]).names)
-        except Exception as exc:  # pyarrow raises ArrowInvalid for a file that is not Parquet
-            raise ValueError(f"{sources[0]} is not a readable Parquet file ({exc}): pass the --out of a "
-                             "`realfake score` run") from exc
-    if not path.exists():
-        return RESULT_COLUMNS
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        first = f.readline()
-    if fmt == "csv":
-        if not first.strip():
-            raise ValueError(f"{path} is empty: pass the --out of a `realfake score` run")
-        return tuple(next(csv.reader([first])))
-    if not first.strip():
-        return RESULT_COLUMNS
-    try:
-        row = json.loads(first)
-    except ValueError as exc:
-        raise ValueError(f"{path}: the first line is not JSON ({exc}): pass the --out of a `realfake score` run") from exc
-    if not isinstance(row, dict):
-        raise ValueError(f"{path}: the first line is not a JSON object: pass the --out of a `realfake score` run")
-    return tuple(row)
 
 
 def read_scores(scores: str | os.PathLike) -> ScoreRun:
     """The rows of a score output (a file, or a job's output folder holding scores.csv) and of its
-    errors file. Extra columns (`decision`, `reason`) are kept; `path` and `p_fake` and one of
-    `label` / `decision` are required."""
+    errors file. A file that is not a score output is refused with the reason (`read_rows`)."""
     scores_file = resolve_output(Path(scores)).absolute()
     if not scores_file.exists() and not parts_dir(scores_file).is_dir():
         raise FileNotFoundError(f"{scores_file} does not exist: pass the --out of a `realfake score` run "
                                 "(a results file, or a job's output folder)")
-    columns = output_columns(scores_file)
-    missing = [c for c in ("path", "p_fake") if c not in columns]
-    if missing or not ({"label", "decision"} & set(columns)):
-        raise ValueError(f"{scores_file} has columns {','.join(columns)}, not those of a score output (it needs "
-                         "path, p_fake and label or decision): pass the --out of a `realfake score` run")
-    rows = list(read_rows(scores_file, columns))
+    if scores_file.exists() and scores_file.stat().st_size == 0:
+        raise ValueError(f"{scores_file} is empty: pass the --out of a `realfake score` run")
+    rows = list(read_rows(scores_file, RESULT_COLUMNS))
     err_file = errors_path(scores_file)
     errors = list(read_rows(err_file, ERROR_COLUMNS)) if err_file.exists() else []
     stamps = [p.stat().st_mtime for p in (scores_file, err_file) if p.exists()]
     written = dt.datetime.fromtimestamp(max(stamps)).astimezone() if stamps else None
     return ScoreRun(scores_file=scores_file, rows=rows, errors=errors,
-                    errors_file=err_file if err_file.exists() else None,
-                    has_decision="decision" in columns, written=written, columns=columns)
+                    errors_file=err_file if err_file.exists() else None, written=written)
 
 
 def decision_of(row: dict) -> str:
-    """The row's decision: its `decision` column where the output has one, else its `label`."""
-    value = row.get("decision")
-    if value is None or value == "":
-        value = row.get("label")
-    return str(value) if value not in (None, "") else "unknown"
+    """The row's decision (real, fake or unknown)."""
+    return str(row["decision"])
 
 
 def finite_or_none(value) -> float | None:

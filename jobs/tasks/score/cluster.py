@@ -461,6 +461,8 @@ def _summary(summaries: dict[int, dict], merged: dict, meta: dict, engine_dir: P
         "engine_threads": max((s["engine_threads"] for s in each), default=0),
         "shard": None, "folders": folders, "recursive": recursive,
         "files": total["files"], "scored": scored, "skipped": skipped, "errors": total["errors"],
+        # Each shard's last attempt: rows an attempt that died had written count as skipped there.
+        "decisions": {d: sum(s["decisions"][d] for s in each) for d in (each[0]["decisions"] if each else {})},
         "retried_errors": errors_before, "repaired_bytes": total["repaired_bytes"],
         "seconds": round(seconds, 3), "img_per_s": round(scored / seconds, 2) if seconds > 0 else None,
         "ray": address, "ray_shards": count, "shards_dir": str(directory),

@@ -38,6 +38,7 @@ from realfake.engines.registry import promoted_engine
 from realfake.engines.runtime import Engine, load_engine
 from realfake.jobs.service.store import realfake_home
 from realfake.jobs.tasks.outputs.common import (
+    DECISIONS,
     ERROR_COLUMNS,
     RESULT_COLUMNS,
     errors_path,
@@ -61,6 +62,8 @@ FIRST_CHUNK_FILES = 2_048
 CHUNK_FILES = 10_000
 # Check file headers before DALI sees the files (see images.sniff_problem); off only to measure its cost.
 DALI_HEADER_CHECK = True
+UNKNOWN_REASON = ("re-saved, resized or cropped after it was made (p_laundered {:.2f}): the compression history "
+                  "this engine reads is gone")
 
 
 def scoring_loader(loader: str, device: str) -> str:
@@ -96,6 +99,7 @@ class Scorer:
         self.engine_threads = choose_engine_threads(self.device, num_workers, engine_threads)
         self.counts = WalkCounts()
         self.scored = self.errors = 0
+        self.decisions = dict.fromkeys(DECISIONS, 0)
         self.backends_used: set[str] = set()
         self._pending_errors: list[dict] = []
         self._errors_lock = threading.Lock()  # errors come from the walk thread and from the loaders
@@ -161,11 +165,18 @@ class Scorer:
             if n:
                 # The engine moves the batch to its device, in channels_last where its backend wants it.
                 p_fake = engine_slices(batch.images).tolist()
+                gate = self.engine.gate
+                p_laundered = gate.p_laundered(batch.images).tolist() if gate is not None else [None] * n
                 rows = []
-                for index, p in zip(batch.indices.tolist(), p_fake, strict=True):
+                for index, p, q in zip(batch.indices.tolist(), p_fake, p_laundered, strict=True):
                     path, size, mtime = items[index]
-                    rows.append({"path": path, "size": size, "mtime": mtime, "p_fake": p,
-                                 "label": "fake" if p >= threshold else "real", "threshold": threshold,
+                    label = "fake" if p >= threshold else "real"
+                    decision, reason = label, ""
+                    if q is not None and q >= gate.threshold:
+                        decision, reason = "unknown", UNKNOWN_REASON.format(q)
+                    self.decisions[decision] += 1
+                    rows.append({"path": path, "size": size, "mtime": mtime, "p_fake": p, "label": label,
+                                 "decision": decision, "reason": reason, "threshold": threshold,
                                  "engine_id": engine_id})
                 self.writer.write(rows)
                 self.scored += n
@@ -219,6 +230,7 @@ class Scorer:
             "device": self.device, "engine_threads": self.engine_threads, "shard": self.shard,
             "folders": list(folders), "recursive": recursive,
             "files": self.counts.files, "scored": self.scored, "skipped": self.counts.skipped,
+            "decisions": dict(self.decisions),
             "errors": self.errors, "retried_errors": self.retried_errors,
             "repaired_bytes": self.writer.existing.repaired_bytes,
             "seconds": round(seconds, 3),
