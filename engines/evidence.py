@@ -33,6 +33,8 @@ MIN_AUC = 0.75
 MAX_REAL_CALLED_FAKE = 0.10
 CLEAN_COVERAGE = 0.95
 FAR_BELOW = -1.0  # a cell this far below its map's mean (log units) re-saves almost exactly
+# Fewer validation files than this measure nothing about a transform: no gate is fitted on them.
+MIN_VALIDATION_FILES = 20
 
 
 def evidence_features(maps: torch.Tensor) -> np.ndarray:
@@ -96,8 +98,8 @@ def fit_gate(clean: np.ndarray, laundered: Mapping[str, tuple[np.ndarray, np.nda
     x = np.concatenate([clean, *(features for features, _, _ in laundered.values())])
     target = np.concatenate([np.zeros(len(clean))] + [np.full(len(features), float(spec in erased))
                                                       for spec, (features, _, _) in laundered.items()])
-    if len(clean) < 4 or target.min() == target.max():
-        return None, {**record, "why_none": "too few validation files to fit a gate"}
+    if len(clean) < MIN_VALIDATION_FILES or target.min() == target.max():
+        return None, {**record, "why_none": f"fewer than {MIN_VALIDATION_FILES} validation files: too few to fit a gate"}
     scaler = StandardScaler().fit(x)
     model = LogisticRegression(max_iter=5000, class_weight="balanced").fit(scaler.transform(x), target)
     scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
