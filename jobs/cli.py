@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "demo": "demo:demo",
     "engine": "engine:engine",
     "score": "score:score",
+    "explain": "explain:explain",
     "submit": "service:submit",
     "jobs": "service:jobs",
     "worker": "service:worker",
