@@ -678,16 +678,16 @@ def render(evidence: Evidence, record: Mapping[str, Any], explainer: Explainer, 
         bound = bound or 1.0
         cmap = matplotlib.colormaps["RdBu_r"].copy()
         norm = TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound)
-        label = "evidence (logit): fake + / real −"
+        label = "logit per cell: + fake / − real"
     else:
         cmap = matplotlib.colormaps["inferno"].copy()
         norm = matplotlib.colors.Normalize(0.0, 1.0)
-        label = "Grad-CAM (fake − real), 0–1"
+        label = "Grad-CAM of fake − real, 0–1"
     cmap = cmap.with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
     heat = ax.imshow(np.ma.masked_invalid(values), extent=extent, cmap=cmap, norm=norm, alpha=0.55,
                      interpolation="nearest")
     bar = fig.colorbar(heat, ax=ax, fraction=0.046, pad=0.03)
-    bar.set_label(label, fontsize=8)
+    bar.set_label(label, fontsize=7, labelpad=2)
     bar.ax.tick_params(labelsize=7)
     code = record.get("code")
     for i, name in enumerate(EDIT_REGIONS):
@@ -708,7 +708,7 @@ def render(evidence: Evidence, record: Mapping[str, Any], explainer: Explainer, 
     if evidence.region_head:
         notes.append("region head: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in evidence.region_head.items()))
     fig.text(0.02, 0.015, "\n".join(notes), fontsize=6.5, va="bottom")
-    fig.subplots_adjust(left=0.03, right=0.9, top=0.86, bottom=0.1)
+    fig.subplots_adjust(left=0.02, right=0.86, top=0.86, bottom=0.1)
     out = Path(out)
     tmp = out.with_name(out.stem + ".tmp.png")
     fig.savefig(tmp, dpi=dpi)
