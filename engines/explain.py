@@ -548,12 +548,13 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
-def _interval(ci: Mapping[str, Any], scale: float = 100.0, unit: str = " pp") -> str:
+def _interval(ci: Mapping[str, Any], scale: float = 100.0, unit: str = " pp", digits: int = 1) -> str:
     if ci.get("mean") is None:
         return "–"
     if ci.get("low") is None:
-        return f"{scale * ci['mean']:+.1f}{unit}"
-    return f"{scale * ci['mean']:+.1f}{unit} [{scale * ci['low']:+.1f}, {scale * ci['high']:+.1f}]"
+        return f"{scale * ci['mean']:+.{digits}f}{unit}"
+    return (f"{scale * ci['mean']:+.{digits}f}{unit} [{scale * ci['low']:+.{digits}f}, "
+            f"{scale * ci['high']:+.{digits}f}]")
 
 
 def format_pointing_md(results: Sequence[Mapping[str, Any]], *, title: str) -> str:
@@ -598,7 +599,7 @@ def format_pointing_md(results: Sequence[Mapping[str, Any]], *, title: str) -> s
                 coded, other = r["evidence_coded"], r["evidence_uncoded"]
                 lines.append(f"| {result['name']} ({result['method']}) | {group} | {r['evidence_coded_minus_uncoded']['n']} "
                              f"| {'–' if coded is None else f'{coded:.3f}'} | {'–' if other is None else f'{other:.3f}'} "
-                             f"| {_interval(r['evidence_coded_minus_uncoded'], 1.0, '')} |")
+                             f"| {_interval(r['evidence_coded_minus_uncoded'], 1.0, '', 3)} |")
     lines += ["", "## Spread of the heat maps",
               "", f"Normalized entropy of the min-max-scaled map as a distribution over its cells (1 = even) and the "
               f"share of its mass in the hottest {int(TOP_SHARE * 100)}% of the cells.", "",

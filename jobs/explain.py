@@ -123,6 +123,24 @@ def _ghost_box(explainer, path: str) -> tuple[int, int, int, int]:
     return left, top, left + cols * BLOCK, top + rows * BLOCK
 
 
+def _examples(rows, per_group: int) -> set[int]:
+    """Positions of the files to draw: the first `per_group` of each group in manifest order (the same
+    for every engine), fakes with 1-3 regions coded first (with all four coded any map is a hit)."""
+    from realfake.pipelines.prepare import EDIT_REGIONS, edited_regions
+
+    def informative(row) -> bool:
+        code = edited_regions(row.path, row.label)
+        return row.label == 0 or (code is not None and 0 < sum(code) < len(EDIT_REGIONS))
+
+    chosen, counts = set(), {}
+    for wanted in (True, False):
+        for i, row in enumerate(rows):
+            if i not in chosen and informative(row) == wanted and counts.get(row.group, 0) < per_group:
+                counts[row.group] = counts.get(row.group, 0) + 1
+                chosen.add(i)
+    return chosen
+
+
 def _resolve_engine(engine) -> Path:
     if engine is None:
         from realfake.engines.inference import promoted_engine
@@ -263,12 +281,7 @@ def run_explain_evaluate(
         raise ValueError(f"split {split!r} of {data_dir} has no fakes: the pointing game needs CIPLAB-named fakes")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    # the first `examples` files of each group (manifest order), the same for every engine
-    shown, per_group = set(), {}
-    for i, row in enumerate(rows):
-        if per_group.get(row.group, 0) < examples:
-            per_group[row.group] = per_group.get(row.group, 0) + 1
-            shown.add(i)
+    shown = _examples(rows, examples)
     results, started = [], time.perf_counter()
     names = set()
     for engine in engines:
