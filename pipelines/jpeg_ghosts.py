@@ -86,16 +86,22 @@ def _orient(maps: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(turned)
 
 
+def _centre_crop(img: Image.Image, image_size: int) -> tuple[Image.Image, int, int]:
+    """(crop, h, w): the stored image's centre crop of at most image_size a side, started on the MCU grid,
+    and the rows and columns of it that whole 8x8 blocks cover (what the maps describe)."""
+    # A square bound: the same on the stored and the displayed (EXIF-turned) sides.
+    side_w, side_h = min(img.size[0], image_size), min(img.size[1], image_size)
+    left, top = (img.size[0] - side_w) // 2 // MCU * MCU, (img.size[1] - side_h) // 2 // MCU * MCU
+    crop = img if (side_w, side_h) == img.size else img.crop((left, top, left + side_w, top + side_h))
+    return crop, side_h // BLOCK * BLOCK, side_w // BLOCK * BLOCK
+
+
 def raw_maps(path: str | os.PathLike, image_size: int) -> np.ndarray:
     """(CHANNELS, h, w) float32 mean squared re-save error per 8x8 block and YCbCr plane, h and w at most
     image_size / 8, in display orientation. Raises InvalidImageError (incl. "not a JPEG")."""
     img, orientation = load_jpeg(path)
     with img:
-        # A square bound: the same on the stored and the displayed (EXIF-turned) sides.
-        side_w, side_h = min(img.size[0], image_size), min(img.size[1], image_size)
-        left, top = (img.size[0] - side_w) // 2 // MCU * MCU, (img.size[1] - side_h) // 2 // MCU * MCU
-        crop = img if (side_w, side_h) == img.size else img.crop((left, top, left + side_w, top + side_h))
-        h, w = side_h // BLOCK * BLOCK, side_w // BLOCK * BLOCK
+        crop, h, w = _centre_crop(img, image_size)
         if h == 0 or w == 0:
             raise InvalidImageError(path, f"too small ({img.size[0]}x{img.size[1]}: ghost maps need 8x8 pixels)")
         base = _ycbcr(crop)
@@ -118,6 +124,25 @@ def normalize(maps: np.ndarray, cells: int) -> np.ndarray:
     top, left = (cells - h) // 2, (cells - w) // 2
     out[:, top:top + h, left:left + w] = logged[:, :h, :w]
     return out
+
+
+def ghost_view(path: str | os.PathLike, image_size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The pixels `ghost_maps` describes, where its cells lie: (uint8 (G, G, 3) canvas with G = 8 *
+    grid_cells(image_size), black where the maps are padding; (x0, y0, x1, y1) of the image on it).
+    For drawing evidence of a ghost-map model over the photo it saw. Raises InvalidImageError."""
+    img, orientation = load_jpeg(path)
+    with img:
+        crop, h, w = _centre_crop(img, image_size)
+        if h == 0 or w == 0:
+            raise InvalidImageError(path, f"too small ({img.size[0]}x{img.size[1]}: ghost maps need 8x8 pixels)")
+        pixels = np.asarray(crop.convert("RGB"))[:h, :w].transpose(2, 0, 1)
+    pixels = _orient(pixels, orientation).transpose(1, 2, 0)
+    cells = grid_cells(image_size)
+    rows, cols = min(pixels.shape[0] // BLOCK, cells), min(pixels.shape[1] // BLOCK, cells)
+    top, left = (cells - rows) // 2 * BLOCK, (cells - cols) // 2 * BLOCK  # as `normalize` pads
+    canvas = np.zeros((cells * BLOCK, cells * BLOCK, 3), dtype=np.uint8)
+    canvas[top:top + rows * BLOCK, left:left + cols * BLOCK] = pixels[:rows * BLOCK, :cols * BLOCK]
+    return canvas, (left, top, left + cols * BLOCK, top + rows * BLOCK)
 
 
 def ghost_maps(path: str | os.PathLike, image_size: int) -> np.ndarray:

@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "engine": "engine:engine",
     "score": "score:score",
     "report": "report:report",
+    "explain": "explain:explain",
     "submit": "service:submit",
     "jobs": "service:jobs",
     "worker": "service:worker",

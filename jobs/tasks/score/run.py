@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import Literal
 
 from realfake.jobs.service.params import InputPath, OutputPath
+from realfake.jobs.tasks.explain import run_explain
 from realfake.jobs.tasks.report import run_report
+from realfake.jobs.tasks.report.heatmaps import default_heatmaps
+from realfake.jobs.tasks.report.scores import read_scores
 from realfake.jobs.tasks.score.cluster import run_score_ray
 from realfake.jobs.tasks.score.scorer import score_here
 from realfake.pipelines.pixel_loaders import LOADER_CHOICES
@@ -28,6 +31,7 @@ def run_score(
     report: bool = False,
     ray: str | None = None,
     ray_shards: int = 0,
+    explain_top: int = 0,
 ) -> dict:
     """Score every image under FOLDERS with an engine; one row per file in OUT, errors beside it.
 
@@ -47,11 +51,14 @@ def run_score(
         report: Then write OUT.report.html, the HTML page of the whole output (see `realfake report --help`).
         ray: Score on Ray, one task per shard, parts in OUT.shards/ merged into OUT: without an ADDRESS (or "local") Ray starts on this machine; "auto", ray://HOST:PORT or HOST:PORT joins a running cluster. Every node must see the folders, the engine and OUT at the same paths (a shared filesystem). Needs `pip install 'realfake[cluster]'`; see docs/cluster.md.
         ray_shards: With --ray: shards (tasks). 0: those of an earlier run of OUT, else one per task slot of the cluster. Fixed for an OUT.
+        explain_top: Then heat maps (`realfake explain`) of the K files with the highest p_fake, in OUT.heatmaps/ (PNG + evidence JSON per file, index.csv), which --report shows. 0: none.
 
     Returns a summary: files (found in this shard), scored (new rows), skipped (already in OUT), errors,
     seconds (walking, decoding and scoring: not loading the engine), img_per_s (scored / seconds), and
     where everything went.
     """
+    if explain_top < 0:
+        raise ValueError(f"--explain-top {explain_top} must be 0 (no heat maps) or more")
     options = dict(engine=engine, recursive=recursive, batch_size=batch_size, loader=loader, resume=resume,
                    shard=shard, num_workers=num_workers, engine_threads=engine_threads, device=device,
                    progress=progress)
@@ -61,6 +68,27 @@ def run_score(
         raise ValueError(f"--ray-shards {ray_shards} needs --ray: pass --ray [ADDRESS], or drop --ray-shards")
     else:
         summary = score_here(folders, out, **options)
+    if explain_top:
+        summary["heatmaps"] = explain_highest(Path(summary["out"]), explain_top, engine=Path(summary["engine"]),
+                                              device=device, num_workers=num_workers, progress=progress)
     if report:
         summary["report"] = run_report(Path(summary["out"]), progress=progress)["report"]
     return summary
+
+
+def explain_highest(scores_file: Path, count: int, *, engine: Path, device: str, num_workers: int,
+                    progress: bool) -> dict:
+    """Heat maps of the `count` files of a score output with the highest p_fake, in OUT.heatmaps/
+    (where `realfake report` finds them). Rows of other engines (an OUT resumed after a rebuild) are
+    left out: their heat maps would explain a score the file does not hold."""
+    rows = read_scores(scores_file).rows
+    engine_id = rows[-1]["engine_id"] if rows else None
+    ranked = sorted((r for r in rows if r["engine_id"] == engine_id and r["p_fake"] is not None),
+                    key=lambda r: -float(r["p_fake"]))
+    top = [r["path"] for r in ranked[:count]]
+    out = default_heatmaps(scores_file)
+    if not top:
+        return {"out": str(out), "explained": 0, "errors": 0}
+    summary = run_explain(top, out, engine=engine, recursive=False, num_workers=min(num_workers, len(top)),
+                          device="cpu" if device == "auto" else device, progress=progress)
+    return {key: summary[key] for key in ("out", "index", "explained", "errors", "errors_file")}
