@@ -213,10 +213,12 @@ def summary_lines(result: dict) -> list[str]:
     if new["auc"] is not None:
         new_line += f" (ROC AUC {new['auc']:.3f}, accuracy {new['accuracy']:.3f} against the folders' classes)"
     errors = "; ".join(f"{Path(e['path']).name}: {e['reason']}" for e in result["errors"]) or "none"
+    steps = ", ".join(f"{name} {sec:.0f} s" for name, sec in result["seconds"].items() if name != "total")
     lines = [
         f"Test split: ROC AUC {test['roc_auc']:.3f}, accuracy {test['accuracy']:.3f} on {test['n']} held-out images "
-        f"(ghost_cnn, last checkpoint); {result['seconds']['total']:.0f} s in all.",
+        f"(ghost_cnn, last checkpoint).",
         f"New images: {new_line}; {len(result['errors'])} error(s): {errors}.",
+        f"Time: {steps}; {result['seconds']['total']:.0f} s in all.",
         "",
         f"Synthetic set:  {result['synthetic']}",
         f"Data dir:       {result['data_dir']}",

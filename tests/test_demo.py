@@ -68,6 +68,8 @@ def test_the_demo_runs_the_whole_path_and_writes_every_output_it_names(tmp_path,
     for key in ("synthetic", "data_dir", "run_dir", "report", "engine_dir", "incoming", "scores", "errors_file"):
         assert result[key] in text, key
     assert f"ROC AUC {result['test']['roc_auc']:.3f}" in text and f"{DAMAGED_NAME}: truncated" in text
+    times = next(line for line in text.splitlines() if line.startswith("Time: "))
+    assert all(f"{step} " in times for step in ("synth", "prepare", "train", "evaluate", "engine", "score"))
     assert all(command in text for command in result["real_data_commands"])
 
     # a rerun replaces the demo's outputs instead of mixing two runs
