@@ -13,11 +13,26 @@ says which regions, in that order (image-left eye first), as in the archive's na
 how visible the edit is (easy: more regions, strong lift, sharper seam; hard: one or two, mild, soft).
 Fakes are easy/mid/hard in the archive's proportions 1:2:1.
 
+Every file carries a compression history like CIPLAB's, where a fake is a camera JPEG whose
+features were retouched with material of another history and the whole face saved again:
+
+    real:  drawn face -> camera JPEG (quality drawn per image) -> the set's own save
+    fake:  drawn face -> camera JPEG -> decoded, regions pasted from material of another history
+           -> the set's own save
+
+The pasted material is a JPEG of its own (another face's, or the same face's saved separately) at a
+quality at least MIN_QUALITY_GAP away from the camera's, cut where its 8x8 block grid does not meet
+the face's, and resized into place. The set's own save draws one of FINAL_QUALITIES per image for
+reals and fakes alike, and both classes went through two saves: neither the quantization tables nor
+double compression as such tell the classes apart, only the places whose history differs (what
+`pipelines.jpeg_ghosts` maps show).
+
 Every image comes from its own numpy Generator seeded with (seed, kind, index), so the same seed
-gives the same bytes (PIL's JPEG encoder at a fixed quality), and image k does not depend on n.
+gives the same bytes (PIL's JPEG encoder at the drawn qualities), and image k does not depend on n.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -36,7 +51,11 @@ REAL_DIR, FAKE_DIR = "training_real", "training_fake"
 MARKER_NAME = "synth.json"
 REGIONS = EDIT_REGIONS  # order of the CCCC code bits, as the archive's names (prepare.edited_regions reads them)
 GROUP_CYCLE = ("easy", "mid", "hard", "mid")  # fake k gets GROUP_CYCLE[k % 4]: the archive's 1:2:1
-JPEG_QUALITY = 90
+# Compression history (see the module docstring). Qualities are PIL's 1..95 scale; ranges inclusive.
+CAMERA_QUALITIES = (60, 85)  # the camera JPEG every face starts as
+PASTE_QUALITIES = (50, 95)  # the pasted material's own JPEG ...
+MIN_QUALITY_GAP = 15  # ... at least this far from the camera's
+FINAL_QUALITIES = (88, 92, 95)  # the set's own save of every file, real or fake
 _SUPERSAMPLE = 2  # draw at 2x and box-downsample: anti-aliased edges without a slow renderer
 
 _SKIN_TONES = np.array(
@@ -79,12 +98,24 @@ class Face:
 
 
 @dataclass(frozen=True)
+class RealSample:
+    pixels: np.ndarray  # the drawn face, (H, W, 3) uint8
+    camera: np.ndarray  # its camera JPEG, decoded: what the set's own save gets
+    camera_quality: int
+    final_quality: int
+
+
+@dataclass(frozen=True)
 class FakeSample:
     source: np.ndarray  # the face before the edit, (H, W, 3) uint8
     fake: np.ndarray  # after the edit
     mask: np.ndarray  # (H, W) float in [0, 1]: blend weight of the pasted patch; 0 outside edited boxes
     group: str  # easy | mid | hard
     code: str  # CCCC: 1 where REGIONS[i] was edited
+    edited: np.ndarray  # the same edit on the decoded camera JPEG of `source`: what the set's own save gets
+    camera_quality: int
+    final_quality: int
+    paste_qualities: tuple[int, ...]  # quality of each edited region's material, in REGIONS order
 
 
 def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -273,12 +304,58 @@ def _patch(src: np.ndarray, bx: Box, out_w: int, out_h: int, scale: float) -> np
     return np.asarray(img, dtype=np.float64)
 
 
+def _recompress(pixels: np.ndarray, quality: int, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """`pixels` saved as a JPEG at `quality` (4:2:0, in memory) and decoded. `offset` (dy, dx) moves
+    the 8x8 block grid (16x16 for the chroma) that far down and right, edges repeated: the picture
+    as if cut from a larger one at another place."""
+    dy, dx = offset
+    padded = np.pad(pixels, ((dy, 0), (dx, 0), (0, 0)), mode="edge")
+    buf = io.BytesIO()
+    Image.fromarray(padded).save(buf, "JPEG", quality=quality, subsampling="4:2:0")
+    with Image.open(buf) as img:
+        return np.asarray(img.convert("RGB"))[dy:, dx:]
+
+
+def _history(rng: np.random.Generator) -> tuple[int, int]:
+    """(camera quality, final quality) of one file: drawn alike for reals and fakes."""
+    camera = int(rng.integers(CAMERA_QUALITIES[0], CAMERA_QUALITIES[1] + 1))
+    final = int(FINAL_QUALITIES[int(rng.integers(len(FINAL_QUALITIES)))])
+    return camera, final
+
+
+def _paste_quality(rng: np.random.Generator, camera: int) -> int:
+    """A quality for pasted material, at least MIN_QUALITY_GAP from the camera's."""
+    lo, hi = PASTE_QUALITIES
+    choices = [q for q in range(lo, hi + 1) if abs(q - camera) >= MIN_QUALITY_GAP]
+    return int(choices[int(rng.integers(len(choices)))])
+
+
+def _off_grid(rng: np.random.Generator) -> tuple[int, int]:
+    """A shift of the block grid that moves it off the 8x8 grid on at least one axis."""
+    while True:
+        dy, dx = (int(v) for v in rng.integers(0, 16, size=2))
+        if dy % 8 or dx % 8:
+            return dy, dx
+
+
 def make_real(seed: int, index: int, size: int = 256) -> np.ndarray:
     return render_face(np.random.default_rng([seed, 0, index]), size).pixels
 
 
+def real_sample(seed: int, index: int, size: int = 256) -> RealSample:
+    """Real number `index` (0-based): the drawn face and its camera JPEG."""
+    rng = np.random.default_rng([seed, 0, index])
+    pixels = render_face(rng, size).pixels
+    camera_quality, final_quality = _history(rng)
+    return RealSample(pixels=pixels, camera=_recompress(pixels, camera_quality), camera_quality=camera_quality,
+                      final_quality=final_quality)
+
+
 def make_fake(seed: int, index: int, size: int = 256) -> FakeSample:
-    """Fake number `index` (0-based): a face, then the local retouch that makes it fake."""
+    """Fake number `index` (0-based): a face, then the local retouch that makes it fake.
+
+    The retouch is made twice with the same patches and masks: on the drawn face (`fake`: the edit
+    alone, for checking it) and on the face's camera JPEG (`edited`: what the file holds)."""
     rng = np.random.default_rng([seed, 1, index])
     group = fake_group(index)
     strength = _EDIT_STRENGTH[group]
@@ -287,33 +364,40 @@ def make_fake(seed: int, index: int, size: int = 256) -> FakeSample:
     lo, hi = strength["regions"]
     n_regions = int(rng.integers(lo, hi + 1))
     chosen = sorted(rng.choice(len(REGIONS), size=n_regions, replace=False).tolist())
+    camera_quality, final_quality = _history(rng)
 
     out = face.pixels.astype(np.float64)
+    on_camera = _recompress(face.pixels, camera_quality).astype(np.float64)
     mask_all = np.zeros((size, size), dtype=np.float64)
-    edited = set()
+    edited: dict[str, int] = {}  # region -> quality of its material
     for i in chosen:
         name = REGIONS[i]
         bx = face.regions[name]
         w, h = bx.x1 - bx.x0, bx.y1 - bx.y0
         if w < 4 or h < 4:
             continue  # (nearly) pushed off the canvas by the pose: the code records only real edits
+        # The material comes from a JPEG of its own: another quality, another block grid.
+        paste_quality = _paste_quality(rng, camera_quality)
+        offset = _off_grid(rng)
         if rng.uniform() < strength["donor_p"]:
-            patch = _patch(donor.pixels, donor.regions[name], w, h, 1.0)
+            patch = _patch(_recompress(donor.pixels, paste_quality, offset), donor.regions[name], w, h, 1.0)
         else:
             # Mostly enlarged (bigger eyes, fuller lips), sometimes shrunk.
             scale = _u(rng, *strength["scale"]) ** (1 if rng.uniform() < 0.7 else -1)
-            patch = _patch(face.pixels, bx, w, h, scale)
+            patch = _patch(_recompress(face.pixels, paste_quality, offset), bx, w, h, scale)
         patch = patch * rng.uniform(*strength["lift"]) * rng.uniform(1 - strength["gain"], 1 + strength["gain"], size=3)
-        m = _soft_mask(w, h, strength["blur"])
-        region = out[bx.y0:bx.y1, bx.x0:bx.x1]
-        out[bx.y0:bx.y1, bx.x0:bx.x1] = region * (1 - m[..., None]) + patch * m[..., None]
-        mask_all[bx.y0:bx.y1, bx.x0:bx.x1] = np.maximum(mask_all[bx.y0:bx.y1, bx.x0:bx.x1], m)
-        edited.add(name)
+        m = _soft_mask(w, h, strength["blur"])[..., None]
+        for target in (out, on_camera):
+            target[bx.y0:bx.y1, bx.x0:bx.x1] = target[bx.y0:bx.y1, bx.x0:bx.x1] * (1 - m) + patch * m
+        mask_all[bx.y0:bx.y1, bx.x0:bx.x1] = np.maximum(mask_all[bx.y0:bx.y1, bx.x0:bx.x1], m[..., 0])
+        edited[name] = paste_quality
     if not edited:
         raise AssertionError(f"fake {index} (seed {seed}) got no edit")  # cannot happen: eyes stay in frame
     code = "".join("1" if r in edited else "0" for r in REGIONS)
     fake = np.clip(out, 0, 255).round().astype(np.uint8)
-    return FakeSample(source=face.pixels, fake=fake, mask=mask_all, group=group, code=code)
+    return FakeSample(source=face.pixels, fake=fake, mask=mask_all, group=group, code=code,
+                      edited=np.clip(on_camera, 0, 255).round().astype(np.uint8), camera_quality=camera_quality,
+                      final_quality=final_quality, paste_qualities=tuple(edited[r] for r in REGIONS if r in edited))
 
 
 def fake_group(index: int) -> str:
@@ -328,9 +412,9 @@ def fake_name(index: int, code: str) -> str:
     return f"{group}_{number:03d}_{code}.jpg"
 
 
-def _save_jpeg(pixels: np.ndarray, path: Path, progressive: bool) -> None:
-    # Fixed quality and subsampling, no optimize pass: the same pixels give the same bytes.
-    Image.fromarray(pixels).save(path, "JPEG", quality=JPEG_QUALITY, subsampling="4:2:0", progressive=progressive)
+def _save_jpeg(pixels: np.ndarray, path: Path, quality: int, progressive: bool) -> None:
+    # The set's own save. Given quality and subsampling, no optimize pass: the same pixels give the same bytes.
+    Image.fromarray(pixels).save(path, "JPEG", quality=quality, subsampling="4:2:0", progressive=progressive)
 
 
 def synth(
@@ -365,12 +449,13 @@ def synth(
     n_real = n - n_fake
 
     def write_real(i: int) -> str:
-        _save_jpeg(make_real(seed, i, size), real_dir / f"real_{i + 1:05d}.jpg", progressive)
+        sample = real_sample(seed, i, size)
+        _save_jpeg(sample.camera, real_dir / f"real_{i + 1:05d}.jpg", sample.final_quality, progressive)
         return "real"
 
     def write_fake(k: int) -> str:
         sample = make_fake(seed, k, size)
-        _save_jpeg(sample.fake, fake_dir / fake_name(k, sample.code), progressive)
+        _save_jpeg(sample.edited, fake_dir / fake_name(k, sample.code), sample.final_quality, progressive)
         return sample.group
 
     # Each image is a pure function of (seed, kind, index), so threads change nothing but the time
@@ -386,7 +471,9 @@ def synth(
 
     marker = {
         "generator": "realfake.pipelines.synth",
-        "n": n, "size": size, "seed": seed, "progressive": progressive, "jpeg_quality": JPEG_QUALITY,
+        "n": n, "size": size, "seed": seed, "progressive": progressive,
+        "camera_qualities": list(CAMERA_QUALITIES), "paste_qualities": list(PASTE_QUALITIES),
+        "min_quality_gap": MIN_QUALITY_GAP, "final_qualities": list(FINAL_QUALITIES),
         "real": n_real, "fake": n_fake, "fake_groups": groups,
     }
     (root / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")

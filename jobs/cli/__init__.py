@@ -66,7 +66,7 @@ def main(verbose: bool) -> None:
     """realfake: tell real face photos from expertly retouched fakes.
 
     Typical flow: `data prepare` -> `train` -> `evaluate` -> `engine build` -> `score`.
-    `demo` runs the first three on a small synthetic set.
+    `demo` runs all of them on a small synthetic set.
     """
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,

@@ -101,7 +101,9 @@ def synth_cmd(out: Path, n: int, size: int, seed: int, baseline: bool) -> None:
 
     Fakes carry a local retouch (an eye, the nose or the mouth pasted from another face or from a
     colour/scale-jittered copy, blended with a soft mask), named {easy,mid,hard}_NNN_CCCC.jpg like
-    the archive's. For demos and tests: it says nothing about accuracy on real photos.
+    the archive's. Every face starts as a camera JPEG and is saved again; a fake's pasted material
+    has a JPEG history of its own (what `--model ghost_cnn` reads). For demos and tests: it says
+    nothing about accuracy on real photos.
     """
     from realfake.pipelines.synth import synth
 
