@@ -11,7 +11,7 @@ Each pass scores the whole folder and is timed from start to end (wall clock), s
              loaded in ~0.1 s; built once and cached), loader auto (on the CPU the torchvision path with
              PIL draft mode; DALI on a GPU), 2 decode threads/workers, batch 64, CSV rows fsynced per batch
 Both run in this process. The naive pass keeps torch's thread count; `run_score` sets the engine's
-(see jobs/score.py: choose_engine_threads).
+(see jobs/tasks/score/concurrency.py: choose_engine_threads).
 
 Figures, per model (the report's Model 1 = simple_cnn, and resnet18) at 128 px:
   score/e2e@128/<model>/naive                img/s
