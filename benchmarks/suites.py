@@ -33,6 +33,7 @@ SUITE_MODULES: dict[str, str] = {
     "train": "realfake.benchmarks.suite_train",  # training step per model, eager vs torch.compile
     "engines": "realfake.benchmarks.suite_engines",  # inference per backend, precision, batch size
     "score": "realfake.benchmarks.suite_score",  # end to end over a folder
+    "ghosts": "realfake.benchmarks.suite_ghosts",  # JPEG ghost maps: PIL reference vs batched torch
 }
 ALL = "all"
 

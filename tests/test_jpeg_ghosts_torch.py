@@ -334,3 +334,19 @@ def test_cuda_maps_match_the_cpu(corpus):
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-3, rtol=1e-3)
     normalized = maps_of_inputs(items, SIZE, device="cuda")
     torch.testing.assert_close(normalized.cpu(), maps_of_inputs(items, SIZE), atol=1e-3, rtol=1e-3)
+
+
+def test_ghosts_suite_reports_speed_ratio_and_correlation(corpus, tmp_path):
+    from realfake.benchmarks import suite_ghosts, suites
+
+    assert suites.SUITE_MODULES["ghosts"] == "realfake.benchmarks.suite_ghosts"
+    Image.new("CMYK", (32, 32)).save(tmp_path / "cmyk.jpg")  # taken by the reference, counted
+    paths = [str(corpus[0][0]), str(corpus[6][0]), str(tmp_path / "cmyk.jpg")]
+    figures = {f.name: f for f in suite_ghosts.run(quick=True, device="cpu", paths=paths, repeats=1)}
+    for name in ("maps@600/reference-1t", "maps@600/torch-1t", "maps@600/torch-2t", "maps@600/torch-maps-1t",
+                 "decode@600/torch-load-1t", "maps@600/torch-1t-retained"):
+        assert figures[f"ghosts/{name}"].median > 0 and figures[f"ghosts/{name}"].unit == "files/s"
+    assert figures["ghosts/maps@600/torch_vs_reference-1t"].unit == "x"
+    assert figures["ghosts/maps@600/torch-1t"].params["fallbacks"] == 1
+    assert {f"ghosts/corr@600/q{q}-{g}" for q in (50, 95) for g in ("Y", "chroma")} <= set(figures)
+    assert figures["ghosts/corr@600/q50-Y"].repeats == 2 and figures["ghosts/corr@600/q50-Y"].median > 0.5
