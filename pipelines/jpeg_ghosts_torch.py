@@ -98,12 +98,13 @@ def ycbcr_to_rgb(ycc: torch.Tensor, dim: int = -3) -> torch.Tensor:
     """libjpeg's decoder conversion (jdcolor.c) of integer YCbCr to RGB: float32 integers 0-255, what
     PIL gives as the decoded RGB image."""
     y, cb, cr = ycc.float().unbind(dim)
-    cb, cr = cb - 128, cr - 128
     out = torch.empty_like(ycc, dtype=torch.float32)
     r, g, b = out.unbind(dim)
-    torch.mul(cr, _fix(1.40200), out=r).add_(_HALF)
-    torch.mul(cb, -_fix(0.34414), out=g).add_(cr, alpha=-_fix(0.71414)).add_(_HALF)
-    torch.mul(cb, _fix(1.77200), out=b).add_(_HALF)
+    torch.sub(cr, 128, out=r)
+    torch.sub(cb, 128, out=g)
+    torch.mul(g, _fix(1.77200), out=b).add_(_HALF)
+    g.mul_(-_fix(0.34414)).add_(r, alpha=-_fix(0.71414)).add_(_HALF)
+    r.mul_(_fix(1.40200)).add_(_HALF)
     return out.mul_(_ONE_OVER).floor_().add_(y.unsqueeze(dim)).clamp_(0, 255)
 
 
@@ -145,17 +146,11 @@ def _blocks(planes: torch.Tensor) -> torch.Tensor:
 
 
 def _dct(blocks: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """DCT coefficients (natural order) of level-shifted (..., 64) blocks."""
-    return (blocks - 128) @ basis.T
-
-
-def _add_dct(coefs: torch.Tensor, delta: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """coefs + DCT of `delta` (..., 64), a pixel change that is zero in most blocks (the colour round
-    trip moves a few pixels by one): only the blocks it touches are transformed."""
-    flat, changes = coefs.reshape(-1, 64).clone(), delta.reshape(-1, 64)
-    touched = changes.abs().amax(1).nonzero().squeeze(1)
-    flat.index_add_(0, touched, changes.index_select(0, touched) @ basis.T)
-    return flat.view(coefs.shape)
+    """DCT coefficients (natural order) of (..., 64) blocks, level-shifted by 128 as JPEG does (which
+    only lowers the DC coefficient, by 128 * 8)."""
+    coefs = blocks @ basis.T
+    coefs[..., 0] -= 128 * BLOCK
+    return coefs
 
 
 def _requantize_energy(coefs: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
@@ -171,17 +166,24 @@ def _requantize_energy(coefs: torch.Tensor, tables: torch.Tensor) -> torch.Tenso
     return out.T.reshape(*coefs.shape[:-1], tables.shape[0])
 
 
-def _keep_energy(decoded: torch.Tensor, encoded: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
-    """Expected mean squared pixel change of each block re-saved with the tables it was decoded from:
-    decoded/encoded (..., 64) coefficients of the decoder's planes and of what the encoder sees,
-    tables broadcastable to them -> (...). A coefficient changes step when the encoder's value lies
-    more than half a step from the file's step; counted with a linear ramp of half-width
-    SNAP_SOFTNESS around that boundary."""
+def _keep_energy(coefs: torch.Tensor, delta: torch.Tensor, tables: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Expected mean squared pixel change of each block re-saved with the tables it was decoded from.
+
+    coefs (n, p, Hb, Wb, 64): DCT of the decoder's planes, which lie on the file's steps (overwritten); delta (same
+    shape): what the encoder sees less those planes, zero in most blocks (the colour round trip moves
+    a few pixels by one), so only the blocks it touches are transformed; tables (n, p, 1, 1, 64).
+    A coefficient changes step when the encoder's value lies more than half a step from the file's;
+    counted with a linear ramp of half-width SNAP_SOFTNESS around that boundary. -> (n, p, Hb, Wb)."""
     inverse = 1 / tables
-    distance = (encoded * inverse).sub_(torch.round(decoded * inverse)).abs_()
-    changes = distance.sub_(0.5 - SNAP_SOFTNESS).mul_(0.5 / SNAP_SOFTNESS).clamp_(0, 1)
-    weights = (tables * tables / 64).expand(*changes.shape[:-3], 1, 1, 64)  # per image and plane
-    return (changes.flatten(-3, -2) @ weights.flatten(-3, -2).transpose(-2, -1)).view(changes.shape[:-1])
+    offset = coefs.mul_(inverse)
+    offset -= torch.round(offset)  # in steps, from the file's step
+    flat, changes = offset.view(-1, 64), delta.reshape(-1, 64)
+    touched = (changes.amax(1).ne(0) | changes.amin(1).ne(0)).nonzero().squeeze(1)
+    per_plane = inverse.reshape(-1, 64)[touched // (coefs.shape[2] * coefs.shape[3])]
+    flat.index_add_(0, touched, (changes.index_select(0, touched) @ basis.T).mul_(per_plane))
+    changed = offset.abs_().sub_(0.5 - SNAP_SOFTNESS).mul_(0.5 / SNAP_SOFTNESS).clamp_(0, 1)
+    weights = (tables * tables / 64).flatten(-3, -2).transpose(-2, -1)  # (n, p, 64, 1)
+    return (changed.flatten(-3, -2) @ weights).view(changed.shape[:-1])
 
 
 def _subsample(blocks: torch.Tensor, fy: int, fx: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,16 +248,14 @@ def _maps_chunk(planes: torch.Tensor, keep: torch.Tensor, tables: torch.Tensor, 
 
     # Keep: luma, and chroma at the file's own sampling.
     full = 3 if (fy, fx) == (1, 1) else 1
-    decoded_coefs = _dct(decoded[:, :full], basis)
-    energy = _keep_energy(decoded_coefs, _add_dct(decoded_coefs, delta[:, :full], basis), keep[:, :full])
+    energy = _keep_energy(_dct(decoded[:, :full], basis), delta[:, :full], keep[:, :full], basis)
     keep_luma = energy[:, :1, :h, :w]
     if full == 3:
         keep_chroma = energy[:, 1:, :h, :w]
     else:
         small_decoded, _ = _subsample(decoded[:, 1:], fy, fx)
         small_delta, _ = _subsample(delta[:, 1:] + 128, fy, fx)
-        small_coefs = _dct(small_decoded, basis)
-        keep_chroma = _keep_energy(small_coefs, _add_dct(small_coefs, small_delta - 128, basis), keep[:, 1:])
+        keep_chroma = _keep_energy(_dct(small_decoded, basis), small_delta - 128, keep[:, 1:], basis)
         keep_chroma = _to_cells(keep_chroma, fy, fx, h, w) + _subsample(seen[:, 1:], fy, fx)[1][..., :h, :w]
     # Qualities: luma, and chroma at 4:2:0 plus the error of its averaging.
     quality_luma = _requantize_energy(_dct(seen[:, 0], basis), tables[:, 0])[:, :h, :w].movedim(-1, 1)
