@@ -15,6 +15,8 @@ Every figure is the model input of a file from its path: decode included, normal
                                        release the GIL in their C code), one torch thread each
   ghosts/maps@600/torch-maps-1t        files/s of the maps alone, on files decoded beforehand
   ghosts/decode@600/torch-load-1t      files/s of `load_ghost_input` alone (PIL decode to YCbCr + header)
+  ghosts/cpu@600/<same names>          ms of CPU a file of each of those passes (all threads of the
+                                       process): the work, which a busy machine's wall clock hides
   ghosts/maps@600/*-retained           the 1-thread figures again in a child process whose allocator
                                        keeps freed memory (glibc MALLOC_TOP_PAD_): the torch maps
                                        allocate large temporaries, which otherwise cost page faults
@@ -113,14 +115,16 @@ def two_thread_pass(method: str, paths: Sequence[str], pool: ThreadPoolExecutor)
 
 
 def timed_passes(passes: dict[str, Callable[[], object]], cfg: GhostsSuiteConfig, n_files: int) -> dict[str, list[float]]:
-    """files/s of each pass, repeated; the passes take turns."""
-    samples: dict[str, list[float]] = {name: [] for name in passes}
+    """files/s of each pass, repeated, and its CPU time a file in ms (key "cpu:" + name: all threads of
+    the process, so the work whatever else the machine runs); the passes take turns."""
+    samples: dict[str, list[float]] = {key: [] for name in passes for key in (name, f"cpu:{name}")}
     for repeat in range(cfg.warmup + cfg.repeats):
         for name, run_pass in passes.items():
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             run_pass()
             if repeat >= cfg.warmup:
                 samples[name].append(n_files / (time.perf_counter() - start))
+                samples[f"cpu:{name}"].append(1000 * (time.process_time() - cpu) / n_files)
     return samples
 
 
@@ -231,11 +235,16 @@ def cpu_figures(paths: Sequence[str], source: str, cfg: GhostsSuiteConfig, *, re
     def add(samples: dict[str, list[float]], suffix: str = "") -> None:
         made = {}
         for key, values in samples.items():
-            what = "decode" if key == "torch-load-1t" else "maps"
+            cpu = key.startswith("cpu:")
+            key = key.removeprefix("cpu:")
+            what = "cpu" if cpu else "decode" if key == "torch-load-1t" else "maps"
             name = f"{SUITE}/{what}@{IMAGE_SIZE}/{key}{suffix}"
-            made[key] = Figure.from_samples(SUITE, name, values, unit="files/s",
-                                            params={**params, "fallbacks": fallbacks, "threads": 2 if "2t" in key else 1})
-        figures.extend(made.values())
+            figure = Figure.from_samples(SUITE, name, values, unit="ms CPU/file" if cpu else "files/s",
+                                         higher_is_better=not cpu,
+                                         params={**params, "fallbacks": fallbacks, "threads": 2 if "2t" in key else 1})
+            figures.append(figure)
+            if not cpu:
+                made[key] = figure
         for n in ("1t", "2t"):
             if f"torch-{n}" in made:
                 figures.append(ratio_figure(made[f"torch-{n}"], made[f"reference-{n}"],

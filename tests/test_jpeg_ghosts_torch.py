@@ -347,6 +347,8 @@ def test_ghosts_suite_reports_speed_ratio_and_correlation(corpus, tmp_path):
                  "decode@600/torch-load-1t", "maps@600/torch-1t-retained"):
         assert figures[f"ghosts/{name}"].median > 0 and figures[f"ghosts/{name}"].unit == "files/s"
     assert figures["ghosts/maps@600/torch_vs_reference-1t"].unit == "x"
+    cpu = figures["ghosts/cpu@600/torch-maps-1t"]
+    assert cpu.unit == "ms CPU/file" and not cpu.higher_is_better and cpu.median > 0
     assert figures["ghosts/maps@600/torch-1t"].params["fallbacks"] == 1
     assert {f"ghosts/corr@600/q{q}-{g}" for q in (50, 95) for g in ("Y", "chroma")} <= set(figures)
     assert figures["ghosts/corr@600/q50-Y"].repeats == 2 and figures["ghosts/corr@600/q50-Y"].median > 0.5
