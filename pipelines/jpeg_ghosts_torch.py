@@ -239,9 +239,10 @@ def _maps_chunk(planes: torch.Tensor, keep: torch.Tensor, tables: torch.Tensor, 
     blocks = _blocks(_pad_to_mcu(planes))  # (n, 3, hb, wb, 64)
     if color == "ycbcr":
         decoded, rgb = blocks, ycbcr_to_rgb(blocks, dim=1)
-    else:
-        decoded, rgb = rgb_to_ycbcr(blocks, dim=1), blocks
-    seen = rgb_to_ycbcr(rgb, dim=1)  # what the reference compares with, unrounded
+        seen = rgb_to_ycbcr(rgb, dim=1)  # what the reference compares with, unrounded
+    else:  # the decoder's planes are lost in the RGB rounding: the unrounded YCbCr stands in for them
+        rgb = blocks
+        decoded = seen = rgb_to_ycbcr(rgb, dim=1)
     delta = rgb_to_ycbcr_encoder(rgb, dim=1).sub_(decoded)  # what a re-save quantizes, less the decoded planes
     del rgb
     keep = keep[:, :, None, None, :]
