@@ -36,6 +36,7 @@ SUITE_MODULES: dict[str, str] = {
     "engines": "realfake.benchmarks.suite_engines",  # inference per backend, precision, batch size
     "score": "realfake.benchmarks.suite_score",  # end to end over a folder
     "score-ray": "realfake.benchmarks.suite_score_ray",  # `score` plain vs `score --ray` (needs Ray)
+    "ghosts": "realfake.benchmarks.suite_ghosts",  # JPEG ghost maps: PIL reference vs batched torch
 }
 ALL = "all"
 

@@ -102,7 +102,8 @@ def _open_failure_reason(f, head: bytes) -> str:
     return "corrupt"
 
 
-def _decode(path: str | os.PathLike, max_pixels: int | None, draft_size: tuple[int, int] | None = None):
+def _decode(path: str | os.PathLike, max_pixels: int | None, draft_size: tuple[int, int] | None = None,
+            ycbcr: bool = False):
     """Open and fully decode `path`; return (decoded image, info) or raise InvalidImageError."""
     try:
         f = open(path, "rb")  # closed by the with-block below; PIL reads lazily from it
@@ -128,6 +129,8 @@ def _decode(path: str | os.PathLike, max_pixels: int | None, draft_size: tuple[i
             if draft_size is not None and img.format in ("JPEG", "MPO"):
                 # DCT-domain downscale while decoding: keeps at least draft_size pixels.
                 img.draft("RGB", draft_size)
+            elif ycbcr and img.format in ("JPEG", "MPO") and img.mode == "RGB":
+                img.draft("YCbCr", img.size)  # the decoder's planes, before its conversion to RGB
             try:
                 img.load()
             except Image.DecompressionBombError as exc:
@@ -188,11 +191,13 @@ def load_rgb(
     return to_rgb(img)
 
 
-def load_jpeg(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, int]:
+def load_jpeg(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+              ycbcr: bool = False) -> tuple[Image.Image, int]:
     """Decode a JPEG as stored (no EXIF rotation: its 8x8 block grid is in stored orientation) and return
     (the decoded PIL JPEG image, its EXIF orientation, 1 if none). Readers of compression traces (JPEG
-    ghost maps) need the file's own quantization tables, so any other format raises "not a JPEG"."""
-    img, info = _decode(path, max_pixels)
+    ghost maps) need the file's own quantization tables, so any other format raises "not a JPEG".
+    `ycbcr`: a colour JPEG comes back in mode YCbCr, the decoder's planes without its RGB conversion."""
+    img, info = _decode(path, max_pixels, ycbcr=ycbcr)
     if info.format not in ("JPEG", "MPO"):
         img.close()
         raise InvalidImageError(path, "not a JPEG")
