@@ -1,0 +1,106 @@
+"""Start a function in N processes of one torch.distributed group on this machine: `realfake train
+--nproc N`.
+
+It is torchrun's own machinery, called in process: torch.distributed's elastic launcher
+(`elastic_launch`, what `torchrun --standalone --nproc-per-node N` runs) with a c10d rendezvous on a
+free local port. So a `--nproc` process sees exactly the environment a torchrun process sees (RANK,
+WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR/PORT) and runs the same code; the launcher
+hands back each process's return value, and when one process fails it stops the others at once and
+names the first failure, with its traceback logged, where torch.multiprocessing.spawn would leave
+return values and the rendezvous port to us.
+
+The processes are forked from multiprocessing's forkserver, a clean process that imported the training
+code once (it never touches CUDA or runs a thread pool, so forking it is safe): a launch then costs a
+fork rather than an interpreter start and a torch import per process, which on a small machine is most
+of the time of a short run, and later launches of the same process (a sweep) reuse it. Each process
+gets this process's environment of the moment of the launch, as a spawned one would.
+"""
+from __future__ import annotations
+
+import builtins
+import logging
+import multiprocessing
+import os
+import signal
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from torch.distributed.elastic.multiprocessing import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+log = logging.getLogger(__name__)
+
+# What a training process imports, loaded once by the forkserver.
+PRELOAD = ("realfake.jobs.tasks.train",)
+# The variables torchrun's launcher sets for each process (its documented ones; TORCHELASTIC_* too).
+LAUNCHER_VARIABLES = ("LOCAL_RANK", "RANK", "GROUP_RANK", "ROLE_RANK", "ROLE_NAME", "LOCAL_WORLD_SIZE", "WORLD_SIZE",
+                      "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launch(nproc: int, target: Callable, *args) -> Any:
+    """target(*args) in `nproc` processes of one process group on this machine; rank 0's return value.
+
+    A process that raises stops the run: a ValueError or OSError comes back as the same exception with
+    its message (and which process it was), anything else as a RuntimeError naming the process and the
+    error. SIGTERM or SIGINT during the run stop the processes, then reach the handler that was in place.
+    """
+    if nproc < 1:
+        raise ValueError(f"--nproc {nproc} must be at least 1")
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, rdzv_backend="c10d",
+                          rdzv_endpoint="localhost:0", run_id=f"realfake-{uuid.uuid4().hex[:12]}", max_restarts=0,
+                          monitor_interval=0.1, start_method="forkserver")
+    # Takes effect when the forkserver starts, i.e. at the first launch of this process. The server imports
+    # by the installed packages' path, so a target's module it cannot find is imported by each process.
+    multiprocessing.set_forkserver_preload([__name__, *PRELOAD, target.__module__])
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        results = elastic_launch(config, _run)(dict(os.environ), target, *args)
+    except ChildFailedError as exc:
+        raise _failure(exc, nproc) from None
+    except SignalException as exc:
+        _restore(handlers)
+        previous = handlers.get(exc.sigval)
+        if callable(previous):
+            previous(exc.sigval, None)
+        if exc.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        _restore(handlers)
+    return results[0]
+
+
+def _run(environment: dict, target: Callable, *args) -> Any:
+    """One launched process: the launching process's environment with the launcher's variables, then
+    target(*args)."""
+    launcher = {key: value for key, value in os.environ.items()
+                if key in LAUNCHER_VARIABLES or key.startswith("TORCHELASTIC_")}
+    os.environ.update(environment)
+    os.environ.update(launcher)
+    return target(*args)
+
+
+def _restore(handlers: dict) -> None:
+    """The launcher installs its own SIGTERM/SIGINT handlers: put back the caller's."""
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+
+
+def _failure(exc: ChildFailedError, nproc: int) -> Exception:
+    """The first failure of a launch as one exception: the process's own for bad input (ValueError,
+    OSError: a one-line error the CLI prints), a RuntimeError otherwise."""
+    rank, failure = exc.get_first_failure()
+    message = failure.message
+    if isinstance(message, dict):  # from the process's error file: {"message": "ValueError: ...", ...}
+        message = message.get("message", "")
+    if not message:
+        message = (f"killed by {failure.signal_name()}" if failure.exitcode < 0
+                   else f"exit code {failure.exitcode}")
+    name, _, text = str(message).partition(": ")
+    kind = getattr(builtins, name, None)
+    if isinstance(kind, type) and issubclass(kind, (ValueError, OSError)) and text:
+        return kind(f"{text} (training process {rank} of {nproc})")
+    return RuntimeError(f"training process {rank} of {nproc} failed: {message} (its traceback is logged above)")
