@@ -90,17 +90,21 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_process_run
         assert two["valid_acc"] == pytest.approx(one["valid_acc"], abs=1 / 4)
 
 
-def test_resume_on_two_processes_is_exact(two_process_run, data_dir, tmp_path):
-    _, _, straight = two_process_run
-    run_train(data_dir, out=tmp_path, name="split", epochs=1, **TWO)
+def test_resume_on_two_processes_is_exact(data_dir, tmp_path):
+    # Dropout, pseudo-fakes and the EMA make each process's random streams part of the state to resume.
+    options = dict(TWO, dropout=0.5, pseudo_fakes=0.5, ema=0.9)
+    run_train(data_dir, out=tmp_path, name="straight", epochs=2, **options)
+    run_train(data_dir, out=tmp_path, name="split", epochs=1, **options)
     resumed = run_train(data_dir, resume=tmp_path / "split", epochs=2, nproc=2, progress=False)
     assert resumed["epochs_run"] == 2
-    a = torch.load(straight / "last.pt", weights_only=True)
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    assert history(straight) == history(tmp_path / "split")
-    assert [torch.equal(x["cpu"], y["cpu"]) for x, y in zip(a["rng_ranks"], b["rng_ranks"], strict=True)] == [True] * 2
+    for part in ("model", "train_model"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    assert history(tmp_path / "straight") == history(tmp_path / "split")
+    assert all(torch.equal(x["cpu"], y["cpu"]) for x, y in zip(a["rng_ranks"], b["rng_ranks"], strict=True))
+    assert not torch.equal(a["rng_ranks"][0]["cpu"], a["rng_ranks"][1]["cpu"])  # a stream per process
 
 
 def test_resume_with_another_process_count_is_refused(two_process_run, data_dir, tmp_path):
@@ -118,7 +122,7 @@ def test_ghost_cnn_with_region_loss_trains_on_two_processes(tmp_path):
     data_dir = _coded(make_ghost_prepared(tmp_path / "data", n_per_class=8))
     n_train = len(read_manifest(data_dir, "train"))
     options = dict(model="ghost_cnn", image_size=96, width=8, batch_size=3, epochs=1, num_workers=0, region_loss=1.0,
-                   ghost_shift=1, progress=False, nproc=2)
+                   ghost_shift=1, ema=0.9, progress=False, nproc=2)
     summary = launch(2, recorded_train, tmp_path, data_dir, tmp_path, "ghosts", options)
     records = [json.loads((tmp_path / f"rank{r}.json").read_text())["1"] for r in (0, 1)]
     assert records[0]["weights"] == records[1]["weights"]  # the region head is averaged too
@@ -146,3 +150,19 @@ def test_options_of_a_group_are_checked_before_it_starts(data_dir, tmp_path, mon
     monkeypatch.setenv("WORLD_SIZE", "4")
     with pytest.raises(ValueError, match="--nproc 2, but this is one of 4 processes started by torchrun"):
         run_train(data_dir, out=tmp_path, **TWO)
+
+
+def test_sweep_runs_its_configurations_on_two_processes(data_dir, tmp_path):
+    from realfake.jobs.tasks.sweep import run_sweep
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text('seeds = [0]\n[train]\nmodel = "simple_cnn"\nimage_size = 32\nbatch_size = 4\nepochs = 1\n'
+                    'loader = "torch"\nnum_workers = 0\n[[configs]]\nname = "tiny"\n')
+    sweep = dict(data_dir=data_dir, spec=spec, set_options=["nproc=2"], progress=False)
+    run_sweep(tmp_path / "sweep", **sweep)
+    run_dir = tmp_path / "sweep" / "runs" / "tiny-seed0"
+    assert json.loads((run_dir / "config.json").read_text())["nproc"] == 2
+    assert "--nproc 2" in (tmp_path / "sweep" / "results.md").read_text()
+    (run_dir / "sweep_done.json").unlink()  # stopped after its last checkpoint: the rerun resumes it
+    run_sweep(tmp_path / "sweep", **sweep)
+    assert len(json.loads((run_dir / "config.json").read_text())["resumed"]) == 1

@@ -18,12 +18,16 @@ gets this process's environment of the moment of the launch, as a spawned one wo
 from __future__ import annotations
 
 import builtins
+import json
 import logging
 import multiprocessing
 import os
 import signal
+import tempfile
+import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from torch.distributed.elastic.multiprocessing import SignalException
@@ -42,9 +46,11 @@ LAUNCHER_VARIABLES = ("LOCAL_RANK", "RANK", "GROUP_RANK", "ROLE_RANK", "ROLE_NAM
 def launch(nproc: int, target: Callable, *args) -> Any:
     """target(*args) in `nproc` processes of one process group on this machine; rank 0's return value.
 
-    A process that raises stops the run: a ValueError or OSError comes back as the same exception with
-    its message (and which process it was), anything else as a RuntimeError naming the process and the
-    error. SIGTERM or SIGINT during the run stop the processes, then reach the handler that was in place.
+    A process that raises stops the run, and the first exception raised comes back here: a ValueError or
+    OSError as the same exception with its message (and which process it was), anything else as a
+    RuntimeError naming the process and the error (the others then fail on the lost connection, which
+    is not what went wrong). SIGTERM or SIGINT during the run stop the processes, then reach the
+    handler that was in place.
     """
     if nproc < 1:
         raise ValueError(f"--nproc {nproc} must be at least 1")
@@ -55,31 +61,40 @@ def launch(nproc: int, target: Callable, *args) -> Any:
     # by the installed packages' path, so a target's module it cannot find is imported by each process.
     multiprocessing.set_forkserver_preload([__name__, *PRELOAD, target.__module__])
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        results = elastic_launch(config, _run)(dict(os.environ), target, *args)
-    except ChildFailedError as exc:
-        raise _failure(exc, nproc) from None
-    except SignalException as exc:
-        _restore(handlers)
-        previous = handlers.get(exc.sigval)
-        if callable(previous):
-            previous(exc.sigval, None)
-        if exc.sigval == signal.SIGINT:
-            raise KeyboardInterrupt from None
-        raise
-    finally:
-        _restore(handlers)
+    with tempfile.TemporaryDirectory(prefix="realfake-launch-") as errors:
+        try:
+            results = elastic_launch(config, _run)(dict(os.environ), errors, target, *args)
+        except ChildFailedError as exc:
+            raise _failure(Path(errors), exc, nproc) from None
+        except SignalException as exc:
+            _restore(handlers)
+            previous = handlers.get(exc.sigval)
+            if callable(previous):
+                previous(exc.sigval, None)
+            if exc.sigval == signal.SIGINT:
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            _restore(handlers)
     return results[0]
 
 
-def _run(environment: dict, target: Callable, *args) -> Any:
+def _run(environment: dict, errors: str, target: Callable, *args) -> Any:
     """One launched process: the launching process's environment with the launcher's variables, then
-    target(*args)."""
+    target(*args). An exception is noted in ERRORS/RANK.json with the time it was raised, then re-raised."""
     launcher = {key: value for key, value in os.environ.items()
                 if key in LAUNCHER_VARIABLES or key.startswith("TORCHELASTIC_")}
     os.environ.update(environment)
     os.environ.update(launcher)
-    return target(*args)
+    try:
+        return target(*args)
+    except BaseException as exc:
+        # Bad input comes back as the built-in class it is (a subclass of ours as its built-in base).
+        builtin = next((k.__name__ for k in type(exc).__mro__ if k.__module__ == "builtins"
+                        and issubclass(k, (ValueError, OSError))), None)
+        note = {"time": time.time(), "type": type(exc).__name__, "builtin": builtin, "message": str(exc)}
+        (Path(errors) / f"{os.environ['RANK']}.json").write_text(json.dumps(note))
+        raise
 
 
 def _restore(handlers: dict) -> None:
@@ -89,18 +104,19 @@ def _restore(handlers: dict) -> None:
             signal.signal(sig, handler)
 
 
-def _failure(exc: ChildFailedError, nproc: int) -> Exception:
-    """The first failure of a launch as one exception: the process's own for bad input (ValueError,
-    OSError: a one-line error the CLI prints), a RuntimeError otherwise."""
-    rank, failure = exc.get_first_failure()
-    message = failure.message
-    if isinstance(message, dict):  # from the process's error file: {"message": "ValueError: ...", ...}
-        message = message.get("message", "")
-    if not message:
+def _failure(errors: Path, exc: ChildFailedError, nproc: int) -> Exception:
+    """The first exception raised in a launch as one exception: the process's own for bad input
+    (ValueError, OSError: a one-line error the CLI prints), a RuntimeError otherwise. A process that
+    died without raising (a signal, the OOM killer) is named by the launcher's record of it."""
+    notes = {int(path.stem): json.loads(path.read_text()) for path in errors.glob("*.json")}
+    if notes:
+        rank = min(notes, key=lambda r: notes[r]["time"])
+        note = notes[rank]
+        if note["builtin"]:
+            return getattr(builtins, note["builtin"])(f"{note['message']} (training process {rank} of {nproc})")
+        message = f"{note['type']}: {note['message']}"
+    else:
+        rank, failure = exc.get_first_failure()
         message = (f"killed by {failure.signal_name()}" if failure.exitcode < 0
                    else f"exit code {failure.exitcode}")
-    name, _, text = str(message).partition(": ")
-    kind = getattr(builtins, name, None)
-    if isinstance(kind, type) and issubclass(kind, (ValueError, OSError)) and text:
-        return kind(f"{text} (training process {rank} of {nproc})")
     return RuntimeError(f"training process {rank} of {nproc} failed: {message} (its traceback is logged above)")

@@ -257,7 +257,9 @@ def write_run_config(config: TrainConfig, data: TrainingData, data_dir: Path, de
     return distributed.broadcast_object(run_dir)
 
 
-def _write_run_config(config, data, data_dir, device, out, name, resumed, amp) -> Path:
+def _write_run_config(config: TrainConfig, data: TrainingData, data_dir: Path, device: str, out: Path,
+                      name: str | None, resumed: tuple[Path | None, trainer.TrainState | None], amp: bool) -> Path:
+    """write_run_config in the process that writes."""
     run_dir, state = resumed
     if run_dir is not None:
         record = trainer.read_run_config(run_dir)
