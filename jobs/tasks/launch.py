@@ -117,6 +117,7 @@ def _failure(errors: Path, exc: ChildFailedError, nproc: int) -> Exception:
         message = f"{note['type']}: {note['message']}"
     else:
         rank, failure = exc.get_first_failure()
-        message = (f"killed by {failure.signal_name()}" if failure.exitcode < 0
-                   else f"exit code {failure.exitcode}")
+        message = failure.message.get("message") if isinstance(failure.message, dict) else failure.message
+        message = message or (f"killed by {failure.signal_name()}" if failure.exitcode < 0
+                              else f"exit code {failure.exitcode}")
     return RuntimeError(f"training process {rank} of {nproc} failed: {message} (its traceback is logged above)")
