@@ -4,7 +4,11 @@ which runs epochs with history, best/last checkpoints, early stopping and exact 
 
 Optional recipe pieces (see `engines/recipes.py`): a batch transform applied on the device after the
 loader (pseudo-fakes, training crops), a per-batch LR schedule, label smoothing, and a weight EMA
-that is what gets validated and saved (the raw weights stay in last.pt for resume)."""
+that is what gets validated and saved (the raw weights stay in last.pt for resume).
+
+In a data-parallel run (`engines/distributed.py`) the same loop runs in every process on its share of
+the data: the epoch's sums are all-reduced, BatchNorm statistics averaged, and rank 0 alone prints and
+writes the run directory; in a single process those steps change nothing."""
 from __future__ import annotations
 
 import contextlib
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from realfake.engines import distributed
 from realfake.engines.recipes import tta_views
 from realfake.models import Ensemble, build_model
 from torch import nn
@@ -112,13 +117,15 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch: int, *, 
         correct += (logits.argmax(1) == labels).sum().item()
         seen += n
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.2%}")
+    total_loss, correct, seen = distributed.sum_all([total_loss, correct, seen])  # over every process's share
     if seen == 0:
         raise ValueError("the training split has no batches: use a smaller --batch-size or more data")
     return total_loss / seen, correct / seen
 
 
 def _unwrap(model):
-    """The eager module behind torch.compile's wrapper (its weights are the same tensors)."""
+    """The eager module behind DDP's and torch.compile's wrappers (its weights are the same tensors)."""
+    model = distributed.unwrap(model)
     return getattr(model, "_orig_mod", model)
 
 
@@ -158,9 +165,17 @@ def predict(model, loader, device, *, amp=False, channels_last=False, progress=F
 
 
 def evaluate(model, criterion, loader, device, *, amp=False, channels_last=False, progress=False):
-    """Mean loss and accuracy over an eval loader (every file once)."""
+    """Mean loss and accuracy over an eval loader (every file once; in a data-parallel run, over every
+    process's shard: `criterion` is then the plain cross-entropy, summed and all-reduced)."""
     _, labels, _, logits = predict(model, loader, device, amp=amp, channels_last=channels_last,
                                    progress=progress, desc="valid")
+    if distributed.world_size() > 1:
+        loss_sum = nn.functional.cross_entropy(logits, labels, reduction="sum").item() if labels.numel() else 0.0
+        correct = (logits.argmax(1) == labels).sum().item()
+        loss_sum, correct, n = distributed.sum_all([loss_sum, correct, labels.numel()])
+        if n == 0:
+            raise ValueError("the validation split is empty: prepare the data with a non-zero valid fraction")
+        return loss_sum / n, correct / n
     if labels.numel() == 0:
         raise ValueError("the validation split is empty: prepare the data with a non-zero valid fraction")
     loss = criterion(logits, labels).item()
@@ -180,10 +195,12 @@ class TrainState:
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState, args: dict,
-                    scaler=None, ema=None, aux_loss=None) -> None:
+                    scaler=None, ema=None, aux_loss=None, rng_ranks: list[dict] | None = None) -> None:
     """The resume checkpoint. With an EMA, "model" holds the EMA weights (what is evaluated and built
     into engines), "train_model" the raw weights and "ema" the averager's state; "aux_loss" holds the
-    training-only head of a region loss."""
+    training-only head of a region loss; "rng_ranks" the random state of every process of a
+    data-parallel run ("rng_cpu" and "rng_cuda" are this process's)."""
+    aux_loss = _unwrap(aux_loss) if aux_loss is not None else None
     checkpoint = {
         "model": (ema.module if ema is not None else model).state_dict(),
         "train_model": model.state_dict() if ema is not None else None,
@@ -201,6 +218,8 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState, 
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
+    if rng_ranks is not None:
+        checkpoint["rng_ranks"] = rng_ranks
     tmp = Path(path).with_suffix(".tmp")
     torch.save(checkpoint, tmp)
     tmp.replace(path)  # a crash mid-save never leaves a half-written checkpoint
@@ -287,6 +306,8 @@ def restore(checkpoint: dict, model, optimizer, scheduler, scaler=None, ema=None
     torch.set_rng_state(checkpoint["rng_cpu"])
     if checkpoint.get("rng_cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(checkpoint["rng_cuda"])
+    if checkpoint.get("rng_ranks"):  # a data-parallel run: each process continues its own stream
+        distributed.set_rng_state(checkpoint["rng_ranks"][distributed.rank()])
     return TrainState(
         epoch=checkpoint["epoch"], best_valid_loss=checkpoint["best_valid_loss"],
         best_epoch=checkpoint["best_epoch"], epochs_without_improvement=checkpoint["epochs_without_improvement"],
@@ -312,6 +333,11 @@ def fit(model, *, train_loader, valid_loader, optimizer, scheduler, device, run_
     label_smoothing applies to the training loss only (validation loss stays the plain cross-entropy,
     comparable across runs); with `ema` the EMA weights are validated and saved as best/last "model";
     `aux_loss` (a region loss) adds to the training loss only and is saved in last.pt for resume.
+
+    Data-parallel (`engines.distributed`): `compiled_model` (and `aux_loss`) are the DDP-wrapped modules
+    that run the steps, the loaders give this process's shard; after each epoch the BatchNorm statistics
+    are averaged and the weights checked to agree, validation runs on the unwrapped module, and rank 0
+    alone prints and writes the run directory.
     """
     run_dir = Path(run_dir)
     state = state or TrainState()
@@ -326,25 +352,35 @@ def fit(model, *, train_loader, valid_loader, optimizer, scheduler, device, run_
                                                 progress=progress, batch_transform=batch_transform,
                                                 scheduler=scheduler if per_batch_scheduler else None, ema=ema,
                                                 aux_loss=aux_loss)
-        valid_loss, valid_acc = evaluate(ema.module if ema is not None else runner, criterion, valid_loader,
-                                         device, amp=amp, channels_last=channels_last)
+        distributed.average_buffers(model)
+        if ema is not None:
+            distributed.average_buffers(ema)
+        distributed.check_same_weights(model, ema, aux_loss, when=f"after epoch {epoch}")
+        valid_loss, valid_acc = evaluate(ema.module if ema is not None else distributed.unwrap(runner), criterion,
+                                         valid_loader, device, amp=amp, channels_last=channels_last)
         if not per_batch_scheduler:
             scheduler.step()
-        # The report's epoch line.
-        echo(f"Epoch [{epoch}/{epochs}], Train Loss: {train_loss:.4f}, Train Acc: {train_acc:.2%}, "
-             f"Valid Loss: {valid_loss:.4f}, Valid Acc: {valid_acc:.2%}")
+        main = distributed.is_main()
+        if main:  # the report's epoch line
+            echo(f"Epoch [{epoch}/{epochs}], Train Loss: {train_loss:.4f}, Train Acc: {train_acc:.2%}, "
+                 f"Valid Loss: {valid_loss:.4f}, Valid Acc: {valid_acc:.2%}")
         state.history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                               "valid_loss": valid_loss, "valid_acc": valid_acc, "lr": lr})
         state.epoch = epoch
         if valid_loss < state.best_valid_loss:
             state.best_valid_loss, state.best_epoch, state.epochs_without_improvement = valid_loss, epoch, 0
-            save_weights(run_dir / "best.pt", ema.module if ema is not None else model, state, args)
+            if main:
+                save_weights(run_dir / "best.pt", ema.module if ema is not None else model, state, args)
         else:
             state.epochs_without_improvement += 1
-        save_checkpoint(run_dir / "last.pt", model, optimizer, scheduler, state, args, scaler, ema, aux_loss)
-        write_history(run_dir, state.history)
+        rng_ranks = distributed.all_gather_object(distributed.rng_state()) if distributed.world_size() > 1 else None
+        if main:
+            save_checkpoint(run_dir / "last.pt", model, optimizer, scheduler, state, args, scaler, ema, aux_loss,
+                            rng_ranks=rng_ranks)
+            write_history(run_dir, state.history)
         if patience and state.epochs_without_improvement >= patience:
-            echo(f"Early stopping: valid loss has not improved for {patience} epochs "
-                 f"(best {state.best_valid_loss:.4f} at epoch {state.best_epoch}).")
+            if main:
+                echo(f"Early stopping: valid loss has not improved for {patience} epochs "
+                     f"(best {state.best_valid_loss:.4f} at epoch {state.best_epoch}).")
             break
     return state

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from realfake.pipelines.images import DEFAULT_MAX_PIXELS, InvalidImageError, check_image, too_large
-from realfake.pipelines.spec import MEAN, STD, AugmentSpec, Batch, shard_range
+from realfake.pipelines.spec import MEAN, STD, AugmentSpec, Batch, shard_range, train_shard
 
 try:  # DALI is optional: without it this module still imports, and dali_available() says no
     from nvidia.dali import backend as dali_backend
@@ -130,11 +130,12 @@ def _color_jitter(images, brightness: float, contrast: float):
 
 
 def _train_graph(files, labels, shard_id, num_shards, image_size, augment: AugmentSpec | None, gpu,
-                 hw_decoder_load, fancy_upsampling=False):
+                 hw_decoder_load, fancy_upsampling=False, shuffle=True):
 
+    # shuffle=False: `files` are in the epoch's order already (a shard of a data-parallel run).
     encoded, index = fn.readers.file(
         files=files, labels=labels, shard_id=shard_id, num_shards=num_shards,
-        random_shuffle=True, pad_last_batch=True, name=READER,
+        random_shuffle=shuffle, pad_last_batch=True, name=READER,
     )
     images = _decode(encoded, gpu, hw_decoder_load, fancy_upsampling)
     if augment is None:  # shuffled, not augmented
@@ -338,8 +339,12 @@ class DaliLoader:
         self.files = [str(f) for f in files]
         self.labels = torch.full((len(self.files),), -1, dtype=torch.int64) if labels is None else \
             torch.as_tensor(list(labels), dtype=torch.int64)
-        self.positions = shard_range(len(self.files), shard_id, num_shards)
         self.shard_id, self.num_shards = shard_id, num_shards
+        self.fixed_positions = shard_range(len(self.files), shard_id, num_shards)
+        # A train loader of one of several processes reads its share of each epoch's permutation of all
+        # the files (`spec.train_shard`); its reader gets them arranged so that its own shard_id/num_shards
+        # cut gives that share (`_reader_order`).
+        self.sharded_train = train and num_shards > 1
         self.train, self.image_size, self.batch_size = train, image_size, batch_size
         self.augment = augment if train else None
         self.num_threads = max(1, num_workers)
@@ -358,6 +363,19 @@ class DaliLoader:
     def set_epoch(self, epoch: int) -> None:
         """Shuffle and augmentation of a pass are a pure function of (seed, epoch, shard)."""
         self.epoch = epoch
+
+    @property
+    def positions(self) -> Sequence[int]:
+        """The positions in self.files this shard reads in the current pass."""
+        if self.sharded_train:
+            return train_shard(len(self.files), self.seed, self.epoch, self.shard_id, self.num_shards)
+        return self.fixed_positions
+
+    def _reader_order(self) -> list[int]:
+        """Every shard's share of this epoch, shard after shard: the reader's contiguous cut for shard k
+        (`shard_range`, equal-sized here) is then shard k's `train_shard`."""
+        return [p for shard in range(self.num_shards)
+                for p in train_shard(len(self.files), self.seed, self.epoch, shard, self.num_shards)]
 
     def __len__(self) -> int:
         return self._n_batches(len(self.positions))
@@ -382,14 +400,17 @@ class DaliLoader:
             device_id=self.device_id, seed=self._pipeline_seed(attempt),
             prefetch_queue_depth=min(PREFETCH_QUEUE_DEPTH, n_batches),
         )
-        pipe = train_pipeline(augment=self.augment, **common) if self.train else eval_pipeline(**common)
+        pipe = train_pipeline(augment=self.augment, shuffle=not self.sharded_train, **common) if self.train \
+            else eval_pipeline(**common)
         pipe.build()
         return pipe
 
     def _screen(self) -> None:
         if self.screened is None:
-            shard = [self.files[p] for p in self.positions]
-            self.screened = [(self.positions[i], reason)
+            # A sharded train loader's files change every epoch: it screens them all, once.
+            positions = range(len(self.files)) if self.sharded_train else self.positions
+            shard = [self.files[p] for p in positions]
+            self.screened = [(positions[i], reason)
                              for i, reason in screen_headers(shard, num_threads=self.num_threads)]
             for index, reason in self.screened:
                 log.warning("skipping %s: %s", self.files[index], reason)
@@ -399,6 +420,9 @@ class DaliLoader:
         shards the whole list itself (as on a multi-GPU job); once a file is known to be bad, the rest
         of this shard is read as a list of its own. Labels are positions in self.files."""
         if not self.screened:
+            if self.sharded_train:
+                order = self._reader_order()
+                return [self.files[p] for p in order], order, self.shard_id, self.num_shards
             return self.files, list(range(len(self.files))), self.shard_id, self.num_shards
         bad_set = {i for i, _ in self.screened}
         labels = [p for p in self.positions if p not in bad_set]
@@ -430,8 +454,9 @@ class DaliLoader:
         if not self.positions:  # an empty shard (fewer files than shards)
             return
         self._screen()
-        self.errors = list(self.screened)
-        unreported = list(self.screened)  # reported with the first batch of every pass
+        mine = set(self.positions)
+        self.errors = [(i, reason) for i, reason in self.screened if i in mine]
+        unreported = list(self.errors)  # reported with the first batch of every pass
         delivered: set[int] = set()
         files, labels, shard_id, num_shards = self._pass_files()
         prepared = self._take_prepared()

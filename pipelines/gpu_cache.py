@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from realfake.pipelines import batch_ops
 from realfake.pipelines.pixel_loaders import make_pixel_loader
-from realfake.pipelines.spec import MEAN, STD, AugmentSpec, Batch, InMemoryBatches
+from realfake.pipelines.spec import MEAN, STD, AugmentSpec, Batch, InMemoryBatches, shard_range, train_shard
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class CachedLoader(InMemoryBatches):
     def __init__(self, files: Sequence[str], labels: Sequence[int] | None, *, train: bool, image_size: int,
                  batch_size: int, augment: AugmentSpec | None = None, seed: int = 0, device: str = "cpu",
                  decode_backend: str = "auto", num_workers: int = 2, augment_scale: float = 1.0,
-                 progress: bool = True):
+                 progress: bool = True, shard_id: int = 0, num_shards: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch size {batch_size} must be at least 1")
         if labels is not None and len(labels) != len(files):
@@ -122,16 +122,26 @@ class CachedLoader(InMemoryBatches):
         self.train, self.batch_size, self.seed = train, batch_size, seed
         self.augment = augment if train else None
         self.augment_scale = augment_scale
-        self.drop_last = train and n > batch_size  # as the torch loader: no batch of one for BatchNorm
+        # Every process holds the whole set: a train shard is its share of each epoch's permutation
+        # (`spec.train_shard`); an eval shard is a fixed contiguous range, every file once over the shards.
+        self.shard_id, self.num_shards = shard_id, num_shards
+        self.eval_positions = None if train else torch.as_tensor(shard_range(n, shard_id, num_shards))
+        self.drop_last = train and self.samples_per_epoch() > batch_size  # as the torch loader: no batch of one
         self.mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1)
+
+    def samples_per_epoch(self) -> int:
+        return len(self.labels) // self.num_shards if self.train else len(self.eval_positions)
 
     def __iter__(self):
         n = len(self.labels)
         if self.train:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+            order = torch.as_tensor(train_shard(n, self.seed, self.epoch, self.shard_id, self.num_shards),
+                                    dtype=torch.int64)
         else:
-            order = torch.arange(n)
+            order = self.eval_positions
+        # One augmentation stream per batch; a process other than the first of several draws its own.
+        stream = f"{self.seed}:{self.epoch}" + (f":shard{self.shard_id}" if self.shard_id else "")
         for b in range(len(self)):
             positions = order[b * self.batch_size:(b + 1) * self.batch_size]
             errors = ()
@@ -141,14 +151,15 @@ class CachedLoader(InMemoryBatches):
                 positions = torch.tensor(keep, dtype=torch.int64)
             images = self.images[positions.to(self.device)].float().div_(255.0)
             if self.augment is not None and len(positions):
-                g = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{self.epoch}:{b}".encode()))
+                g = torch.Generator().manual_seed(zlib.crc32(f"{stream}:{b}".encode()))
                 images = augment_batch(images, self.augment, g, self.augment_scale)
             yield Batch(images=(images - self.mean) / self.std, labels=self.labels[positions].to(self.device),
                         indices=positions, errors=errors)
 
 
 def make_cached_loader(files, labels, *, train, image_size, batch_size, augment=None, seed=0, device="cpu",
-                       decode_backend="auto", num_workers=2, augment_scale=1.0, progress=True) -> CachedLoader:
+                       decode_backend="auto", num_workers=2, augment_scale=1.0, progress=True, shard_id=0,
+                       num_shards=1) -> CachedLoader:
     return CachedLoader(files, labels, train=train, image_size=image_size, batch_size=batch_size, augment=augment,
                         seed=seed, device=device, decode_backend=decode_backend, num_workers=num_workers,
-                        augment_scale=augment_scale, progress=progress)
+                        augment_scale=augment_scale, progress=progress, shard_id=shard_id, num_shards=num_shards)

@@ -33,7 +33,7 @@ import torch
 from PIL import Image, JpegImagePlugin
 from realfake.pipelines.images import InvalidImageError, load_jpeg
 from realfake.pipelines.prepare import EDIT_REGIONS
-from realfake.pipelines.spec import Batch, InMemoryBatches, shard_range
+from realfake.pipelines.spec import Batch, InMemoryBatches, shard_of, shard_range
 from realfake.pipelines.torch_loader import collate
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -230,7 +230,9 @@ class InMemoryGhostLoader(InMemoryBatches):
     shuffled each epoch with random horizontal flips and, with `shift`, each batch moved by up to
     `shift` cells each way (edges repeated): faces are not all centred alike. Shuffle, flips and shifts
     are a pure function of (seed, epoch), so `--resume` is exact. A file without maps stops training
-    (the data set changed since `realfake data prepare`) rather than shrinking the epoch.
+    (the data set changed since `realfake data prepare`) rather than shrinking the epoch. One of several
+    training processes (`num_shards` > 1) holds every file's maps and reads its `spec.shard_of` each
+    epoch's order; the processes after the first draw flips and shifts of their own (seeded by shard).
 
     `regions` (one per file: a tuple of 0/1 per edited region, `prepare.EDIT_REGIONS` order, or None
     where unknown) ride along as `Batch.regions`, the two eyes swapped where a map is mirrored."""
@@ -240,7 +242,7 @@ class InMemoryGhostLoader(InMemoryBatches):
     def __init__(self, files: Sequence[str], labels: Sequence[int], *, train: bool, image_size: int,
                  batch_size: int, seed: int = 0, flip: bool = True, shift: int = 0, num_workers: int = 2,
                  cache_paths: Sequence[Path] | None = None, progress: bool = True,
-                 regions: Sequence[Sequence[int] | None] | None = None):
+                 regions: Sequence[Sequence[int] | None] | None = None, shard_id: int = 0, num_shards: int = 1):
         if len(labels) != len(files):
             raise ValueError(f"{len(files)} files but {len(labels)} labels: pass one label per file")
         self.regions = None if regions is None else _regions_tensor(regions, len(files))
@@ -257,12 +259,17 @@ class InMemoryGhostLoader(InMemoryBatches):
         self.labels = torch.as_tensor(list(labels), dtype=torch.int64)
         self.train, self.batch_size, self.seed, self.flip = train, batch_size, seed, flip and train
         self.shift = shift if train else 0
-        self.drop_last = train and len(files) > batch_size  # no batch of one for BatchNorm
+        self.shard_id, self.num_shards = shard_id, num_shards
+        self.drop_last = train and self.samples_per_epoch() > batch_size  # no batch of one for BatchNorm
 
     def __iter__(self):
         n = len(self.labels)
         generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{self.epoch}".encode()))
         order = torch.randperm(n, generator=generator) if self.train else torch.arange(n)
+        if self.num_shards > 1:  # this process's share of the epoch
+            order = shard_of(order, self.shard_id, self.num_shards)
+        if self.shard_id:  # flips and shifts of its own (the first process draws as a single one does)
+            generator.manual_seed(zlib.crc32(f"{self.seed}:{self.epoch}:shard{self.shard_id}".encode()))
         for b in range(len(self)):
             positions = order[b * self.batch_size:(b + 1) * self.batch_size]
             maps = self.maps[positions].float()

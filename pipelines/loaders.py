@@ -30,6 +30,11 @@ def get_loader(files: Sequence[str], labels: Sequence[int] | None, *, train: boo
     """Build a loader over `files`. Train loaders shuffle and augment (when `augment` is given); eval
     loaders keep order and deliver every file of the shard exactly once.
 
+    shard_id / num_shards: one of several processes (DDP). An eval shard is a contiguous range
+    (`spec.shard_range`); a train shard is this process's share of each epoch's permutation of all the
+    files (`spec.train_shard`, DistributedSampler's semantics; ghost maps `spec.shard_of` their own),
+    equal-sized so every process runs the same number of steps.
+
     cache="memory"/"gpu" (pixels): decode the files once (with `backend`) into a uint8 cache in host /
     GPU memory and augment batches there; `source_size`, the files' decoded side, scales the report's
     blur (specified for the decoded images) to the cache's size.
@@ -61,7 +66,8 @@ def get_loader(files: Sequence[str], labels: Sequence[int] | None, *, train: boo
         loader = make_cached_loader(files, labels, train=train, image_size=image_size, batch_size=batch_size,
                                     augment=augment, seed=seed, device=device if cache == "gpu" else "cpu",
                                     decode_backend=backend, num_workers=num_workers,
-                                    augment_scale=image_size / max(source_size or image_size, 1), progress=progress)
+                                    augment_scale=image_size / max(source_size or image_size, 1), progress=progress,
+                                    shard_id=shard_id, num_shards=num_shards)
     else:
         loader = make_pixel_loader(files, labels, train=train, backend=backend, image_size=image_size,
                                    batch_size=batch_size, augment=augment, num_workers=num_workers, seed=seed,
@@ -86,12 +92,10 @@ def _ghost_loader(files, labels, *, train, backend, image_size, batch_size, flip
         raise ValueError("--loader dali decodes pixels, but this model reads JPEG ghost maps, which PIL computes: "
                          "use --loader auto or torch")
     if train:
-        if num_shards != 1:
-            raise ValueError("ghost-map training loaders are not sharded")
         return jpeg_ghosts.InMemoryGhostLoader(files, labels, train=True, image_size=image_size,
                                                batch_size=batch_size, seed=seed, flip=flip, shift=shift,
                                                num_workers=num_workers, cache_paths=cache_paths, progress=progress,
-                                               regions=regions)
+                                               regions=regions, shard_id=shard_id, num_shards=num_shards)
     return jpeg_ghosts.GhostMapLoader(files, labels, image_size=image_size, batch_size=batch_size,
                                       num_workers=num_workers, shard_id=shard_id, num_shards=num_shards,
                                       cache_paths=cache_paths)

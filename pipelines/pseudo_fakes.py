@@ -207,19 +207,21 @@ def add_pseudo_fakes(images: torch.Tensor, labels: torch.Tensor, rate: float, ge
 
 
 def train_batch_transform(*, seed: int, pseudo_fakes: float = 0.0, train_crop: int = 0, mean=None, std=None,
-                          spec: PseudoFakeSpec = DEFAULT_SPEC):
+                          spec: PseudoFakeSpec = DEFAULT_SPEC, rank: int = 0):
     """The on-device step between a training loader and the model, or None when it has nothing to do:
     pseudo-fakes (on the full image, where the face priors hold), then one random crop per image.
 
     Returns transform(images, labels, epoch, step) -> (images, labels); its randomness is a pure
-    function of (seed, epoch, step), so `--resume` replays it exactly.
+    function of (seed, epoch, step), so `--resume` replays it exactly, and of `rank`, the process of a
+    data-parallel run, whose batches are its own.
     """
     if not pseudo_fakes and not train_crop:
         return None
     mean, std = mean or MEAN, std or STD
 
     def transform(images, labels, epoch: int, step: int):
-        g = torch.Generator().manual_seed(zlib.crc32(f"batch:{seed}:{epoch}:{step}".encode()))
+        stream = f"batch:{seed}:{epoch}:{step}" + (f":rank{rank}" if rank else "")
+        g = torch.Generator().manual_seed(zlib.crc32(stream.encode()))
         if pseudo_fakes:
             images, labels = add_pseudo_fakes(images, labels, pseudo_fakes, g, mean=mean, std=std, spec=spec)
         if train_crop:

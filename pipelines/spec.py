@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
+from torch.utils.data import DistributedSampler
 
 DEFAULT_IMAGE_SIZE = 128  # the report's
 # ImageNet statistics: the report normalized with fixed statistics, and these let ImageNet weights
@@ -66,19 +67,45 @@ def shard_range(n_files: int, shard_id: int, num_shards: int) -> range:
     return range(n_files * shard_id // num_shards, n_files * (shard_id + 1) // num_shards)
 
 
+def train_shard(n_files: int, seed: int, epoch: int, shard_id: int, num_shards: int) -> list[int]:
+    """The positions one of `num_shards` training processes reads in an epoch, in reading order: torch's
+    DistributedSampler (shuffle, drop_last) over the files, i.e. one permutation of all of them per (seed,
+    epoch), cut to a multiple of `num_shards`, every `num_shards`-th position from `shard_id` on. Shards
+    are disjoint and equal-sized, so every process runs the same number of steps; with one shard it is
+    the whole permutation. The permutation is `torch.randperm(n, seed * 100_003 + epoch)`."""
+    sampler = DistributedSampler(range(n_files), num_replicas=num_shards, rank=shard_id, shuffle=True,
+                                 seed=seed * 100_003, drop_last=True)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def shard_of(order: torch.Tensor, shard_id: int, num_shards: int) -> torch.Tensor:
+    """One shard of an epoch's `order` of all files, cut as `train_shard` (DistributedSampler) cuts its
+    permutation: for loaders that draw their own order."""
+    if not 0 <= shard_id < num_shards:
+        raise ValueError(f"shard {shard_id} out of range for {num_shards} shards: use 0 <= shard_id < num_shards")
+    return order[shard_id:len(order) // num_shards * num_shards:num_shards]
+
+
 class InMemoryBatches:
     """len() and set_epoch() of the Loader protocol for loaders that hold a whole set in memory
     (`gpu_cache.CachedLoader`, `jpeg_ghosts.InMemoryGhostLoader`): they set `labels` (N,), `batch_size`
-    and `drop_last`, and read `epoch` to draw each epoch's order."""
+    and `drop_last`, and read `epoch` to draw each epoch's order. A training loader of one of several
+    processes (`num_shards` > 1) reads `shard_of` that order: n // num_shards files an epoch."""
 
     labels: torch.Tensor
     batch_size: int
     drop_last: bool
     epoch: int = 0
+    shard_id: int = 0
+    num_shards: int = 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def samples_per_epoch(self) -> int:
+        return len(self.labels) // self.num_shards
+
     def __len__(self) -> int:
-        n = len(self.labels)
+        n = self.samples_per_epoch()
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)

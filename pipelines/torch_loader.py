@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from realfake.pipelines.images import InvalidImageError, load_rgb
 from realfake.pipelines.spec import MEAN, STD, AugmentSpec, Batch, shard_range
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import transforms as T
 
 
@@ -100,7 +100,9 @@ class TorchLoader:
     def __init__(self, files: Sequence[str], labels: Sequence[int] | None, *, train: bool, image_size: int,
                  batch_size: int, augment: AugmentSpec | None, num_workers: int, seed: int, shard_id: int,
                  num_shards: int, device: str, draft: bool):
-        positions = list(shard_range(len(files), shard_id, num_shards))
+        # Eval shards are contiguous and together deliver every file once; a train loader reads all files
+        # and takes its share of each epoch's permutation (`spec.train_shard`: DistributedSampler).
+        positions = list(range(len(files)) if train else shard_range(len(files), shard_id, num_shards))
         # Draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale: much cheaper when the target is small.
         draft_size = (image_size, image_size) if draft else None
         self.num_workers, self.pin_memory = num_workers, str(device).startswith("cuda")
@@ -112,8 +114,11 @@ class TorchLoader:
             image_size, augment if train else None)
         self.dataset = ImageFileDataset(list(files), labels, positions, transform, draft_size, seed)
         self.train, self.batch_size, self.seed = train, batch_size, seed
+        self.sampler = DistributedSampler(self.dataset, num_replicas=num_shards, rank=shard_id, shuffle=True,
+                                          seed=seed * 100_003, drop_last=True) if train else None
+        n = len(self.sampler) if train else len(positions)
         # Train drops a ragged last batch (a batch of one breaks BatchNorm; the shuffle changes each epoch).
-        self.drop_last = train and len(positions) > batch_size
+        self.drop_last = train and n > batch_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -121,13 +126,17 @@ class TorchLoader:
         self.dataset.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.dataset)
+        n = len(self.sampler) if self.train else len(self.dataset)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self):
+        if self.sampler is not None:
+            self.sampler.set_epoch(self.epoch)
+        # The DataLoader draws its workers' base seed from `generator`: the caller's random stream is left
+        # alone (the augmentation does not use that seed: see ImageFileDataset).
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         loader = DataLoader(
-            self.dataset, batch_size=self.batch_size, shuffle=self.train, drop_last=self.drop_last,
+            self.dataset, batch_size=self.batch_size, sampler=self.sampler, drop_last=self.drop_last,
             num_workers=self.num_workers, collate_fn=collate, pin_memory=self.pin_memory,
             generator=generator, persistent_workers=False,
         )

@@ -21,7 +21,7 @@ from realfake.pipelines.dali_loader import (  # noqa: E402
     pass_batches,
     screen_headers,
 )
-from realfake.pipelines.spec import MEAN, STD, AugmentSpec, shard_range  # noqa: E402
+from realfake.pipelines.spec import MEAN, STD, AugmentSpec, shard_range, train_shard  # noqa: E402
 
 pytestmark = pytest.mark.dali
 
@@ -467,13 +467,20 @@ def test_garbage_among_real_progressive_jpegs_does_not_crash():
 
 
 def test_bad_file_in_a_train_shard(with_bad_file):
-    loader = dali(with_bad_file, train=True, augment=AugmentSpec(), shard_id=0, num_shards=2)  # files 0..11
-    batches = list(loader)
-    delivered = torch.cat([b.indices for b in batches]).tolist()
-    errors = [e for b in batches for e in b.errors]
+    # A train shard is its share of the epoch's permutation (spec.train_shard), so each loader screens
+    # every file and reports a bad one in the epoch that gives it that file: over the shards, once.
+    errors, delivered = [], []
+    for shard in (0, 1):
+        loader = dali(with_bad_file, train=True, augment=AugmentSpec(), shard_id=shard, num_shards=2)
+        share = train_shard(24, 0, 0, shard, 2)
+        batches = list(loader)
+        mine = torch.cat([b.indices for b in batches]).tolist()
+        found = [e for b in batches for e in b.errors]
+        assert [i for i, _ in found] == ([10] if 10 in share else [])
+        assert len(mine) == len(set(mine)) == 8 and set(mine) <= set(share) - {10}  # one batch of 8, ragged dropped
+        errors, delivered = errors + found, delivered + mine
     assert [i for i, _ in errors] == [10] and errors[0][1] in BAD_DATA
-    assert len(delivered) == len(set(delivered)) == 8 and 10 not in delivered
-    assert set(delivered) <= set(range(12))
+    assert not set(delivered[:8]) & set(delivered[8:])
 
 
 def test_only_bad_files_give_an_empty_batch_with_the_errors(tmp_path):

@@ -1,6 +1,8 @@
 """`realfake train`: the options are `run_train`'s, i.e. the fields of `TrainConfig`."""
 from __future__ import annotations
 
+import os
+
 import click
 from realfake.jobs.cli.options import JobCommand, as_arguments
 
@@ -19,10 +21,14 @@ def train(**options):
           --schedule cosine --warmup-epochs 2 --label-smoothing 0.1 --ema 0.999 --cache gpu
       realfake train data/ciplab --model ghost_cnn --optimizer adamw --lr 2e-3 --weight-decay 1e-3 \\
           --schedule onecycle --epochs 40 --ghost-shift 4 --region-loss 1   # then evaluate it with --checkpoint last
+      realfake train data/ciplab --nproc 2 --batch-size 16   # 2 processes (DDP), a global batch of 32
+      torchrun --nproc-per-node 4 -m realfake.jobs.cli train data/ciplab --device cuda   # or across machines
     """
     from realfake.jobs.tasks.train import run_train  # torch loads when a command runs, not for --help
 
     summary = run_train(**as_arguments(options))
+    if os.environ.get("RANK", "0") != "0":  # one of torchrun's processes: process 0 reports the run
+        return
     click.echo(f"Run directory: {summary['run_dir']}")
     click.echo(f"Best epoch {summary['best_epoch']} (valid loss {summary['best_valid_loss']:.4f}); "
                f"evaluate it with: realfake evaluate {summary['run_dir']}")

@@ -328,7 +328,8 @@ def _train_one(config: dict, seed: int, data_dir: Path, out: Path, progress: boo
             run_pretrain(data_dir, weights, seed=seed, progress=progress, **config["pretrain"])
         train["weights"] = weights
     if (run_dir / "last.pt").is_file():
-        summary = run_train(data_dir, resume=run_dir, epochs=train.get("epochs", 10), progress=progress)
+        summary = run_train(data_dir, resume=run_dir, epochs=train.get("epochs", 10), nproc=train.get("nproc", 1),
+                            progress=progress)
     else:
         if run_dir.exists():  # died before its first checkpoint
             shutil.rmtree(run_dir)

@@ -4,6 +4,11 @@ Like torchvision's references/classification/train.py `main`, a short sequence o
 run's config (new, or the resumed run's), the data loaders, the model and its optimizer, the run
 directory, `engines.trainer.fit`, the curves. The run directory holds everything needed to evaluate,
 compare, resume or build an engine from it. Every option is a field of `TrainConfig`.
+
+Data-parallel: with --nproc N the function starts N processes (`launch.py`) that each run it as one
+process of a torch.distributed group, as `torchrun ... -m realfake.jobs.cli train` starts them across
+machines. Each process reads its shard of the data, trains a DDP copy of the model, and rank 0 alone
+writes the run directory (`engines/distributed.py` says what is kept in step and how).
 """
 from __future__ import annotations
 
@@ -14,18 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from realfake.engines import recipes, trainer
+from realfake.engines import distributed, recipes, trainer
 from realfake.engines.devices import native_bf16, resolve_device
 from realfake.engines.metrics import save_curves_png
 from realfake.jobs.service.params import InputPath, OutputPath
+from realfake.jobs.tasks.launch import launch
 from realfake.jobs.tasks.train_config import TrainConfig
 from realfake.models import build_model
+from realfake.pipelines.jpeg_ghosts import GhostMapLoader
 from realfake.pipelines.loaders import get_loader, manifest_loader_options
 from realfake.pipelines.manifest import ManifestRow, manifest_sha256, read_manifest
 from realfake.pipelines.prepare import edited_regions
 from realfake.pipelines.provenance import versions
 from realfake.pipelines.pseudo_fakes import DEFAULT_SPEC, train_batch_transform
 from realfake.pipelines.spec import CLASS_NAMES, MEAN, STD, AugmentSpec
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +75,42 @@ def run_train(data_dir: InputPath, out: OutputPath = Path("runs"), name: str | N
         progress: Show progress bars.
 
     The options are the fields of `TrainConfig` (`realfake train --help`). Returns a summary: the run
-    directory, epochs run, best epoch and valid loss, last accuracies, loader, device.
+    directory, epochs run, best epoch and valid loss, last accuracies, loader, device. With --nproc N it
+    starts N processes, each of which runs this function as one process of the group, and returns the
+    summary of process 0.
     """
     data_dir = Path(data_dir).resolve()
     config, checkpoint, run_dir = _config_to_run(data_dir, resume, options)
+    if config.nproc > 1 and not distributed.launched():
+        return _launch(config, data_dir, Path(out), name, resume, progress, options)
     device = resolve_device(config.device)
+    if not distributed.launched():
+        return _train(config, checkpoint, run_dir, data_dir, device, out, name, progress)
+    device = distributed.init(device)
+    try:
+        return _train(config, checkpoint, run_dir, data_dir, device, out, name, progress and distributed.is_main())
+    finally:
+        distributed.shutdown()
+
+
+run_train.options = TrainConfig
+
+
+def _train(config: TrainConfig, checkpoint: dict | None, run_dir: Path | None, data_dir: Path, device: str,
+           out: Path, name: str | None, progress: bool) -> dict:
+    """The steps of a run in this process (the only one, or one process of a group)."""
     data = load_data(config, data_dir, device, progress)
     parts = build_training(config, data, device)
     state = None
     if checkpoint is not None:
         state = trainer.restore(checkpoint, parts.model, parts.optimizer, parts.scheduler, parts.scaler,
                                 ema=parts.ema, aux_loss=parts.region_loss)
-        print(f"Resuming {run_dir} after epoch {state.epoch} of {config.epochs}", flush=True)
+        if distributed.is_main():
+            print(f"Resuming {run_dir} after epoch {state.epoch} of {config.epochs}", flush=True)
     run_dir = write_run_config(config, data, data_dir, device, out, name, resumed=(run_dir, state), amp=parts.amp)
     state = fit(config, data, parts, device, run_dir, state, progress)
-    save_curves_png(state.history, run_dir / "curves.png", title=f"{config.model} @ {config.image_size}px")
+    if distributed.is_main():
+        save_curves_png(state.history, run_dir / "curves.png", title=f"{config.model} @ {config.image_size}px")
     last = state.history[-1]
     return {"run_dir": str(run_dir), "model": config.model, "epochs_run": state.epoch,
             "best_epoch": state.best_epoch, "best_valid_loss": state.best_valid_loss,
@@ -89,22 +118,51 @@ def run_train(data_dir: InputPath, out: OutputPath = Path("runs"), name: str | N
             "device": device, "compiled": _uses_compile(config, device)}
 
 
-run_train.options = TrainConfig
+def _launch(config: TrainConfig, data_dir: Path, out: Path, name: str | None, resume: Path | None, progress: bool,
+            options: dict) -> dict:
+    """--nproc N: start N processes on this machine that each run `run_train` as one process of the group
+    (what is wrong with the options or the devices is said here first, once)."""
+    distributed.check_devices(resolve_device(config.device), config.nproc)
+    if resume is None and name and (out / name).exists():
+        raise ValueError(f"run directory {out / name} already exists: choose another --name or --resume it")
+    return launch(config.nproc, _process, data_dir, out, name, resume, progress, {**options, "nproc": config.nproc})
+
+
+def _process(data_dir: Path, out: Path, name: str | None, resume: Path | None, progress: bool, options: dict) -> dict:
+    """One process of `_launch`: run_train with the launcher's environment (RANK, WORLD_SIZE, ...)."""
+    return run_train(data_dir, out=out, name=name, resume=resume, progress=progress, **options)
+
+
+def _processes(options: dict) -> int:
+    """How many processes train: --nproc, or under torchrun its world size (--nproc left at 1, or equal)."""
+    asked = options.get("nproc", 1)
+    if not distributed.launched():
+        return asked
+    world = distributed.launched_world_size()
+    if asked not in (1, world):
+        raise ValueError(f"--nproc {asked}, but this is one of {world} processes started by torchrun: leave --nproc "
+                         "out under torchrun (its --nproc-per-node and --nnodes decide)")
+    return world
 
 
 def _config_to_run(data_dir: Path, resume: Path | None, options: dict) -> tuple[TrainConfig, dict | None, Path | None]:
     """(config, checkpoint, run directory): a new run's config from the options, or the resumed run's own,
     of which only the epoch budget may grow. Checked before any data is read."""
+    processes = _processes(options)
     if resume is None:
         unknown = sorted(set(options) - set(TrainConfig.__dataclass_fields__))
         if unknown:
             raise ValueError(f"unknown training option {unknown[0]!r}: see `realfake train --help`")
-        config = TrainConfig(**options)
+        config = TrainConfig(**{**options, "nproc": processes})
         config.validate()
         return config.resolved(), None, None
     run_dir = Path(resume)
     checkpoint = trainer.load_checkpoint(run_dir / "last.pt")
     saved = TrainConfig.from_args(checkpoint["args"])
+    if processes != saved.nproc:
+        # Shards, batches and random streams are per process: another count is another run.
+        raise ValueError(f"{run_dir} was trained by {saved.nproc} process(es) and resumes exactly only so, not by "
+                         f"{processes}: resume with --nproc {saved.nproc}")
     config = TrainConfig.from_args({**checkpoint["args"],
                                     "epochs": max(options.get("epochs", TrainConfig.epochs), checkpoint["epoch"])})
     if config.schedule_name in ("cosine", "onecycle") and config.epochs != saved.epochs:
@@ -129,10 +187,13 @@ def load_data(config: TrainConfig, data_dir: Path, device: str, progress: bool) 
         raise ValueError(f"{data_dir} has {len(train_rows)} train and {len(valid_rows)} valid files: "
                          "prepare it with non-zero train and valid fractions")
     augment = (AugmentSpec() if config.blur else AugmentSpec(blur_p=0.0)) if config.augment else None
+    # One process of several reads its shard: of each epoch's permutation (train), of the files (valid).
     common = dict(backend=config.loader, image_size=config.image_size, batch_size=config.batch_size,
                   num_workers=config.num_workers, seed=config.seed, device=device, progress=progress,
-                  cache=config.cache,
+                  cache=config.cache, shard_id=distributed.rank(), num_shards=distributed.world_size(),
                   source_size=sorted(r.width for r in train_rows)[len(train_rows) // 2])
+    if config.input == "ghosts" and distributed.world_size() > 1:
+        _share_ghost_maps(config, data_dir, train_rows, progress)
     regions = _edited_regions(train_rows) if config.region_loss else None
     train_loader = get_loader([r.path for r in train_rows], [r.label for r in train_rows], train=True,
                               augment=augment, ghost_shift=config.ghost_shift, regions=regions, **common,
@@ -140,6 +201,20 @@ def load_data(config: TrainConfig, data_dir: Path, device: str, progress: bool) 
     valid_loader = get_loader([r.path for r in valid_rows], [r.label for r in valid_rows], train=False, **common,
                               **manifest_loader_options(config.input, data_dir, config.image_size, valid_rows))
     return TrainingData(train_rows, valid_rows, train_loader, valid_loader, augment)
+
+
+def _share_ghost_maps(config: TrainConfig, data_dir: Path, rows: list[ManifestRow], progress: bool) -> None:
+    """Compute this process's share of the train files' JPEG ghost maps into the data set's cache, then wait
+    for the others: every process holds all the maps (its shard changes each epoch), and reads them back
+    from the cache rather than computing them all. Files without maps are named by the loader after."""
+    options = manifest_loader_options(config.input, data_dir, config.image_size, rows)
+    share = GhostMapLoader([r.path for r in rows], None, image_size=config.image_size, batch_size=16,
+                           num_workers=config.num_workers, shard_id=distributed.rank(),
+                           num_shards=distributed.world_size(), cache_paths=options["cache_paths"])
+    for _ in tqdm(share, desc="JPEG ghost maps, this process's share", unit="batch", leave=False,
+                  disable=None if progress else True):
+        pass
+    distributed.barrier()
 
 
 def build_training(config: TrainConfig, data: TrainingData, device: str) -> TrainingParts:
@@ -167,14 +242,24 @@ def build_training(config: TrainConfig, data: TrainingData, device: str) -> Trai
         optimizer, config.schedule_name, epochs=config.epochs, steps_per_epoch=len(data.train_loader),
         warmup_epochs=config.warmup_epochs, step_size=config.step_size, gamma=config.gamma, lr=config.lr)
     scaler = torch.amp.GradScaler("cuda") if amp and device.startswith("cuda") else None
-    transform = train_batch_transform(seed=config.seed, pseudo_fakes=config.pseudo_fakes, train_crop=config.train_crop)
+    transform = train_batch_transform(seed=config.seed, pseudo_fakes=config.pseudo_fakes, train_crop=config.train_crop,
+                                      rank=distributed.rank())
+    distributed.seed_process(config.seed)  # the same initial weights everywhere, then dropout of its own
     return TrainingParts(model, optimizer, scheduler, per_batch, scaler, ema, region_loss, transform, amp)
 
 
 def write_run_config(config: TrainConfig, data: TrainingData, data_dir: Path, device: str, out: Path,
                      name: str | None, resumed: tuple[Path | None, trainer.TrainState | None], amp: bool) -> Path:
     """config.json of a new run directory (made here), or of the resumed one (`resumed`: its directory and
-    restored state) with this resume noted."""
+    restored state) with this resume noted. Written by process 0 of a group, which tells the others where."""
+    run_dir = _write_run_config(config, data, data_dir, device, out, name, resumed, amp) if distributed.is_main() \
+        else None
+    return distributed.broadcast_object(run_dir)
+
+
+def _write_run_config(config: TrainConfig, data: TrainingData, data_dir: Path, device: str, out: Path,
+                      name: str | None, resumed: tuple[Path | None, trainer.TrainState | None], amp: bool) -> Path:
+    """write_run_config in the process that writes."""
     run_dir, state = resumed
     if run_dir is not None:
         record = trainer.read_run_config(run_dir)
@@ -198,7 +283,8 @@ def write_run_config(config: TrainConfig, data: TrainingData, data_dir: Path, de
             "args": config.to_args(), "created": dt.datetime.now().isoformat(timespec="seconds"),
         }
     record.update(loader=data.train_loader.backend, device=device, compiled=_uses_compile(config, device),
-                  mixed_precision=amp, versions=versions())
+                  mixed_precision=amp, nproc=config.nproc, global_batch_size=config.batch_size * config.nproc,
+                  versions=versions())
     (run_dir / trainer.RUN_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
     log.info("run %s: %s on %s, loader %s, compile %s", run_dir, config.model, device, data.train_loader.backend,
              _uses_compile(config, device))
@@ -207,7 +293,13 @@ def write_run_config(config: TrainConfig, data: TrainingData, data_dir: Path, de
 
 def fit(config: TrainConfig, data: TrainingData, parts: TrainingParts, device: str, run_dir: Path,
         state: trainer.TrainState | None, progress: bool) -> trainer.TrainState:
+    """trainer.fit of the parts; in a group, the model (compiled or not) and the region loss's head run
+    their steps wrapped in DDP."""
     compiled = torch.compile(parts.model) if _uses_compile(config, device) else None
+    region_loss = parts.region_loss
+    if distributed.world_size() > 1:
+        compiled = distributed.wrap(compiled if compiled is not None else parts.model, device)
+        region_loss = distributed.wrap(region_loss, device) if region_loss is not None else None
     return trainer.fit(parts.model, train_loader=data.train_loader, valid_loader=data.valid_loader,
                        optimizer=parts.optimizer, scheduler=parts.scheduler, device=torch.device(device),
                        run_dir=run_dir, epochs=config.epochs, args=config.to_args(), state=state,
@@ -215,7 +307,7 @@ def fit(config: TrainConfig, data: TrainingData, parts: TrainingParts, device: s
                        channels_last=config.channels_last, scaler=parts.scaler, progress=progress,
                        echo=lambda line: print(line, flush=True), per_batch_scheduler=parts.per_batch_scheduler,
                        label_smoothing=config.label_smoothing, ema=parts.ema, batch_transform=parts.batch_transform,
-                       aux_loss=parts.region_loss)
+                       aux_loss=region_loss)
 
 
 def _uses_compile(config: TrainConfig, device: str) -> bool:

@@ -62,6 +62,10 @@ class TrainConfig:
                                                    "resnet18). Nothing is downloaded.")
     freeze_backbone: bool = option(False, "Train only the new head (torchvision models).")
     device: str = option("auto", "auto, cpu or cuda[:N].")
+    nproc: int = option(1, "Train data-parallel in this many processes on this machine (torch.distributed DDP: gloo "
+                           "on the CPU, which they share; nccl on CUDA, one GPU each). Each reads its share of "
+                           "every epoch, so --batch-size is per process. Under torchrun leave it at 1: the "
+                           "processes are torchrun's.", min=1)
     pseudo_fakes: float = option(0.0, "Self-blended pseudo-fakes: this fraction of each train batch's real images "
                                       "is copied, a face region (eyes/nose/mouth/face/random blob) blended with a "
                                       "colour-, scale- and position-jittered copy of itself or another real face, "
@@ -139,6 +143,8 @@ class TrainConfig:
         model_input(self.model)  # an unknown model is one line naming the models there are
         if self.epochs < 1:
             raise ValueError("--epochs must be at least 1")
+        if self.nproc < 1:
+            raise ValueError(f"--nproc {self.nproc} must be at least 1")
         if not 0.0 <= self.pseudo_fakes <= 1.0:
             raise ValueError(f"--pseudo-fakes {self.pseudo_fakes} must be a fraction between 0 and 1 (e.g. 0.5)")
         if self.real_only and not self.pseudo_fakes:
