@@ -54,7 +54,7 @@ RECORD_NAME = "launder.csv"
 _JPEG_EXTENSIONS = (".jpg", ".jpeg")
 _TMP_SUFFIX = ".launder-tmp"  # a file being written; one left by a killed run is removed on the rerun
 
-LAUNDERED_DIR = "laundered"  # DATA_DIR/laundered/<transform>/: a prepared data set's laundered splits
+LAUNDERED_DIR = "laundered"  # DATA_DIR/laundered/<split>/<transform>/: a prepared data set's laundered splits
 
 
 @dataclass(frozen=True)
@@ -331,10 +331,11 @@ def laundering_specs(requested: list[str] | None) -> list[str]:
 
 
 def laundered_split(data_dir: Path, spec: str, split: str, *, workers: int = 2, progress: bool = True) -> Path:
-    """DATA_DIR/laundered/<spec>/: the split's files laundered by `spec`, with a manifest of the same
-    splits (made once, then reused: `launder_dataset` resumes). A file that cannot be laundered is an
-    error: the laundered rows must be the split's rows."""
-    out = Path(data_dir) / LAUNDERED_DIR / spec.replace(":", "_").replace(",", "_").replace("=", "")
+    """DATA_DIR/laundered/<split>/<spec>/: the split's files laundered by `spec`, with a manifest of the
+    same splits (made once, then reused: `launder_dataset` resumes; one folder per split, as engine builds
+    launder the valid split and `evaluate --launder` the test split). A file that cannot be laundered
+    is an error: the laundered rows must be the split's rows."""
+    out = Path(data_dir) / LAUNDERED_DIR / split / spec.replace(":", "_").replace(",", "_").replace("=", "")
     summary = launder_dataset(data_dir, out, spec, split=split, workers=workers, progress=progress)
     if summary.rejected:
         first = summary.rejected[0]

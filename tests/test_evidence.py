@@ -65,7 +65,7 @@ def test_a_ghost_engine_records_why_it_has_no_gate_on_a_tiny_validation_split(gh
     evidence = json.loads((engine / ENGINE_JSON).read_text())["evidence"]
     assert evidence["kind"] == "none" and evidence["why"]
     assert len(evidence["outcomes"]) == 14  # one measurement per family transform
-    assert (root / "data" / "laundered" / "jpeg_q85" / "manifest.csv").is_file()  # the valid split, laundered
+    assert (root / "data" / "laundered" / "valid" / "jpeg_q85" / "manifest.csv").is_file()  # the valid split, laundered
 
 
 def test_files_the_gate_flags_are_unknown_with_the_reason_and_never_fake(ghost_engine, tmp_path):
