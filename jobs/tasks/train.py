@@ -135,10 +135,12 @@ def load_data(config: TrainConfig, data_dir: Path, device: str, progress: bool) 
                   source_size=sorted(r.width for r in train_rows)[len(train_rows) // 2])
     regions = _edited_regions(train_rows) if config.region_loss else None
     train_loader = get_loader([r.path for r in train_rows], [r.label for r in train_rows], train=True,
-                              augment=augment, ghost_shift=config.ghost_shift, regions=regions, **common,
-                              **manifest_loader_options(config.input, data_dir, config.image_size, train_rows))
+                              augment=augment, ghost_shift=config.ghost_shift, regions=regions, launder=config.launder,
+                              **common, **manifest_loader_options(config.input, data_dir, config.image_size, train_rows,
+                                                                  config.ghost_maps))
     valid_loader = get_loader([r.path for r in valid_rows], [r.label for r in valid_rows], train=False, **common,
-                              **manifest_loader_options(config.input, data_dir, config.image_size, valid_rows))
+                              **manifest_loader_options(config.input, data_dir, config.image_size, valid_rows,
+                                                        config.ghost_maps))
     return TrainingData(train_rows, valid_rows, train_loader, valid_loader, augment)
 
 
@@ -190,9 +192,12 @@ def write_run_config(config: TrainConfig, data: TrainingData, data_dir: Path, de
             "mean": list(MEAN), "std": list(STD), "class_names": list(CLASS_NAMES),
             "data_dir": str(data_dir), "manifest_sha256": manifest_sha256(data_dir),
             "n_train": len(data.train_rows), "n_valid": len(data.valid_rows),
-            # Ghost maps are only flipped and shifted (see jpeg_ghosts.InMemoryGhostLoader).
+            "ghost_maps": config.ghost_maps if config.input == "ghosts" else None,
+            # Ghost maps are only flipped and shifted (see ghost_loaders.InMemoryGhostLoader).
             "augment_spec": ({"hflip_p": 0.5 if augment else 0.0, "shift_cells": config.ghost_shift}
                              if config.input == "ghosts" else augment.to_dict() if augment else None),
+            # The share of train images laundered each epoch (pipelines/launder.py: drawn per seed, epoch, image).
+            "launder": config.launder,
             "schedule": config.schedule_name,
             "pseudo_fake_spec": DEFAULT_SPEC.to_dict() if config.pseudo_fakes else None,
             "args": config.to_args(), "created": dt.datetime.now().isoformat(timespec="seconds"),
