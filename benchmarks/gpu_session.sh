@@ -5,6 +5,8 @@
 #   benchmarks/gpu_session.sh install PARTS_DIR   # join the parts of wheels.tar (DALI and what it needs,
 #                                                 # plus the CIPLAB folder) and install into /tmp/site
 #   benchmarks/gpu_session.sh bench               # gpu_check.py, gpu_engines.py, gpu_score.py (at most 590 s: their timeouts)
+#   benchmarks/gpu_session.sh ghosts              # gpu_ghosts.py: ghost scoring vs DALI decode-only (progressive and
+#                                                 # baseline), ghost training epochs vs model-only steps (at most 420 s)
 #   benchmarks/gpu_session.sh sweep SECONDS       # prepare the data, train the sweep's runs in parallel
 #                                                 # for at most SECONDS, then write the results table
 #
@@ -13,7 +15,7 @@
 #   tar cf - -C .whl wheels -C /path/to/shared/data real_and_fake_face | split -b 55M -d - .whl/gp-
 # `GPU_DRY=1` runs the same steps small on a machine without a GPU (DALI CPU, --device cpu).
 set -uo pipefail
-mode=${1:?usage: gpu_session.sh install PARTS_DIR | bench | sweep SECONDS}
+mode=${1:?usage: gpu_session.sh install PARTS_DIR | bench | ghosts | sweep SECONDS}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-/tmp/gpu-out}
 IN=${GPU_IN:-/tmp/in}  # where the parts unpack: wheels/ and real_and_fake_face/
@@ -52,6 +54,16 @@ bench)
   echo "gpu_score exit $?"
   set +x
   for log in check engines score; do echo "=== $log"; tail -n 40 "$OUT/$log.log"; done ;;
+ghosts)
+  dry=()
+  if [ -n "${GPU_DRY:-}" ]; then
+    dry=(--device cpu --n 8 --copies 2 --batch 4 --epochs 1 --seconds 0.5 --threads 2)
+  fi
+  set -x
+  timeout 420 "$PY" benchmarks/gpu_ghosts.py --data "$DATA_SRC" "${dry[@]}" --json "$OUT/ghosts.json" \
+    >"$OUT/ghosts.log" 2>&1; echo "gpu_ghosts exit $?"
+  set +x
+  echo "=== ghosts"; tail -n 30 "$OUT/ghosts.log" ;;
 sweep)
   seconds=${2:?give the seconds the parallel training may take}
   common=(--cache gpu --set amp=true --set channels_last=true --device cuda)

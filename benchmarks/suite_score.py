@@ -135,12 +135,14 @@ def random_model(name: str, image_size: int = IMAGE_SIZE):
 
 
 def cached_engine(model_name: str, backend: str, device: str, image_size: int = IMAGE_SIZE,
-                  precision: str = "fp32") -> Path:
+                  precision: str = "fp32", ghost_maps: str | None = None) -> Path:
     """An engine of `model_name` with random weights (seed 0), built once per backend, precision, device
-    type and torch version, then reused (an AOT build takes tens of seconds on 2 cores)."""
+    type, kind of ghost maps (ghost models) and torch version, then reused (an AOT build takes tens of
+    seconds on 2 cores)."""
     precision = resolve_precision(precision, device)[0]
     device_type = "cuda" if device.startswith("cuda") else "cpu"
-    out = cache_dir() / f"{model_name}@{image_size}-{backend}-{precision}-{device_type}-torch{torch.__version__}"
+    kind = f"-{ghost_maps}" if ghost_maps else ""
+    out = cache_dir() / f"{model_name}{kind}@{image_size}-{backend}-{precision}-{device_type}-torch{torch.__version__}"
     if out.is_dir():
         try:
             load_engine(out, device=device).close()
@@ -151,7 +153,8 @@ def cached_engine(model_name: str, backend: str, device: str, image_size: int = 
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     build_engine_from_model(random_model(model_name, image_size), out, architecture=model_name, image_size=image_size,
-                            backend=backend, precision=precision, batch=(1, 64, 256), device=device)
+                            backend=backend, precision=precision, batch=(1, 64, 256), device=device,
+                            ghost_maps=ghost_maps)
     log.info("built %s engine for %s in %.0f s (cached in %s)", backend, model_name, time.perf_counter() - start, out)
     return out
 

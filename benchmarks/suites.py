@@ -37,6 +37,7 @@ SUITE_MODULES: dict[str, str] = {
     "score": "realfake.benchmarks.suite_score",  # end to end over a folder
     "score-ray": "realfake.benchmarks.suite_score_ray",  # `score` plain vs `score --ray` (needs Ray)
     "ghosts": "realfake.benchmarks.suite_ghosts",  # JPEG ghost maps: PIL reference vs batched torch
+    "score-ghosts": "realfake.benchmarks.suite_score_ghosts",  # score with a ghost engine: pil vs dct maps
 }
 ALL = "all"
 

@@ -40,6 +40,7 @@ from realfake.engines.schema import (
 )
 from realfake.engines.trainer import load_runs
 from realfake.models import Ensemble, MirrorAverage, input_shape, model_input
+from realfake.pipelines.jpeg_ghosts import check_kind
 from realfake.pipelines.launder import FAMILY
 from realfake.pipelines.launder_dataset import laundered_split
 from realfake.pipelines.loaders import get_loader, manifest_loader_options
@@ -134,15 +135,16 @@ def random_validation(shape: Sequence[int], n: int = 64, batch_size: int = 32, s
 
 
 def split_validation(data_dir: Path, image_size: int, split: str = "valid", batch_size: int = 32,
-                     num_workers: int = 2, input: str = "pixels") -> Validation:
+                     num_workers: int = 2, input: str = "pixels", ghost_maps: str = "pil") -> Validation:
     """The files of `split` in DATA_DIR's manifest, through the torchvision loader (in order), or
-    their JPEG ghost maps (input="ghosts", read from the data set's map cache when there)."""
+    their JPEG ghost maps of kind `ghost_maps` (input="ghosts", read from the data set's map cache
+    of that kind when there)."""
     rows = read_manifest(data_dir, split)
     if not rows:
         raise ValueError(f"the {split} split of {data_dir} is empty: an engine needs validation images for its "
                          "parity check and threshold; prepare the data with a non-zero valid fraction")
 
-    extra = manifest_loader_options(input, data_dir, image_size, rows)
+    extra = manifest_loader_options(input, data_dir, image_size, rows, ghost_maps)
 
     def batches():
         loader = get_loader([r.path for r in rows], [r.label for r in rows], train=False, backend="torch",
@@ -295,13 +297,16 @@ def build_engine_from_model(model: nn.Module, out: str | Path, *, architecture: 
                             width: int | None = None, mean: Sequence[float] | None = None,
                             std: Sequence[float] | None = None, class_names: Sequence[str] | None = None,
                             source: Mapping[str, Any] | None = None, parity_images: int = PARITY_MAX_IMAGES,
-                            laundered: Mapping[str, Validation] | None = None, **options) -> Path:
+                            laundered: Mapping[str, Validation] | None = None, ghost_maps: str | None = None,
+                            **options) -> Path:
     """Build an engine directory from an in-memory model (what `build_engine` does after loading a
     run; benchmarks call it with random weights). `model` must be `build_model(architecture,
     image_size=..., dropout=..., width=...)` with trained weights, or an Ensemble of such models.
     `options` are the fields of `BuildOptions`; tta="flip" builds the model averaged with its run on the
     mirror image (twice the compute). `laundered`: the validation images laundered by each transform of
-    the family (ghost engines), for the laundering gate. Returns `out`."""
+    the family (ghost engines), for the laundering gate. `ghost_maps`: the kind of ghost maps the model
+    was trained on and `validation` holds (ghost architectures; default "pil"), recorded in engine.json
+    so that every reader computes that kind. Returns `out`."""
     started = time.perf_counter()
     opts = build_options(options)
     backend, batch, threshold, target_fpr, device, tta = (opts.backend, opts.batch, opts.threshold, opts.target_fpr,
@@ -317,11 +322,16 @@ def build_engine_from_model(model: nn.Module, out: str | Path, *, architecture: 
     if "fake" not in class_names:
         raise ValueError(f"class names {class_names} have no 'fake' class: p_fake is undefined")
     model = model.eval().to(device)
+    if model_input(architecture) == "ghosts":
+        ghost_maps = check_kind(ghost_maps or "pil")
+    elif ghost_maps is not None:
+        raise ValueError(f"{architecture} reads pixels: ghost_maps={ghost_maps!r} applies to ghost-map models only")
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "engine_id": None,
         "architecture": architecture,
         "input": model_input(architecture),
+        "ghost_maps": ghost_maps,
         "members": len(model.members) if isinstance(model, Ensemble) else 1,
         "tta": tta,
         "image_size": int(image_size),
@@ -416,16 +426,18 @@ def build_engine(run_dir: str | Path, out: str | Path, *, checkpoint: str = "bes
     if len(members) > 1:
         source["ensemble"] = [{"run_dir": str(p), "checkpoint_sha256": sha256_file(p / f"{checkpoint}.pt")}
                               for p in members]
+    kind = config["ghost_maps"]  # the maps the runs were trained on: parity, threshold and gate read them
     validation = split_validation(data_dir, int(config["image_size"]), num_workers=num_workers,
-                                  input=config["input"])
+                                  input=config["input"], ghost_maps=kind or "pil")
     laundered = None
     if config["input"] == "ghosts" and options.get("evidence", BuildOptions.evidence):
         laundered = {spec: split_validation(laundered_split(data_dir, spec, "valid", workers=max(1, num_workers)),
-                                            int(config["image_size"]), num_workers=num_workers, input="ghosts")
+                                            int(config["image_size"]), num_workers=num_workers, input="ghosts",
+                                            ghost_maps=kind)
                      for spec in FAMILY}
     return build_engine_from_model(
         model, out, architecture=config["model"], image_size=int(config["image_size"]), validation=validation,
         dropout=config["dropout"], width=config["width"], mean=config["mean"], std=config["std"],
-        class_names=config["class_names"], source=source, laundered=laundered, **options)
+        class_names=config["class_names"], source=source, laundered=laundered, ghost_maps=kind, **options)
 
 

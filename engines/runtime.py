@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from realfake.engines.backends import COMPILED_ARTIFACT_BACKENDS, backend_module
 from realfake.engines.evidence import Gate
-from realfake.engines.schema import EngineError, one_line, parse_batch, read_engine_meta
+from realfake.engines.schema import EngineError, engine_ghost_maps, one_line, parse_batch, read_engine_meta
 from realfake.models import input_shape, model_input
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ class Engine:
         self.engine_id: str = meta["engine_id"]
         self.image_size: int = int(meta["image_size"])
         self.input: str = model_input(meta["architecture"])  # "pixels" or "ghosts" (JPEG ghost maps)
+        self.ghost_maps: str | None = engine_ghost_maps(meta)  # the kind of ghost maps it reads; None: pixels
         self.input_shape: tuple[int, int, int] = input_shape(meta["architecture"], self.image_size)
         self.threshold: float = float(meta["threshold"])
         self.backend: str = meta["backend"]

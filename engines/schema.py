@@ -1,9 +1,11 @@
 """engine.json: the record an engine directory carries beside its artifact, its checks and its id.
 
-Fields: architecture, input, members, tta, image_size, num_classes, dropout, width, mean/std, class
-names, decision threshold and how it was chosen, backend (and why), precision (and why), batch range,
-channels_last, device, versions, source run and checkpoint hashes, parity against eager fp32, the
-artifact's file and sha256, build time. `read_engine_meta` checks a directory before anything loads it.
+Fields: architecture, input, ghost_maps (the kind of JPEG ghost maps a ghost engine reads: "pil" or
+"dct"; engines that predate it read "pil"), members, tta, image_size, num_classes, dropout, width,
+mean/std, class names, decision threshold and how it was chosen, backend (and why), precision (and
+why), batch range, channels_last, device, versions, source run and checkpoint hashes, parity against
+eager fp32, the artifact's file and sha256, build time. `read_engine_meta` checks a directory before
+anything loads it.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any, NamedTuple
 import torch
 from realfake.engines.backends import BACKENDS, COMPILED_ARTIFACT_BACKENDS
 from realfake.engines.devices import PRECISIONS
+from realfake.pipelines.jpeg_ghosts import GHOST_MAPS
 from realfake.pipelines.provenance import sha256_file
 
 FORMAT_VERSION = 1
@@ -26,6 +29,9 @@ ENGINE_TTA = ("none", "flip")  # test-time views an engine can average (crops re
 CORE_FIELDS = ("format_version", "architecture", "input", "members", "tta", "width", "image_size", "num_classes",
                "mean", "std", "class_names", "threshold", "evidence", "backend", "precision", "batch", "channels_last",
                "device")
+# Core fields an engine carries only where they apply (ghost engines): hashed when present, so the ids
+# of engines built before them stay what they were.
+OPTIONAL_CORE_FIELDS = ("ghost_maps",)
 REQUIRED_FIELDS = (*CORE_FIELDS, "engine_id", "artifact", "versions")
 
 
@@ -86,6 +92,7 @@ def compute_engine_id(meta: Mapping[str, Any]) -> str:
     """First 12 hex digits of sha256 over the artifact's hash and the fields that change what the
     engine computes: the same engine always gets the same id, any other engine another."""
     core = {key: meta.get(key) for key in CORE_FIELDS}
+    core.update({key: meta[key] for key in OPTIONAL_CORE_FIELDS if meta.get(key) is not None})
     core["artifact_sha256"] = meta["artifact"]["sha256"]
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -100,10 +107,18 @@ def _base_version(version: str | None) -> str:
     return (version or "").split("+", 1)[0]
 
 
+def engine_ghost_maps(meta: dict) -> str | None:
+    """The kind of ghost maps an engine reads ("pil" for ghost engines built before the field), or None
+    for a pixel engine."""
+    if meta.get("input") != "ghosts":
+        return None
+    return meta.get("ghost_maps") or "pil"
+
+
 def read_engine_meta(path: str | Path, *, expected_image_size: int | None = None,
                      verify_artifact: bool = True) -> dict:
     """engine.json of engine directory `path`, checked: present and readable, known format and
-    backend, all fields, the artifact present with the recorded sha256, the engine id matching the
+    backend, all fields, a known kind of ghost maps, the artifact present with the recorded sha256, the engine id matching the
     fields, the torch version for compiled artifacts, the image size the caller expects. Each problem
     raises EngineError with one line naming the file and the fix."""
     path = Path(path)
@@ -151,6 +166,9 @@ def read_engine_meta(path: str | Path, *, expected_image_size: int | None = None
             raise EngineError(f"{path} holds a compiled ({meta['backend']}) engine built with torch {built}, "
                               f"this is torch {_base_version(torch.__version__)}: compiled artifacts run only on "
                               f"the torch that built them: {rebuild} (or use an eager/compile engine)")
+    if meta["input"] == "ghosts" and meta.get("ghost_maps", "pil") not in GHOST_MAPS:
+        raise EngineError(f"{meta_file} names unknown ghost maps {meta['ghost_maps']!r} (this realfake computes "
+                          f"{', '.join(GHOST_MAPS)}): {rebuild}")
     if expected_image_size is not None and int(meta["image_size"]) != int(expected_image_size):
         raise EngineError(f"{path} was built for {meta['image_size']} px images, not {expected_image_size}: use an "
                           f"engine built at {expected_image_size} px, or load the images at {meta['image_size']} px")

@@ -255,11 +255,21 @@ def read_run_config(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def run_ghost_maps(config: dict) -> str | None:
+    """The kind of JPEG ghost maps a run's model was trained on ("pil" or "dct"; runs that predate the
+    choice trained on "pil"), or None for a model that reads pixels."""
+    if config.get("input") != "ghosts":
+        return None
+    return config.get("ghost_maps") or (config.get("args") or {}).get("ghost_maps") or "pil"
+
+
 def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[nn.Module, dict, dict]:
-    """(model in eval mode on the CPU, config.json, checkpoint dict) of a `realfake train` run."""
+    """(model in eval mode on the CPU, config.json, checkpoint dict) of a `realfake train` run. The
+    config's "ghost_maps" says which kind of ghost maps the model reads (None: pixels)."""
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"unknown checkpoint {checkpoint!r}: choose {' or '.join(CHECKPOINTS)}")
     config = read_run_config(run_dir)
+    config["ghost_maps"] = run_ghost_maps(config)
     state = load_checkpoint(Path(run_dir) / f"{checkpoint}.pt")
     model = build_model(config["model"], num_classes=len(config["class_names"]), image_size=config["image_size"],
                         dropout=config["dropout"], width=config["width"])
@@ -269,8 +279,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[nn.Module, 
 
 def load_runs(run_dirs, checkpoint: str = "best") -> tuple[nn.Module, dict, dict]:
     """load_run of the first run, or with several an Ensemble of their models (the first run's config and
-    checkpoint dict). The runs must share model, image size, classes and data set (the manifest's sha256):
-    an ensemble is evaluated on, and calibrated with, splits none of its members trained on."""
+    checkpoint dict). The runs must share model, image size, classes, kind of ghost maps and data set (the
+    manifest's sha256): an ensemble is evaluated on, and calibrated with, splits none of its members
+    trained on."""
     run_dirs = list(run_dirs)
     model, config, state = load_run(run_dirs[0], checkpoint)
     if len(run_dirs) == 1:
@@ -278,7 +289,7 @@ def load_runs(run_dirs, checkpoint: str = "best") -> tuple[nn.Module, dict, dict
     members = [model]
     for other in run_dirs[1:]:
         member, other_config, _ = load_run(other, checkpoint)
-        for key in ("model", "width", "image_size", "class_names", "manifest_sha256"):
+        for key in ("model", "width", "image_size", "class_names", "manifest_sha256", "ghost_maps"):
             if other_config.get(key) != config.get(key):
                 raise ValueError(f"{other} cannot join an ensemble with {run_dirs[0]}: its {key} differs "
                                  f"({other_config.get(key)!r} vs {config.get(key)!r}); ensemble runs of one model, "

@@ -198,10 +198,26 @@ def _to_torch(tensor, exec_dynamic: bool) -> torch.Tensor:
     return out
 
 
-def pass_batches(pipe, n_batches: int, n_samples: int, started: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
+def _to_torch_samples(tensor_list) -> list[torch.Tensor]:
+    """The samples of a DALI TensorList of samples of different shapes, each copied into its own torch
+    tensor (on the list's device): what outlives `release_outputs`."""
+    out = []
+    for i in range(len(tensor_list)):
+        sample = tensor_list[i]
+        if isinstance(sample, TensorGPU):
+            with torch.device("cuda", sample.device_id()):
+                out.append(torch.from_dlpack(sample).clone())
+        else:
+            out.append(torch.from_numpy(np.array(sample)))
+    return out
+
+
+def pass_batches(pipe, n_batches: int, n_samples: int, started: bool = False,
+                 ragged: tuple[bool, ...] = ()) -> Iterator[tuple[torch.Tensor, ...]]:
     """The outputs of `n_batches` runs of a built pipeline whose reader holds `n_samples` samples
     (`pad_last_batch=True`), as torch tensors, the padding cut off the last batch. `started`: the
-    first `schedule_run` was made already (`DaliLoader.prepare`).
+    first `schedule_run` was made already (`DaliLoader.prepare`). `ragged[k]`: output k holds samples
+    of different shapes (decoded images of any size): it comes as a list of tensors, one per sample.
 
     Exactly `n_batches` runs are scheduled: the first `schedule_run` queues `prefetch_queue_depth` of
     them (at most `n_batches`, see `DaliLoader._pipeline`), and one more follows each batch taken until
@@ -213,7 +229,8 @@ def pass_batches(pipe, n_batches: int, n_samples: int, started: bool = False) ->
     if not started:
         pipe.schedule_run()
     for b in range(n_batches):
-        outputs = [_to_torch(out.as_tensor(), pipe.exec_dynamic) for out in pipe.share_outputs()]
+        outputs = [_to_torch_samples(out) if k < len(ragged) and ragged[k] else _to_torch(out.as_tensor(), pipe.exec_dynamic)
+                   for k, out in enumerate(pipe.share_outputs())]
         pipe.release_outputs()
         if scheduled < n_batches:  # the next batch decodes while this one is used
             pipe.schedule_run()
@@ -326,7 +343,11 @@ _FILE_OPS = ("fn.decoders.image", "fn.readers.file")
 
 
 class DaliLoader:
-    """Iterable of `Batch` over one shard of `files`; see `make_dali_loader`."""
+    """Iterable of `Batch` over one shard of `files`; see `make_dali_loader`. Subclasses with another graph
+    override `_pipeline`, `_make_batch` and `_empty_images` (and set `ragged` for outputs of samples of
+    different shapes, see `pass_batches`)."""
+
+    ragged: tuple[bool, ...] = ()
 
     def __init__(self, files: Sequence[str], labels: Sequence[int] | None, *, train: bool, image_size: int,
                  batch_size: int, augment: AugmentSpec | None, num_workers: int, seed: int, shard_id: int,
@@ -469,10 +490,10 @@ class DaliLoader:
                 pipe = prepared if prepared is not None else \
                     self._pipeline(files, labels, shard_id, num_shards, attempt, n_batches)
                 started, prepared = prepared is not None, None
-                for images, index in pass_batches(pipe, n_batches, n_samples, started):
+                for images, index in pass_batches(pipe, n_batches, n_samples, started, self.ragged):
                     indices = index.reshape(-1).to(torch.int64)
                     delivered.update(indices.tolist())
-                    yield Batch(images, self.labels[indices].to(images.device), indices, tuple(unreported))
+                    yield self._make_batch(images, indices, tuple(unreported))
                     unreported = []
                 break
             except RuntimeError as exc:
@@ -495,9 +516,15 @@ class DaliLoader:
                 shard_id, num_shards = 0, 1
                 attempt += 1
         if unreported:  # nothing left to carry them: an empty batch reports them
-            empty = torch.empty((0, 3, self.image_size, self.image_size))
             none = torch.empty(0, dtype=torch.int64)
-            yield Batch(empty, none, none, tuple(unreported))
+            yield Batch(self._empty_images(), none, none, tuple(unreported))
+
+    def _make_batch(self, images: torch.Tensor, indices: torch.Tensor, errors: tuple[tuple[int, str], ...]) -> Batch:
+        """The Batch of one pipeline run: its images, the files' positions in `files`, the errors to report."""
+        return Batch(images, self.labels[indices].to(images.device), indices, errors)
+
+    def _empty_images(self) -> torch.Tensor:
+        return torch.empty((0, 3, self.image_size, self.image_size))
 
 
 def make_dali_loader(files: Sequence[str], labels: Sequence[int] | None, *, train: bool, image_size: int,

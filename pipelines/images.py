@@ -13,6 +13,7 @@ and TIFF (multi-page, many compressions DALI and torchvision do not share) are r
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass, replace
 
@@ -103,10 +104,12 @@ def _open_failure_reason(f, head: bytes) -> str:
 
 
 def _decode(path: str | os.PathLike, max_pixels: int | None, draft_size: tuple[int, int] | None = None,
-            ycbcr: bool = False):
-    """Open and fully decode `path`; return (decoded image, info) or raise InvalidImageError."""
+            ycbcr: bool = False, data: bytes | None = None):
+    """Open and fully decode `path` (or `data`, the bytes of a file that `path` names in errors);
+    return (decoded image, info) or raise InvalidImageError."""
     try:
-        f = open(path, "rb")  # closed by the with-block below; PIL reads lazily from it
+        # closed by the with-block below; PIL reads lazily from it
+        f = io.BytesIO(data) if data is not None else open(path, "rb")
     except OSError as exc:
         raise InvalidImageError(path, f"unreadable: {exc.strerror or exc}") from exc
     with f:
@@ -179,25 +182,28 @@ def load_rgb(
     draft_size: tuple[int, int] | None = None,
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    data: bytes | None = None,
 ) -> Image.Image:
     """Decode `path` to an RGB PIL image with EXIF orientation applied (as DALI does by default).
 
     `draft_size=(w, h)`: for JPEGs, let libjpeg decode at the smallest 1/2, 1/4 or 1/8 scale that
     still covers (w, h) -- much faster when the target is far smaller than the file; resize after.
+    `data`: the file's bytes, held in memory (a laundered copy), with `path` naming it in errors.
     Raises InvalidImageError like `check_image`.
     """
-    img, _ = _decode(path, max_pixels, draft_size)
+    img, _ = _decode(path, max_pixels, draft_size, data=data)
     img = ImageOps.exif_transpose(img)
     return to_rgb(img)
 
 
 def load_jpeg(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-              ycbcr: bool = False) -> tuple[Image.Image, int]:
+              ycbcr: bool = False, data: bytes | None = None) -> tuple[Image.Image, int]:
     """Decode a JPEG as stored (no EXIF rotation: its 8x8 block grid is in stored orientation) and return
     (the decoded PIL JPEG image, its EXIF orientation, 1 if none). Readers of compression traces (JPEG
     ghost maps) need the file's own quantization tables, so any other format raises "not a JPEG".
-    `ycbcr`: a colour JPEG comes back in mode YCbCr, the decoder's planes without its RGB conversion."""
-    img, info = _decode(path, max_pixels, ycbcr=ycbcr)
+    `ycbcr`: a colour JPEG comes back in mode YCbCr, the decoder's planes without its RGB conversion.
+    `data`: the file's bytes, held in memory (a laundered copy), with `path` naming it in errors."""
+    img, info = _decode(path, max_pixels, ycbcr=ycbcr, data=data)
     if info.format not in ("JPEG", "MPO"):
         img.close()
         raise InvalidImageError(path, "not a JPEG")

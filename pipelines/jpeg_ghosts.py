@@ -14,39 +14,33 @@ the EXIF orientation, like the pixels every other loader gives. An image larger 
 is centre-cropped on the 16-pixel MCU grid before re-saving (so the re-save sees the blocks the
 file has); a smaller one gives smaller maps, padded with zeros (the centred mean) to the model's grid.
 
-Costs 11 encodes and 12 decodes a file, so training computes
-the maps once and keeps them on disk by content hash (`cache_dir`): later epochs, seeds, evaluations
-and engine builds read them back. Only JPEG files have ghosts: anything else is the error "not a JPEG".
+Costs 11 encodes and 12 decodes a file. The same maps as batched tensor math (the "dct" kind of
+GHOST_MAPS) are `jpeg_ghosts_torch`; `ghost_inputs` computes a file's maps of either kind, and
+`ghost_loaders` streams them, keeping them on disk by content hash (`cache_folder`, one folder per
+kind and size): later epochs, seeds, evaluations and engine builds read them back. Only JPEG files
+have ghosts: anything else is the error "not a JPEG".
 """
 from __future__ import annotations
 
 import io
-import logging
-import math
 import os
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, JpegImagePlugin
 from realfake.pipelines.images import InvalidImageError, load_jpeg
-from realfake.pipelines.prepare import EDIT_REGIONS
-from realfake.pipelines.spec import Batch, InMemoryBatches, shard_of, shard_range
-from realfake.pipelines.torch_loader import collate
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
-
-log = logging.getLogger(__name__)
 
 QUALITIES = ("keep", *range(50, 100, 5))
 BLOCK = 8  # the JPEG block: one map cell
 MCU = 16  # crops start on the 4:2:0 MCU grid, so the chroma blocks stay the file's own
 CHANNELS = 3 * len(QUALITIES)
 LOG_EPS = 0.01  # floor of log(): blocks that re-save exactly (flat areas) are 0 error
-MAPS_VERSION = 1  # part of the cache folder name: change it when the maps change
-GHOST_MAPS = ("pil",)  # how the maps are computed (`ghost_maps` of a run and an engine)
+MAPS_VERSION = 1  # part of the cache folder names: change it when the maps of either kind change
+# How the maps are computed (`ghost_maps` of a run and an engine): pil, the re-saves above (the
+# reference); dct, the same maps as batched DCT-domain tensor math (`jpeg_ghosts_torch`), an
+# approximation a model must be trained on. `ghost_inputs` computes either.
+GHOST_MAPS = ("pil", "dct")
 
 
 def grid_cells(image_size: int) -> int:
@@ -96,10 +90,11 @@ def _centre_crop(img: Image.Image, image_size: int) -> tuple[Image.Image, int, i
     return crop, side_h // BLOCK * BLOCK, side_w // BLOCK * BLOCK
 
 
-def raw_maps(path: str | os.PathLike, image_size: int) -> np.ndarray:
+def raw_maps(path: str | os.PathLike, image_size: int, *, data: bytes | None = None) -> np.ndarray:
     """(CHANNELS, h, w) float32 mean squared re-save error per 8x8 block and YCbCr plane, h and w at most
-    image_size / 8, in display orientation. Raises InvalidImageError (incl. "not a JPEG")."""
-    img, orientation = load_jpeg(path)
+    image_size / 8, in display orientation. Raises InvalidImageError (incl. "not a JPEG"). `data`: the
+    file's bytes held in memory (a laundered copy), `path` naming it in errors."""
+    img, orientation = load_jpeg(path, data=data)
     with img:
         crop, h, w = _centre_crop(img, image_size)
         if h == 0 or w == 0:
@@ -145,164 +140,28 @@ def ghost_view(path: str | os.PathLike, image_size: int) -> tuple[np.ndarray, tu
     return canvas, (left, top, left + cols * BLOCK, top + rows * BLOCK)
 
 
-def ghost_maps(path: str | os.PathLike, image_size: int) -> np.ndarray:
+def ghost_maps(path: str | os.PathLike, image_size: int, *, data: bytes | None = None) -> np.ndarray:
     """The model input of one file: float32 (CHANNELS, image_size/8, image_size/8)."""
-    return normalize(raw_maps(path, image_size), grid_cells(image_size))
+    return normalize(raw_maps(path, image_size, data=data), grid_cells(image_size))
 
 
-def cache_folder(data_dir: str | os.PathLike, image_size: int) -> Path:
-    """Where a prepared data set keeps its files' maps (one .npy per content sha256)."""
-    return Path(data_dir) / "cache" / f"jpeg-ghosts-v{MAPS_VERSION}-{image_size}px"
+def check_kind(kind: str) -> str:
+    """`kind` if it is one of GHOST_MAPS, else a one-line ValueError."""
+    if kind not in GHOST_MAPS:
+        raise ValueError(f"unknown kind of ghost maps {kind!r}: choose one of {', '.join(GHOST_MAPS)}")
+    return kind
 
 
-class GhostMapDataset(Dataset):
-    """Maps of one file per item; a file that fails becomes an error entry (as the image loaders)."""
-
-    def __init__(self, files: Sequence[str], labels: Sequence[int] | None, positions: Sequence[int],
-                 image_size: int, cache_paths: Sequence[Path] | None = None):
-        self.files, self.labels, self.positions = list(files), labels, list(positions)
-        self.image_size, self.cache_paths = image_size, cache_paths
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def __getitem__(self, i: int):
-        index = self.positions[i]
-        label = -1 if self.labels is None else int(self.labels[index])
-        cached = self.cache_paths[index] if self.cache_paths is not None else None
-        if cached is not None and cached.is_file():
-            maps = self._read(cached)
-            if maps is not None:
-                return torch.from_numpy(maps), label, index, None
-        try:
-            maps = ghost_maps(self.files[index], self.image_size)
-        except InvalidImageError as exc:
-            return None, label, index, exc.reason
-        if cached is not None:  # written whole, then renamed: a killed run never leaves half a file
-            tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npy")
-            np.save(tmp, maps.astype(np.float16))
-            os.replace(tmp, cached)
-            maps = maps.astype(np.float16).astype(np.float32)  # what a later read gives
-        return torch.from_numpy(maps), label, index, None
+def cache_folder(data_dir: str | os.PathLike, image_size: int, kind: str = "pil") -> Path:
+    """Where a prepared data set keeps its files' maps of one kind and size (one .npy per content
+    sha256): a folder per kind, so maps of two kinds never mix."""
+    name = {"pil": "jpeg-ghosts", "dct": "jpeg-ghosts-dct"}[check_kind(kind)]
+    return Path(data_dir) / "cache" / f"{name}-v{MAPS_VERSION}-{image_size}px"
 
 
-    def _read(self, cached: Path) -> np.ndarray | None:
-        """The cached maps, or None for a file that is unreadable or of another shape (computed again)."""
-        cells = grid_cells(self.image_size)
-        try:
-            maps = np.load(cached)
-        except (OSError, ValueError, EOFError):
-            log.warning("%s is damaged: computing those maps again", cached)
-            return None
-        if maps.shape != (CHANNELS, cells, cells):
-            log.warning("%s holds maps of shape %s, not %s: computing them again", cached, maps.shape,
-                        (CHANNELS, cells, cells))
-            return None
-        return maps.astype(np.float32)
-
-
-class GhostMapLoader:
-    """Streams maps of `files` in order (evaluation, engine validation, folder scoring): the Loader
-    protocol of `pipelines.loaders` (iterable of Batch, len, set_epoch, .backend)."""
-
-    backend = "jpeg-ghosts"
-
-    def __init__(self, files: Sequence[str], labels: Sequence[int] | None, *, image_size: int, batch_size: int,
-                 num_workers: int = 2, shard_id: int = 0, num_shards: int = 1,
-                 cache_paths: Sequence[Path] | None = None):
-        positions = shard_range(len(files), shard_id, num_shards)
-        self.dataset = GhostMapDataset(files, labels, positions, image_size, cache_paths)
-        self.batch_size, self.num_workers = batch_size, num_workers
-
-    def set_epoch(self, epoch: int) -> None:
-        pass
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.dataset) / self.batch_size)
-
-    def __iter__(self):
-        yield from DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                              collate_fn=collate, persistent_workers=False)
-
-
-class InMemoryGhostLoader(InMemoryBatches):
-    """Training batches: every file's maps computed (or read from the cache) once into host memory, then
-    shuffled each epoch with random horizontal flips and, with `shift`, each batch moved by up to
-    `shift` cells each way (edges repeated): faces are not all centred alike. Shuffle, flips and shifts
-    are a pure function of (seed, epoch), so `--resume` is exact. A file without maps stops training
-    (the data set changed since `realfake data prepare`) rather than shrinking the epoch. One of several
-    training processes (`num_shards` > 1) holds every file's maps and reads its `spec.shard_of` each
-    epoch's order; the processes after the first draw flips and shifts of their own (seeded by shard).
-
-    `regions` (one per file: a tuple of 0/1 per edited region, `prepare.EDIT_REGIONS` order, or None
-    where unknown) ride along as `Batch.regions`, the two eyes swapped where a map is mirrored."""
-
-    backend = "jpeg-ghosts-memory"
-
-    def __init__(self, files: Sequence[str], labels: Sequence[int], *, train: bool, image_size: int,
-                 batch_size: int, seed: int = 0, flip: bool = True, shift: int = 0, num_workers: int = 2,
-                 cache_paths: Sequence[Path] | None = None, progress: bool = True,
-                 regions: Sequence[Sequence[int] | None] | None = None, shard_id: int = 0, num_shards: int = 1):
-        if len(labels) != len(files):
-            raise ValueError(f"{len(files)} files but {len(labels)} labels: pass one label per file")
-        self.regions = None if regions is None else _regions_tensor(regions, len(files))
-        cells = grid_cells(image_size)
-        self.maps = torch.zeros((len(files), CHANNELS, cells, cells), dtype=torch.float16)
-        source = GhostMapLoader(files, labels, image_size=image_size, batch_size=16, num_workers=num_workers,
-                                cache_paths=cache_paths)
-        for batch in tqdm(source, desc="JPEG ghost maps", unit="batch", leave=False, disable=None if progress else True):
-            if batch.errors:
-                index, reason = batch.errors[0]
-                raise ValueError(f"{files[index]}: {reason}: ghost-map models train on JPEG files only; prepare "
-                                 "a data set of JPEGs (or train a pixel model)")
-            self.maps[batch.indices] = batch.images.to(torch.float16)
-        self.labels = torch.as_tensor(list(labels), dtype=torch.int64)
-        self.train, self.batch_size, self.seed, self.flip = train, batch_size, seed, flip and train
-        self.shift = shift if train else 0
-        self.shard_id, self.num_shards = shard_id, num_shards
-        self.drop_last = train and self.samples_per_epoch() > batch_size  # no batch of one for BatchNorm
-
-    def __iter__(self):
-        n = len(self.labels)
-        generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{self.epoch}".encode()))
-        order = torch.randperm(n, generator=generator) if self.train else torch.arange(n)
-        if self.num_shards > 1:  # this process's share of the epoch
-            order = shard_of(order, self.shard_id, self.num_shards)
-        if self.shard_id:  # flips and shifts of its own (the first process draws as a single one does)
-            generator.manual_seed(zlib.crc32(f"{self.seed}:{self.epoch}:shard{self.shard_id}".encode()))
-        for b in range(len(self)):
-            positions = order[b * self.batch_size:(b + 1) * self.batch_size]
-            maps = self.maps[positions].float()
-            regions = None if self.regions is None else self.regions[positions].clone()
-            if self.flip:
-                mirrored = torch.rand(len(positions), generator=generator) < 0.5
-                maps[mirrored] = maps[mirrored].flip(3)
-                if regions is not None:  # a mirrored face has its left eye on the right
-                    regions[mirrored] = regions[mirrored][:, _MIRRORED_REGIONS]
-            if self.shift:
-                k, side = self.shift, maps.shape[-1]
-                dy, dx = torch.randint(0, 2 * k + 1, (2,), generator=generator).tolist()
-                maps = torch.nn.functional.pad(maps, (k, k, k, k), mode="replicate")[:, :, dy:dy + side, dx:dx + side]
-            yield Batch(images=maps, labels=self.labels[positions], indices=positions, regions=regions)
-
-
-# EDIT_REGIONS order (left eye, right eye, nose, mouth) after a horizontal flip.
-_MIRRORED_REGIONS = [1, 0, 2, 3]
-
-
-def _regions_tensor(regions: Sequence[Sequence[int] | None], n: int) -> torch.Tensor:
-    if len(regions) != n:
-        raise ValueError(f"{n} files but {len(regions)} region entries: pass one per file (None where unknown)")
-    out = torch.full((n, len(EDIT_REGIONS)), float("nan"))
-    for i, bits in enumerate(regions):
-        if bits is not None:
-            if len(bits) != len(EDIT_REGIONS):
-                raise ValueError(f"file #{i}: {len(bits)} region bits, expected {len(EDIT_REGIONS)} ({', '.join(EDIT_REGIONS)})")
-            out[i] = torch.as_tensor([float(b) for b in bits])
-    return out
-
-
-def cache_paths_for(data_dir: str | os.PathLike, image_size: int, sha256s: Sequence[str]) -> list[Path]:
-    folder = cache_folder(data_dir, image_size)
+def cache_paths_for(data_dir: str | os.PathLike, image_size: int, sha256s: Sequence[str],
+                    kind: str = "pil") -> list[Path]:
+    """The cache file of each file (by content sha256) of a prepared data set, for maps of `kind`."""
+    folder = cache_folder(data_dir, image_size, kind)
     folder.mkdir(parents=True, exist_ok=True)
     return [folder / f"{sha}.npy" for sha in sha256s]

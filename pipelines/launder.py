@@ -43,6 +43,7 @@ function of its three integers, so a resumed run draws the same.
 API:
     parse(spec) -> Transform                  FAMILY, family() -> the robustness table's rows
     draw(seed, epoch, index) -> Transform     Transform.spec, str(Transform)
+    drawn(seed, epoch, index, p) -> Transform | None   (draw with probability p: training's per-epoch laundering)
     launder_image(img, transform) -> bytes    launder_bytes(data, transform, name=) -> bytes
     launder_file(path, transform) -> bytes    jpeg_settings(img) -> JpegSettings (quality, sampling)
 Labels are never a transform's business: `launder_dataset.py` writes a laundered copy of a data set.
@@ -224,6 +225,22 @@ def draw(seed: int, epoch: int, index: int) -> Transform:
         offset = int(rng.integers(1, span * span))  # (dx, dy) in the offset square, never (0, 0)
         return Transform(kind, quality, sub, dx=DRAW_OFFSET[0] + offset % span, dy=DRAW_OFFSET[0] + offset // span)
     return Transform(kind, quality, sub)
+
+
+def drawn(seed: int, epoch: int, index: int, p: float) -> Transform | None:
+    """What training does to item `index` in `epoch` when it launders a share `p` of its images: `draw`'s
+    transform with probability p, else None (the file as saved). The coin has its own stream, so it does
+    not move `draw`'s choice; both are pure functions of (seed, epoch, index), so a resumed run draws
+    the same."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"launder probability {p} must be between 0 and 1")
+    if p == 0.0:
+        return None
+    coin = np.random.default_rng([seed, epoch, index, _COIN_STREAM]).random()
+    return draw(seed, epoch, index) if coin < p else None
+
+
+_COIN_STREAM = 1  # the fourth seed word of `drawn`'s coin, apart from draw's three
 
 
 # --------------------------------------------------------------------------------------------------

@@ -36,14 +36,18 @@ def resolve_backend(backend: str = "auto", device: str = "cpu") -> str:
 def make_pixel_loader(files: Sequence[str], labels: Sequence[int] | None, *, train: bool, backend: str,
                       image_size: int, batch_size: int, augment: AugmentSpec | None, num_workers: int, seed: int,
                       shard_id: int, num_shards: int, device: str, draft: bool = False,
-                      hw_decoder_load: float | None = None):
-    """A DALI or torchvision loader over `files` (see `loaders.get_loader` for the arguments)."""
+                      hw_decoder_load: float | None = None, launder: float = 0.0):
+    """A DALI or torchvision loader over `files` (see `loaders.get_loader` for the arguments; `launder`
+    is for the torchvision loader only)."""
     common = dict(train=train, image_size=image_size, batch_size=batch_size, augment=augment,
                   num_workers=num_workers, seed=seed, shard_id=shard_id, num_shards=num_shards, device=device)
     if resolve_backend(backend, device) == "torch":
         from realfake.pipelines.torch_loader import make_torch_loader
 
-        return make_torch_loader(files, labels, draft=draft, **common)
+        return make_torch_loader(files, labels, draft=draft, launder=launder, **common)
+    if launder:
+        raise ValueError("--launder needs the torchvision loader (it launders the bytes before decoding): use "
+                         "--loader torch")
     from realfake.pipelines.dali_loader import make_dali_loader
 
     extra = {} if hw_decoder_load is None else {"hw_decoder_load": hw_decoder_load}

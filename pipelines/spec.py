@@ -50,6 +50,8 @@ class Batch(NamedTuple):
     batch that could not be decoded: they are left out of the tensors, never silently dropped.
     regions: (N, R) float, which face regions were edited (1) or not (0), NaN where unknown; only from
     training loaders given them (`prepare.edited_regions`, for `--region-loss`), else None.
+    fallbacks: (index, reason) for files of this batch whose "dct" ghost maps came from the PIL reference
+    (JPEGs the batched maps do not handle, see `ghost_inputs`): counted and logged by the caller.
     """
 
     images: torch.Tensor
@@ -57,6 +59,7 @@ class Batch(NamedTuple):
     indices: torch.Tensor
     errors: tuple[tuple[int, str], ...] = ()
     regions: torch.Tensor | None = None
+    fallbacks: tuple[tuple[int, str], ...] = ()
 
 
 def shard_range(n_files: int, shard_id: int, num_shards: int) -> range:

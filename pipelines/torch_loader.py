@@ -10,6 +10,7 @@ import zlib
 from collections.abc import Sequence
 
 import torch
+from realfake.pipelines import launder as laundering
 from realfake.pipelines.images import InvalidImageError, load_rgb
 from realfake.pipelines.spec import MEAN, STD, AugmentSpec, Batch, shard_range
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -55,10 +56,10 @@ class ImageFileDataset(Dataset):
     """Decodes one file per item. A file that fails to decode becomes an error entry, not an exception,
     so one bad file never costs the rest of its batch."""
 
-    def __init__(self, files, labels, positions, transform, draft_size, seed):
+    def __init__(self, files, labels, positions, transform, draft_size, seed, launder: float = 0.0):
         self.files, self.labels, self.positions = files, labels, positions
         self.transform, self.draft_size = transform, draft_size
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.launder = seed, 0, launder
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -67,7 +68,7 @@ class ImageFileDataset(Dataset):
         index = self.positions[i]
         label = -1 if self.labels is None else int(self.labels[index])
         try:
-            image = load_rgb(self.files[index], draft_size=self.draft_size)
+            image = load_rgb(self.files[index], draft_size=self.draft_size, data=self._laundered(index))
         except InvalidImageError as exc:
             return None, label, index, exc.reason
         # Augmentation is a pure function of (seed, epoch, file): the same with any worker count,
@@ -77,6 +78,18 @@ class ImageFileDataset(Dataset):
             torch.default_generator.manual_seed(zlib.crc32(f"{self.seed}:{self.epoch}:{index}".encode()))
             tensor = self.transform(image)
         return tensor, label, index, None
+
+
+    def _laundered(self, index: int) -> bytes | None:
+        """The bytes of this epoch's laundered copy of file `index` (`launder.drawn`), or None for the file
+        as saved (also when the transform cannot take the file: a crop or downscale of a tiny image)."""
+        transform = laundering.drawn(self.seed, self.epoch, index, self.launder) if self.launder else None
+        if transform is None:
+            return None
+        try:
+            return laundering.launder_file(self.files[index], transform)
+        except ValueError:  # InvalidImageError included: the plain decode reports a bad file
+            return None
 
 
 def collate(items) -> Batch:
@@ -99,7 +112,7 @@ class TorchLoader:
 
     def __init__(self, files: Sequence[str], labels: Sequence[int] | None, *, train: bool, image_size: int,
                  batch_size: int, augment: AugmentSpec | None, num_workers: int, seed: int, shard_id: int,
-                 num_shards: int, device: str, draft: bool):
+                 num_shards: int, device: str, draft: bool, launder: float = 0.0):
         # Eval shards are contiguous and together deliver every file once; a train loader reads all files
         # and takes its share of each epoch's permutation (`spec.train_shard`: DistributedSampler).
         positions = list(range(len(files)) if train else shard_range(len(files), shard_id, num_shards))
@@ -112,7 +125,8 @@ class TorchLoader:
         self.uint8 = not train and not self.pin_memory
         transform = build_uint8_transform(image_size) if self.uint8 else build_transform(
             image_size, augment if train else None)
-        self.dataset = ImageFileDataset(list(files), labels, positions, transform, draft_size, seed)
+        self.dataset = ImageFileDataset(list(files), labels, positions, transform, draft_size, seed,
+                                        launder if train else 0.0)
         self.train, self.batch_size, self.seed = train, batch_size, seed
         self.sampler = DistributedSampler(self.dataset, num_replicas=num_shards, rank=shard_id, shuffle=True,
                                           seed=seed * 100_003, drop_last=True) if train else None
@@ -147,7 +161,7 @@ class TorchLoader:
 
 
 def make_torch_loader(files, labels, *, train, image_size, batch_size, augment, num_workers, seed, shard_id,
-                      num_shards, device, draft=False) -> TorchLoader:
+                      num_shards, device, draft=False, launder=0.0) -> TorchLoader:
     return TorchLoader(files, labels, train=train, image_size=image_size, batch_size=batch_size,
                        augment=augment, num_workers=num_workers, seed=seed, shard_id=shard_id,
-                       num_shards=num_shards, device=device, draft=draft)
+                       num_shards=num_shards, device=device, draft=draft, launder=launder)

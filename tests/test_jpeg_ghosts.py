@@ -211,11 +211,22 @@ def test_ghost_shift_is_for_ghost_maps_only(tmp_path, ghost_run):
         run_train(ghost_run[1], model="simple_cnn", epochs=1, ghost_shift=2, out=tmp_path, progress=False)
 
 
-@pytest.mark.parametrize("option", [{"pseudo_fakes": 0.5}, {"train_crop": 64}, {"cache": "memory"}])
+@pytest.mark.parametrize("option", [{"pseudo_fakes": 0.5}, {"train_crop": 64}])
 def test_pixel_options_are_refused_for_ghost_maps(tmp_path, ghost_run, option):
     from realfake.jobs.tasks.train import run_train
 
     with pytest.raises(ValueError, match="reads JPEG ghost maps, not pixels"):
+        run_train(ghost_run[1], model="ghost_cnn", image_size=96, epochs=1, out=tmp_path, progress=False, **option)
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ({"cache": "memory"}, "held in memory .* anyway: drop --cache memory"),
+    ({"cache": "gpu"}, "--cache gpu computes ghost maps on the GPU, which only the dct kind can"),
+])
+def test_caches_of_decoded_pixels_are_refused_for_pil_ghost_maps(tmp_path, ghost_run, option, message):
+    from realfake.jobs.tasks.train import run_train
+
+    with pytest.raises(ValueError, match=message):
         run_train(ghost_run[1], model="ghost_cnn", image_size=96, epochs=1, out=tmp_path, progress=False, **option)
 
 
@@ -243,7 +254,7 @@ def test_ghost_engine_scores_jpegs_and_records_other_files_as_errors(ghost_run, 
     p = {Path(r["path"]).name: float(r["p_fake"]) for r in rows}
     assert np.mean([v for k, v in p.items() if k.startswith("fake")]) > np.mean(
         [v for k, v in p.items() if k.startswith("real")])
-    with pytest.raises(ValueError, match="DALI decodes pixels only"):
+    with pytest.raises(ValueError, match="reads pil JPEG ghost maps .* DALI feeds engines of dct ghost maps only"):
         run_score([folder], tmp_path / "dali.csv", engine=engine_dir, loader="dali", progress=False)
     assert not (tmp_path / "dali.csv").exists()
 
@@ -341,7 +352,7 @@ def test_evaluate_under_laundering_adds_one_row_per_transform_and_reuses_the_cop
     assert list(rows) == summary["launder"]
     for spec, row in rows.items():
         assert row["n"] == clean["n"] and {"roc_auc", "real_called_fake", "fakes_caught"} <= set(row), spec
-    copy = data_dir / "laundered" / "jpeg_q85"
+    copy = data_dir / "laundered" / "test" / "jpeg_q85"
     assert len(list((copy / "images").glob("*.jpg"))) == clean["n"]  # the test split, laundered
     assert "Under laundering" in (run_dir / "report.md").read_text() and "`crop:dx=3,dy=5,q=90`" in (
         run_dir / "report.md").read_text()

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from realfake.pipelines.jpeg_ghosts import GhostMapLoader, cache_paths_for
+from realfake.pipelines.ghost_loaders import GhostMapLoader
+from realfake.pipelines.jpeg_ghosts import cache_paths_for
 from realfake.pipelines.manifest import read_manifest
 from realfake.pipelines.prepare import EDIT_REGIONS, edited_regions
 from realfake.pipelines.pseudo_fakes import REGIONS as PRIORS

@@ -22,7 +22,7 @@ from realfake.engines.explain.methods import (
     grad_cam,
 )
 from realfake.engines.recipes import RegionLoss
-from realfake.engines.schema import EngineError, read_engine_meta
+from realfake.engines.schema import EngineError, engine_ghost_maps, read_engine_meta
 from realfake.engines.trainer import load_checkpoint, load_run
 from realfake.models import Ensemble, MirrorAverage, model_input
 from realfake.pipelines.images import load_rgb
@@ -123,6 +123,7 @@ class Explainer:
         self.engine_dir, self.meta = Path(engine_dir), meta
         self.engine_id, self.architecture = meta["engine_id"], meta["architecture"]
         self.input = model_input(self.architecture)
+        self.ghost_maps = engine_ghost_maps(meta)  # the kind of ghost maps the engine reads (None: pixels)
         self.method = METHODS[self.input]
         self.image_size, self.threshold = int(meta["image_size"]), float(meta["threshold"])
         self.views = VIEWS[meta.get("tta", "none")]
@@ -180,8 +181,10 @@ class Explainer:
 
     def loader(self, files: Sequence[str], labels: Sequence[int] | None = None, *, batch_size: int = 16,
                num_workers: int = 2, cache_paths: Sequence[Path] | None = None):
-        """An eval loader of the engine's input over `files`, in order; failures come as Batch.errors."""
-        extra = {"input": "ghosts", "cache_paths": cache_paths} if self.input == "ghosts" else {}
+        """An eval loader of the engine's input over `files`, in order (ghost maps of the engine's kind, from
+        `cache_paths` of that kind where given); failures come as Batch.errors."""
+        extra = {"input": "ghosts", "cache_paths": cache_paths, "ghost_maps": self.ghost_maps} \
+            if self.input == "ghosts" else {}
         return get_loader(list(files), labels, train=False, backend="torch", image_size=self.image_size,
                           batch_size=batch_size, num_workers=num_workers, **extra)
 

@@ -69,7 +69,7 @@ def run_evaluate(
         tta: Test-time augmentation, p_fake averaged over views: none, flip (image + mirror) or crops (the image and its 4 corner + centre crops of 7/8 side resized back, each also mirrored: 12 views).
         calibrate: Use the valid split's equal-error-rate threshold instead of --threshold (same checkpoint and TTA): a decision point chosen without the evaluated split (training with pseudo-fakes shifts the class prior, so 0.5 is no longer the balanced point).
         ensemble: Another run of the same model and data set (repeatable, e.g. other seeds): p_fake is the mean over RUN_DIR and these, same checkpoint and TTA; the report files get an "_ensemble" suffix.
-        launder: Also evaluate the split laundered by this transform (repeatable; a `realfake data launder` spec such as jpeg:q=85, resize:scale=0.75,q=85, crop:dx=3,dy=5,q=90, or `family` for the default family of docs/robustness.md), at the same threshold: one row each in the report. Laundered copies are kept in DATA_DIR/laundered/ and reused.
+        launder: Also evaluate the split laundered by this transform (repeatable; a `realfake data launder` spec such as jpeg:q=85, resize:scale=0.75,q=85, crop:dx=3,dy=5,q=90, or `family` for the default family of docs/robustness.md), at the same threshold: one row each in the report. Laundered copies are kept in DATA_DIR/laundered/SPLIT/ and reused.
     """
     run_dir = Path(run_dir)
     if not 0.0 <= threshold <= 1.0:
@@ -97,7 +97,8 @@ def run_evaluate(
         data = get_loader([r.path for r in split_rows], [r.label for r in split_rows], train=False, backend=loader,
                           image_size=config["image_size"], batch_size=batch_size, num_workers=num_workers,
                           device=run_device,
-                          **manifest_loader_options(input_kind, rows_dir, config["image_size"], split_rows))
+                          **manifest_loader_options(input_kind, rows_dir, config["image_size"], split_rows,
+                                                    config["ghost_maps"] or "pil"))
         p, y, indices, _ = predict(model, data, torch.device(run_device), progress=progress,
                                    desc=f"evaluate {name}", tta=tta)
         if len(indices) != len(split_rows) or sorted(indices.tolist()) != list(range(len(split_rows))):

@@ -293,7 +293,7 @@ def run_explain_evaluate(
         example_dir.mkdir(parents=True, exist_ok=True)
         records, failures = [None] * len(rows), []
         items = [(r.path, Path(r.path).stem if i in shown else None) for i, r in enumerate(rows)]
-        cache = cache_paths_for(data_dir, explainer.image_size, [r.sha256 for r in rows]) \
+        cache = cache_paths_for(data_dir, explainer.image_size, [r.sha256 for r in rows], explainer.ghost_maps) \
             if explainer.input == "ghosts" else None
 
         def on_record(i, record, json_path, png, records=records):

@@ -26,7 +26,7 @@ from realfake.jobs.service.params import InputPath, OutputPath
 from realfake.jobs.tasks.launch import launch
 from realfake.jobs.tasks.train_config import TrainConfig
 from realfake.models import build_model
-from realfake.pipelines.jpeg_ghosts import GhostMapLoader
+from realfake.pipelines.ghost_loaders import GhostMapLoader
 from realfake.pipelines.loaders import get_loader, manifest_loader_options
 from realfake.pipelines.manifest import ManifestRow, manifest_sha256, read_manifest
 from realfake.pipelines.prepare import edited_regions
@@ -196,10 +196,12 @@ def load_data(config: TrainConfig, data_dir: Path, device: str, progress: bool) 
         _share_ghost_maps(config, data_dir, train_rows, progress)
     regions = _edited_regions(train_rows) if config.region_loss else None
     train_loader = get_loader([r.path for r in train_rows], [r.label for r in train_rows], train=True,
-                              augment=augment, ghost_shift=config.ghost_shift, regions=regions, **common,
-                              **manifest_loader_options(config.input, data_dir, config.image_size, train_rows))
+                              augment=augment, ghost_shift=config.ghost_shift, regions=regions, launder=config.launder,
+                              **common, **manifest_loader_options(config.input, data_dir, config.image_size, train_rows,
+                                                                  config.ghost_maps))
     valid_loader = get_loader([r.path for r in valid_rows], [r.label for r in valid_rows], train=False, **common,
-                              **manifest_loader_options(config.input, data_dir, config.image_size, valid_rows))
+                              **manifest_loader_options(config.input, data_dir, config.image_size, valid_rows,
+                                                        config.ghost_maps))
     return TrainingData(train_rows, valid_rows, train_loader, valid_loader, augment)
 
 
@@ -207,10 +209,11 @@ def _share_ghost_maps(config: TrainConfig, data_dir: Path, rows: list[ManifestRo
     """Compute this process's share of the train files' JPEG ghost maps into the data set's cache, then wait
     for the others: every process holds all the maps (its shard changes each epoch), and reads them back
     from the cache rather than computing them all. Files without maps are named by the loader after."""
-    options = manifest_loader_options(config.input, data_dir, config.image_size, rows)
+    options = manifest_loader_options(config.input, data_dir, config.image_size, rows, config.ghost_maps)
     share = GhostMapLoader([r.path for r in rows], None, image_size=config.image_size, batch_size=16,
                            num_workers=config.num_workers, shard_id=distributed.rank(),
-                           num_shards=distributed.world_size(), cache_paths=options["cache_paths"])
+                           num_shards=distributed.world_size(), cache_paths=options["cache_paths"],
+                           kind=config.ghost_maps)
     for _ in tqdm(share, desc="JPEG ghost maps, this process's share", unit="batch", leave=False,
                   disable=None if progress else True):
         pass
@@ -275,9 +278,12 @@ def _write_run_config(config: TrainConfig, data: TrainingData, data_dir: Path, d
             "mean": list(MEAN), "std": list(STD), "class_names": list(CLASS_NAMES),
             "data_dir": str(data_dir), "manifest_sha256": manifest_sha256(data_dir),
             "n_train": len(data.train_rows), "n_valid": len(data.valid_rows),
-            # Ghost maps are only flipped and shifted (see jpeg_ghosts.InMemoryGhostLoader).
+            "ghost_maps": config.ghost_maps if config.input == "ghosts" else None,
+            # Ghost maps are only flipped and shifted (see ghost_loaders.InMemoryGhostLoader).
             "augment_spec": ({"hflip_p": 0.5 if augment else 0.0, "shift_cells": config.ghost_shift}
                              if config.input == "ghosts" else augment.to_dict() if augment else None),
+            # The share of train images laundered each epoch (pipelines/launder.py: drawn per seed, epoch, image).
+            "launder": config.launder,
             "schedule": config.schedule_name,
             "pseudo_fake_spec": DEFAULT_SPEC.to_dict() if config.pseudo_fakes else None,
             "args": config.to_args(), "created": dt.datetime.now().isoformat(timespec="seconds"),

@@ -90,10 +90,19 @@ class TrainConfig:
                                 "resolution). Any-size models only. 0 = off.", min=0, inputs=PIXELS)
     cache: str = option("none", "Decode the data once into a uint8 cache (host memory or GPU; the --loader backend "
                                 "decodes) and augment each epoch on that device with batched tensor ops: epochs "
-                                "then cost the model, not the decoder.", choices=CACHE_CHOICES, inputs=PIXELS)
+                                "then cost the model, not the decoder. ghost_cnn with --ghost-maps dct: gpu holds "
+                                "the decoded set on the GPU and computes the maps there each epoch (its maps are "
+                                "otherwise cached on disk and in memory).", choices=CACHE_CHOICES)
     ghost_maps: str = option("pil", "How ghost_cnn's JPEG ghost maps are computed: pil (each file re-saved with PIL, the "
-                                    "reference). An engine reads the maps its run was trained on.", choices=GHOST_MAPS,
+                                    "reference) or dct (the same maps as batched DCT-domain tensor math: several times "
+                                    "cheaper, on the CPU or a GPU, close to pil but not equal, so a model trains on one "
+                                    "kind). An engine computes the kind its run was trained on.", choices=GHOST_MAPS,
                              inputs=GHOSTS, applies="chooses how JPEG ghost maps are computed")
+    launder: float = option(0.0, "Each epoch, replace this share of the training images (real and fake alike, labels "
+                                 "unchanged) by a fresh laundered copy: re-saved at quality 70-95, resized by 0.5-0.9 or "
+                                 "cropped off the 8x8 grid, drawn per (seed, epoch, image) from the family of "
+                                 "docs/robustness.md. Ghost maps of those are computed on the fly; pixel models need "
+                                 "--loader torch. 0 = off.", min=0, max=1)
     ghost_shift: int = option(0, "Move each training batch's JPEG ghost maps by up to N cells (8 px) each way, edges "
                                  "repeated (faces are not all centred alike). 0 = off.", min=0, inputs=GHOSTS,
                               applies="moves JPEG ghost maps")
@@ -161,7 +170,18 @@ class TrainConfig:
             raise ValueError(f"--ghost-shift {self.ghost_shift} must be 0 (off) or a number of cells")
         if self.region_loss < 0:
             raise ValueError(f"--region-loss {self.region_loss} must be 0 (off) or a positive weight (e.g. 1)")
+        if not 0.0 <= self.launder <= 1.0:
+            raise ValueError(f"--launder {self.launder} must be a probability between 0 and 1 (e.g. 0.5)")
         self._check_inputs(by_name)
+        if self.input == "ghosts" and self.cache == "memory":
+            raise ValueError(f"{self.model}'s JPEG ghost maps are held in memory (and cached on disk) anyway: drop "
+                             "--cache memory (--cache gpu computes dct maps on the GPU each epoch)")
+        if self.input == "ghosts" and self.cache == "gpu" and self.ghost_maps != "dct":
+            raise ValueError(f"--cache gpu computes ghost maps on the GPU, which only the dct kind can: add "
+                             f"--ghost-maps dct (these runs use {self.ghost_maps}), or drop --cache")
+        if self.input == "pixels" and self.launder and (self.cache != "none" or self.loader == "dali"):
+            raise ValueError("--launder on pixel models launders each file's bytes before the torchvision loader "
+                             "decodes them: use --loader torch (or auto) without --cache")
 
     def _check_inputs(self, by_name) -> None:
         """Options declared for one model input, given to a model of the other (set = not the default)."""
@@ -170,9 +190,9 @@ class TrainConfig:
         if not given:
             return
         if self.input == "ghosts":
-            flags = [p.flag if p.name != "cache" else f"--cache {self.cache}" for p in given]
-            raise ValueError(f"{self.model} reads JPEG ghost maps, not pixels, so {', '.join(flags)} do not apply (its "
-                             "maps are always kept in memory and cached on disk): drop them")
+            flags = [p.flag for p in given]
+            raise ValueError(f"{self.model} reads JPEG ghost maps, not pixels, so {', '.join(flags)} do not apply: "
+                             "drop them")
         first = given[0]
         raise ValueError(f"{first.flag} {first.applies or 'applies to ghost_cnn only'}; {self.model} reads pixels: "
                          "use --model ghost_cnn or drop it")

@@ -50,7 +50,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from realfake.engines.registry import promoted_engine
-from realfake.engines.schema import read_engine_meta
+from realfake.engines.schema import engine_ghost_maps, read_engine_meta
 from realfake.jobs.service.store import realfake_home
 from realfake.jobs.tasks.outputs.common import ERROR_COLUMNS, errors_path, resolve_output
 from realfake.jobs.tasks.outputs.writers import read_existing, remove_output
@@ -457,6 +457,7 @@ def _summary(summaries: dict[int, dict], merged: dict, meta: dict, engine_dir: P
         "engine_id": str(meta["engine_id"]), "threshold": float(meta["threshold"]),
         "image_size": int(meta["image_size"]),
         "loader": ",".join(sorted({p for s in each if s["loader"] for p in s["loader"].split(",")})) or None,
+        "ghost_maps": engine_ghost_maps(meta), "reference_maps": sum(s.get("reference_maps", 0) for s in each),
         "device": ",".join(sorted({s["device"] for s in each})),
         "engine_threads": max((s["engine_threads"] for s in each), default=0),
         "shard": None, "folders": folders, "recursive": recursive,

@@ -93,12 +93,14 @@ class Scorer:
         self.err_file = errors_path(out_file)
         self.batch_size, self.num_workers, self.shard = batch_size, num_workers, shard
         self.device = str(engine.device)
-        # Ghost maps are computed in the loader's worker processes, from the file itself.
-        self.decoder = "torch" if engine.input == "ghosts" else scoring_loader(loader, self.device)
+        # Reference ghost maps are computed in the loader's worker processes, from the file itself; dct ghost
+        # maps from pixels decoded by either decoder.
+        self.decoder = "torch" if engine.ghost_maps == "pil" else scoring_loader(loader, self.device)
         self.check_headers = self.decoder == "dali" and DALI_HEADER_CHECK
         self.engine_threads = choose_engine_threads(self.device, num_workers, engine_threads)
         self.counts = WalkCounts()
         self.scored = self.errors = 0
+        self.reference_maps = 0  # files of a dct engine whose maps came from the PIL reference
         self.decisions = dict.fromkeys(DECISIONS, 0)
         self.backends_used: set[str] = set()
         self._pending_errors: list[dict] = []
@@ -150,7 +152,8 @@ class Scorer:
                 return
             data = get_loader([item[0] for item in chunk], None, train=False, backend=self.decoder,
                               image_size=self.engine.image_size, batch_size=self.batch_size,
-                              num_workers=self.num_workers, device=self.device, draft=True, input=self.engine.input)
+                              num_workers=self.num_workers, device=self.device, draft=True, input=self.engine.input,
+                              ghost_maps=self.engine.ghost_maps or "pil")
             if self.decoder == "dali":
                 data.prepare()
             yield chunk, data
@@ -161,6 +164,7 @@ class Scorer:
         for batch in data:
             for index, reason in batch.errors:
                 self.add_error(items[index][0], reason)
+            self.reference_maps += len(batch.fallbacks)
             n = len(batch.indices)
             if n:
                 # The engine moves the batch to its device, in channels_last where its backend wants it.
@@ -227,6 +231,7 @@ class Scorer:
             "out": str(self.out_file), "errors_file": str(self.err_file), "engine": str(self.engine_dir),
             "engine_id": self.engine.engine_id, "threshold": self.engine.threshold,
             "image_size": self.engine.image_size, "loader": ",".join(sorted(self.backends_used)) or None,
+            "ghost_maps": self.engine.ghost_maps, "reference_maps": self.reference_maps,
             "device": self.device, "engine_threads": self.engine_threads, "shard": self.shard,
             "folders": list(folders), "recursive": recursive,
             "files": self.counts.files, "scored": self.scored, "skipped": self.counts.skipped,
@@ -267,9 +272,9 @@ def score_here(folders: Sequence[str], out, *, engine=None, recursive: bool = Tr
     engine_dir = Path(engine) if engine is not None else promoted_engine(realfake_home())
     # auto: the engine runs where it was built for (a CUDA engine on the GPU), and decoding follows it.
     model = load_engine(engine_dir, device=None if device == "auto" else resolve_device(device))
-    if model.input == "ghosts" and loader == "dali":
-        raise ValueError(f"engine {model.engine_id} reads JPEG ghost maps, which PIL computes; DALI decodes pixels "
-                         "only: use --loader auto or torch")
+    if model.ghost_maps == "pil" and loader == "dali":
+        raise ValueError(f"engine {model.engine_id} reads pil JPEG ghost maps (each file re-saved with PIL); DALI feeds "
+                         "engines of dct ghost maps only: use --loader auto or torch")
     scorer = Scorer(model, engine_dir, out_file, resume=resume, batch_size=batch_size, loader=loader,
                     num_workers=num_workers, engine_threads=engine_threads, shard=shard, progress=progress,
                     on_progress=on_progress)

@@ -1,0 +1,98 @@
+"""A ghost-map model's input of one file, for either kind of maps: the one place that computes it.
+
+Two kinds (`jpeg_ghosts.GHOST_MAPS`), recorded with every run and engine:
+- "pil": `jpeg_ghosts.ghost_maps`, each file re-saved with PIL (the reference);
+- "dct": `jpeg_ghosts_torch`, the same maps as batched DCT-domain tensor math from the decoder's YCbCr
+  planes and the file's tables. A model trained on one kind reads that kind only.
+
+Work is split the way a DataLoader splits it: `prepare_file` runs per file (in a worker: the PIL
+re-saves for "pil", the decode to planes for "dct"), `finish` per batch (the "dct" maps of the whole
+batch in one `maps_of_inputs` call). A JPEG the "dct" maps do not handle (`NeedsReference`: CMYK,
+12-bit, arithmetic coding, odd sampling, ...) gets the reference maps for that file; `Prepared.fallback`
+says why, and the loaders count and log it, so no file becomes wrong maps silently.
+
+CPU workers: `configure_worker` gives each worker process one torch thread (the maps are hundreds of
+small operations; a second thread only waits for a descheduled core) and an allocator that keeps freed
+memory (the "dct" maps are allocation-bound under glibc's default, which returns each large temporary
+to the system: docs/ghost-maps.md).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from realfake.pipelines import jpeg_ghosts
+from realfake.pipelines.jpeg_ghosts_torch import GhostInput, NeedsReference, load_ghost_input, maps_of_inputs
+
+log = logging.getLogger(__name__)
+
+# glibc mallopt parameter: memory kept at the top of the heap when it grows or shrinks. 512 MB makes
+# the freed temporaries of one batch's maps the next batch's memory (measured: 27-37 -> 17-22 ms of CPU
+# a 600x600 file for the maps, the same as MALLOC_TOP_PAD_ set before the process starts).
+M_TOP_PAD = -2
+TOP_PAD_BYTES = 512 << 20
+
+
+@dataclass
+class Prepared:
+    """One file after the per-file step: finished maps, or decoded planes whose maps `finish` computes."""
+
+    maps: np.ndarray | None = None  # float32 (CHANNELS, S/8, S/8): "pil", or a "dct" file that fell back
+    item: GhostInput | None = None  # "dct": the decoded planes and tables
+    fallback: str | None = None  # why a "dct" file got the reference maps
+
+
+def prepare_file(path: str | os.PathLike, image_size: int, kind: str, *, data: bytes | None = None) -> Prepared:
+    """The per-file step for maps of `kind`. `data`: the file's bytes held in memory (a laundered copy),
+    `path` naming it in errors. Raises InvalidImageError with the reference's reasons."""
+    if jpeg_ghosts.check_kind(kind) == "pil":
+        return Prepared(maps=jpeg_ghosts.ghost_maps(path, image_size, data=data))
+    try:
+        return Prepared(item=load_ghost_input(path, image_size, data=data))
+    except NeedsReference as exc:
+        return Prepared(maps=jpeg_ghosts.ghost_maps(path, image_size, data=data), fallback=exc.reason)
+
+
+def finish(prepared: Sequence[Prepared], image_size: int, *, device: str | torch.device = "cpu") -> torch.Tensor:
+    """(N, CHANNELS, S/8, S/8) float32 model input of prepared files, on `device`: the "dct" ones in one
+    batched call."""
+    cells = jpeg_ghosts.grid_cells(image_size)
+    out = torch.empty((len(prepared), jpeg_ghosts.CHANNELS, cells, cells), dtype=torch.float32, device=device)
+    pending = [i for i, p in enumerate(prepared) if p.maps is None]
+    for i, p in enumerate(prepared):
+        if p.maps is not None:
+            out[i] = torch.from_numpy(p.maps)
+    if pending:
+        out[pending] = maps_of_inputs([prepared[i].item for i in pending], image_size, device=device)
+    return out
+
+
+def file_maps(path: str | os.PathLike, image_size: int, kind: str, *, data: bytes | None = None) -> np.ndarray:
+    """The model input of one file for maps of `kind`: float32 (CHANNELS, S/8, S/8). Raises InvalidImageError."""
+    prepared = prepare_file(path, image_size, kind, data=data)
+    if prepared.fallback is not None:
+        log.warning("%s: %s: its dct maps come from the PIL reference", path, prepared.fallback)
+    return finish([prepared], image_size)[0].numpy()
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep TOP_PAD_BYTES of freed memory (mallopt M_TOP_PAD); False where there is no glibc."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).mallopt(M_TOP_PAD, TOP_PAD_BYTES))
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        return False
+
+
+def configure_worker(worker_id: int | None = None) -> None:
+    """A DataLoader `worker_init_fn` for ghost maps: one torch thread, freed memory kept."""
+    torch.set_num_threads(1)
+    keep_freed_memory()
