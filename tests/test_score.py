@@ -4,6 +4,7 @@ import csv
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -517,7 +518,10 @@ def test_cli_exit_codes_and_summary(tmp_path, engine, good):
     options = ["--engine", engine, "--loader", "torch", "--num-workers", "0", "--no-progress"]
     ok = cli(root, "--out", tmp_path / "a.csv", *options)
     assert ok.exit_code == 0, ok.output
-    assert f"files {len(files)}  scored {len(files)}  skipped 0" in ok.output and "img/s" in ok.output
+    counts = re.search(r"files (\d+)  scored (\d+) \(real (\d+)  fake (\d+)  unknown (\d+)\)  skipped 0 ", ok.output)
+    assert counts and "img/s" in ok.output, ok.output
+    found, scored, *decisions = map(int, counts.groups())
+    assert found == scored == len(files) == sum(decisions)
     bad_folder = tmp_path / "bad"
     write_bad_files(bad_folder)
     with_errors = cli(root, bad_folder, "--out", tmp_path / "b.csv", "--json", *options)

@@ -6,6 +6,7 @@ subprocesses that join it); only the cancel test starts a Ray of its own, as `--
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -136,7 +137,8 @@ def test_cli_exit_codes_and_summary_line_with_ray(tmp_path, cluster, engine):
     ok = CliRunner().invoke(main, ["score", str(folder), "--out", str(tmp_path / "a.csv"), "--engine", str(engine),
                                    *CLI_FAST, "--ray", "--ray-shards", "2"])
     assert ok.exit_code == 0, ok.output
-    assert "files 12  scored 12  skipped 0" in ok.output and "ray:     2 shards on 1 node(s)" in ok.output
+    assert re.search(r"files 12  scored 12 \(real \d+  fake \d+  unknown \d+\)  skipped 0 ", ok.output), ok.output
+    assert "ray:     2 shards on 1 node(s)" in ok.output
     bad = write_bad_files(folder / "bad")
     parquet = tmp_path / "b.parquet"
     with_errors = CliRunner().invoke(main, ["score", str(folder), "--out", str(parquet), "--engine", str(engine),
