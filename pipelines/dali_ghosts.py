@@ -97,7 +97,7 @@ class DaliGhostLoader(DaliLoader):
             self.headers[position] = (torch.tensor(keep_tables(header), dtype=torch.float32), header.pil_subsampling,
                                       header.orientation)
             fast.append(position)
-        self.positions = fast
+        self.fixed_positions = fast  # what DALI decodes in every pass
 
     def _pass_files(self) -> tuple[list[str], list[int], int, int]:
         return [self.files[p] for p in self.positions], list(self.positions), 0, 1
