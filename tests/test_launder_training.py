@@ -73,6 +73,38 @@ def test_ghost_training_batches_launder_their_share_with_labels_unchanged(tmp_pa
     assert {i for i in range(12) if launder.drawn(2, 2, i, 0.5) is not None} != chosen
 
 
+def test_sharded_ghost_training_launders_each_process_share_as_one_process_would(tmp_path):
+    from realfake.pipelines.spec import AugmentSpec
+
+    files = _ghost_files(tmp_path / "f", 12)
+    labels = [i % 2 for i in range(12)]
+
+    def shard(shard_id, num_shards, p):
+        loader = get_loader(files, labels, train=True, input="ghosts", ghost_maps="dct", image_size=SIZE,
+                            batch_size=2, seed=2, num_workers=0, progress=False, launder=p,
+                            augment=AugmentSpec() if p else None, shard_id=shard_id, num_shards=num_shards)
+        loader.set_epoch(1)
+        return [(index, images, label) for batch in loader
+                for index, images, label in zip(batch.indices.tolist(), batch.images, batch.labels.tolist())]
+
+    clean = {index: images for index, images, _ in shard(0, 1, 0.0)}  # no flips, no laundering
+    parts = [shard(0, 2, 0.5), shard(1, 2, 0.5)]
+    seen = [index for part in parts for index, _, _ in part]
+    assert len(seen) == len(set(seen)) == 12  # disjoint shares that cover the epoch
+    chosen = {i for i in range(12) if launder.drawn(2, 1, i, 0.5) is not None}
+    assert 0 < len(chosen) < 12
+    flipped = 0
+    for index, images, label in (item for part in parts for item in part):
+        assert label == labels[index]
+        expected = clean[index]
+        if index in chosen:  # the laundered copy drawn for (seed, epoch, index), whichever process reads it
+            data = launder.launder_file(files[index], launder.drawn(2, 1, index, 0.5))
+            expected = torch.from_numpy(file_maps(files[index], SIZE, "dct", data=data))
+        assert torch.allclose(images, expected) or torch.allclose(images, expected.flip(-1)), index
+        flipped += not torch.allclose(images, expected)
+    assert 0 < flipped < 12
+
+
 def test_ghost_runs_resume_exactly_with_laundering(tmp_path):
     from realfake.jobs.tasks.train import run_train
 
