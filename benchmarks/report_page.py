@@ -4,6 +4,7 @@ headless Chromium, one table out. Also makes the screenshot of docs/img/.
     python benchmarks/report_page.py [--images DIR | --unique 1000] [--rows 10000] [--big-rows 100000]
                                      [--loads 5] [--workers 0] [--work DIR] [--json results.json]
     python benchmarks/report_page.py --screenshot docs/img/report.png [--work DIR]
+    python benchmarks/report_page.py --screenshot docs/img/x.png --page SCORES.report.html [--open-heatmap]
 
 Measure: ROWS score rows over generated faces (`--unique` synthetic 256 px faces, or the JPEGs under
 --images, each behind ROWS/unique symbolic links so that every row is its own file, as gpu_score.py
@@ -182,13 +183,22 @@ def print_table(results: list[dict]) -> None:
 
 
 def screenshot(args) -> None:
-    """A small synthetic scoring run, scored with --report, and its page captured to args.screenshot."""
+    """A report page captured to args.screenshot: args.page, or else the page of a small synthetic scoring
+    run made here. With args.open_heatmap, the first file's heat map is opened over it first."""
 
     reason = browser_missing()
     if reason:
         raise SystemExit(f"error: {reason}")
-    from selenium.webdriver.support.ui import WebDriverWait
+    page = Path(args.page) if args.page else synthetic_report(args)
+    if not page.is_file():
+        raise SystemExit(f"error: {page} is not a report page: give the .html that `realfake report` wrote")
+    capture(page, Path(args.screenshot), Path(args.work or tempfile.mkdtemp(prefix="report-shot-")),
+            open_heatmap=args.open_heatmap)
+    print(f"screenshot: {args.screenshot}", file=sys.stderr)
 
+
+def synthetic_report(args) -> Path:
+    """Score synthetic faces with a tiny engine, with --report; the page's path."""
     work = Path(args.work or tempfile.mkdtemp(prefix="report-shot-"))
     # A tiny engine: simple_cnn at 32 px, 3 epochs on 160 synthetic faces, its threshold the valid
     # split's operating point (engine build --threshold auto).
@@ -204,18 +214,29 @@ def screenshot(args) -> None:
     summary = run_score([str(incoming)], work / "scores.csv", engine=engine, loader="torch", num_workers=0,
                         progress=False, report=True)
     print(f"scored {summary['scored']}, errors {summary['errors']}: {summary['report']}", file=sys.stderr)
+    return Path(summary["report"])
+
+
+def capture(page: Path, out: Path, work: Path, *, open_heatmap: bool) -> None:
+    """Load `page` in headless Chromium, check that it logs no errors, and save a screenshot to `out`."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
     driver = launch(work / "chromium-profile", window=(1280, 1000))
     try:
-        driver.get(file_url(summary["report"]))
+        driver.get(file_url(page))
         WebDriverWait(driver, WAIT_S).until(lambda d: d.execute_script("return document.body.dataset.ready") == "true")
+        if open_heatmap:
+            driver.find_element("id", "files-heatmap-only").click()
+            driver.find_element("css selector", "#files-table tbody tr button.heat").click()
+            WebDriverWait(driver, WAIT_S).until(lambda d: d.execute_script(
+                "const img = document.getElementById('overlay-img'); return img.complete && img.naturalWidth > 0"))
         problems = severe_logs(driver)
         if problems:
             raise SystemExit(f"error: the page logged errors: {problems}")
-        Path(args.screenshot).parent.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(args.screenshot))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(out))
     finally:
         driver.quit()
-    print(f"screenshot: {args.screenshot}", file=sys.stderr)
 
 
 def main() -> None:
@@ -231,6 +252,9 @@ def main() -> None:
     parser.add_argument("--work", help="work folder (default: a new temporary folder)")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     parser.add_argument("--screenshot", type=Path, help="make the docs screenshot here instead of measuring")
+    parser.add_argument("--page", help="with --screenshot: capture this report page (default: a synthetic run's)")
+    parser.add_argument("--open-heatmap", action="store_true",
+                        help="with --screenshot: open the first file's heat map before the capture")
     args = parser.parse_args()
     if args.screenshot:
         screenshot(args)
