@@ -6,6 +6,9 @@ validation images, with its decision threshold chosen there, written whole or no
 Every build measures parity on the run's validation images: the engine against the eager fp32 model,
 max/mean |p_engine - p_eager| and label agreement at the decision threshold, and fails (leaving no
 output) when they are worse than the precision's tolerance (PARITY_TOLERANCE).
+
+One module, though long: build, parity, threshold and the laundering gate all read the same validation
+pass, which is computed once per build.
 """
 from __future__ import annotations
 

@@ -17,6 +17,9 @@ Train augmentation follows `AugmentSpec` and the report's order, at decoded reso
 (nearest, black fill, same canvas: torchvision's RandomRotation defaults), flip, brightness/contrast
 (contrast around the image's mean grey level, as ColorJitter), Gaussian blur with probability
 `blur_p`, then resize and normalize.
+
+One module, though long: the `@pipeline_def` graphs and the loader that rebuilds them around a bad
+file (screen, retry, the rest of the shard as a list of its own) change together.
 """
 from __future__ import annotations
 

@@ -34,6 +34,9 @@ depend on which CPU computes them.
 On the CPU the work is many passes over large tensors: freshly allocated ones cost page faults
 under glibc's default allocator, so run workers with an allocator that keeps freed memory
 (docs/ghost-maps.md). Run it one thread a process (as DataLoader workers do).
+
+One module, though long: the formulation (DCT basis, tables, colour conversions, keep maps) is one
+piece of numerics whose parts are only checked against the reference together.
 """
 from __future__ import annotations
 

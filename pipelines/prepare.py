@@ -25,6 +25,9 @@ of each class.
 
 Outputs (see manifest.py): manifest.csv (rows sorted by path), prepare.json, rejected.csv. Nothing
 in them depends on the time or on thread scheduling: the same inputs and seed give identical files.
+
+One module, though long: finding, validating, de-duplicating and splitting share the manifest
+row and the rejection reasons, and each part is a plain function of the one before.
 """
 from __future__ import annotations
 

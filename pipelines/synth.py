@@ -29,6 +29,9 @@ double compression as such tell the classes apart, only the places whose history
 
 Every image comes from its own numpy Generator seeded with (seed, kind, index), so the same seed
 gives the same bytes (PIL's JPEG encoder at the drawn qualities), and image k does not depend on n.
+
+One module, though long: faces, edits and the compression history are drawn from one generator per
+image, so that the same seed gives the same bytes; split, the draws would need threading through.
 """
 from __future__ import annotations
 

@@ -85,7 +85,7 @@ def test_sharded_ghost_training_launders_each_process_share_as_one_process_would
                             augment=AugmentSpec() if p else None, shard_id=shard_id, num_shards=num_shards)
         loader.set_epoch(1)
         return [(index, images, label) for batch in loader
-                for index, images, label in zip(batch.indices.tolist(), batch.images, batch.labels.tolist())]
+                for index, images, label in zip(batch.indices.tolist(), batch.images, batch.labels.tolist(), strict=True)]
 
     clean = {index: images for index, images, _ in shard(0, 1, 0.0)}  # no flips, no laundering
     parts = [shard(0, 2, 0.5), shard(1, 2, 0.5)]

@@ -339,9 +339,10 @@ def test_cancelling_a_score_job_stops_its_tasks_and_its_local_ray(tmp_path, engi
     try:
         wait_rows(out, worker, 10, timeout_s=150)
         runner = lock_holder(score_ray.shards_dir(out) / score_ray.DRIVER_LOCK)
-        task = lock_holder(Path(str(score_ray.part_path(out, 0, 2)) + ".lock"))
+        # on 2 cores one task may run at a time, and Ray may start either shard first
+        tasks = {lock_holder(Path(str(score_ray.part_path(out, i, 2)) + ".lock")) for i in range(2)} - {None}
         ray_processes = descendants(runner)  # the local Ray this job started: GCS, raylet, its workers
-        assert task in ray_processes and len(ray_processes) > 3
+        assert tasks and tasks <= ray_processes and len(ray_processes) > 3
         JobStore().request_cancel(job_id)
         job = wait_for(lambda: (j := JobStore().get(job_id)).terminal and j, timeout_s=60, what="the cancel")
         worker.communicate(timeout=60)

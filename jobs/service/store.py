@@ -13,6 +13,9 @@ Layout of $REALFAKE_HOME:
     jobs/<id>/job.log        the job's stdout and stderr, every attempt appended
     jobs/<id>/out/           the output directory when the spec names no `out`
     jobs/<id>/result.json    the summary the job function returned
+
+One module, though long: every state change of a job is one SQLite transaction here, and the state
+machine reads best in one place (huey's storage layer is one file for the same reason).
 """
 from __future__ import annotations
 

@@ -24,6 +24,9 @@ evaluated with and without test-time augmentation).
 OUT/ holds runs/NAME-seedS (run directories), pretrain/NAME-seedS.pt, evals/NAME-seedS.json (the
 evaluation of each row and seed), results.json and results.md. Rerunning the same command resumes: finished
 evaluations are kept, unfinished runs continue from their last checkpoint.
+
+One module, though long: loading a spec, running its rows over seeds and writing the results table
+share the row and seed naming that makes a rerun resume.
 """
 from __future__ import annotations
 

@@ -31,6 +31,9 @@ Data would move decoded images through its object store and need its own bookkee
 written. See docs/cluster.md.
 
 Ray is imported lazily; without it `--ray` says how to install it (the `cluster` extra).
+
+One module, though long: the driver, the Ray task and the merge share the part-file and lock
+protocol that makes a cancelled or restarted run resume exactly.
 """
 from __future__ import annotations
 
