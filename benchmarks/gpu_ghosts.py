@@ -29,12 +29,12 @@ Needs torch, torchvision, PIL, numpy and NVIDIA DALI; realfake need not be insta
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 IMAGE_SIZE = 600
@@ -202,7 +202,7 @@ def main() -> int:
 
     import_realfake("realfake.jobs.tasks.score")
     import torch
-    from gpu_score import make_folders
+    from gpu_score import make_folders, measure_into
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device: this script measures the GPU (--device cpu for a dry run)", file=sys.stderr)
@@ -211,18 +211,7 @@ def main() -> int:
     started = time.perf_counter()
     rows: list[dict] = []
 
-    def measure(kind: str, what: str, fn, *fn_args, **kw) -> float | None:
-        t0 = time.perf_counter()
-        try:
-            value = fn(*fn_args, **kw)
-            rows.append({"kind": kind, "what": what, "img_per_s": value, "seconds": time.perf_counter() - t0})
-            print(f"  {kind:<11} {what:<36} {value:>9.1f} img/s", flush=True)
-            return value
-        except Exception as exc:
-            rows.append({"kind": kind, "what": what, "img_per_s": None, "error": f"{type(exc).__name__}: {exc}"})
-            print(f"  {kind:<11} {what:<36} failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
-            traceback.print_exc(limit=5)
-            return None
+    measure = functools.partial(measure_into, rows)
 
     with tempfile.TemporaryDirectory(prefix="realfake-gpu-ghosts-") as tmp_name:
         tmp = Path(tmp_name)

@@ -40,6 +40,7 @@ repository's folders are mapped to `realfake.*` here.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -200,6 +201,23 @@ def score_rate(folder: Path, engine: Path, loader: str, threads: int, out: Path,
 
 # --------------------------------------------------------------------------- the run
 
+def measure_into(rows: list[dict], kind: str, what: str, fn, *fn_args, **kw) -> float | None:
+    """Run `fn` (it returns img/s), print its line of the table and append its row to `rows`; a failure
+    becomes a row with the error, so that one missing piece (no DALI, a refused option) ends no session."""
+    t0 = time.perf_counter()
+    try:
+        value = fn(*fn_args, **kw)
+        rows.append({"kind": kind, "what": what, "img_per_s": value, "seconds": time.perf_counter() - t0})
+        print(f"  {kind:<11} {what:<36} {value:>9.1f} img/s", flush=True)
+        return value
+    except Exception as exc:
+        rows.append({"kind": kind, "what": what, "img_per_s": None, "error": f"{type(exc).__name__}: {exc}"})
+        print(f"  {kind:<11} {what:<36} failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+        if not isinstance(exc, (ImportError, ValueError)):  # not just "DALI is not installed"
+            traceback.print_exc(limit=5)
+        return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="folder of JPEGs (default: generate synthetic 600x600 faces)")
@@ -225,19 +243,7 @@ def main() -> int:
     started = time.perf_counter()
     rows: list[dict] = []
 
-    def measure(kind: str, what: str, fn, *fn_args, **kw) -> float | None:
-        t0 = time.perf_counter()
-        try:
-            value = fn(*fn_args, **kw)
-            rows.append({"kind": kind, "what": what, "img_per_s": value, "seconds": time.perf_counter() - t0})
-            print(f"  {kind:<11} {what:<36} {value:>9.0f} img/s", flush=True)
-            return value
-        except Exception as exc:
-            rows.append({"kind": kind, "what": what, "img_per_s": None, "error": f"{type(exc).__name__}: {exc}"})
-            print(f"  {kind:<11} {what:<36} failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
-            if not isinstance(exc, (ImportError, ValueError)):  # not just "DALI is not installed"
-                traceback.print_exc(limit=5)
-            return None
+    measure = functools.partial(measure_into, rows)
 
     with tempfile.TemporaryDirectory(prefix="realfake-gpu-score-") as tmp_name:
         tmp = Path(tmp_name)
