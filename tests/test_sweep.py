@@ -164,6 +164,8 @@ def test_laundered_rows_are_aggregated_per_transform_over_seeds():
     assert "| `a` | `jpeg:q=85` | 0.600 ± 0.071 | 0.500 ± 0.000 | 0.800 ± 0.141 | 1.000 ± 0.000 |" in table
     assert "Under laundering" not in format_results_md({**results, "configs": [
         {**results["configs"][0], "summary": aggregate([{**r, "launder": {}} for r in runs])}]})
+    one_seed = {**results, "seeds": [0], "configs": [{**results["configs"][0], "summary": aggregate(runs[:1])}]}
+    assert "| `a` | `jpeg:q=85` | 0.550 | 0.500 | 0.900 | 1.000 |" in format_results_md(one_seed)
 
 
 def test_sweep_trains_each_configuration_per_seed_and_resumes(data_dir, tmp_path):

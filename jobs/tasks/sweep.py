@@ -230,6 +230,8 @@ def aggregate(runs: list[dict]) -> dict:
 def _pm(stat: dict, digits: int = 3) -> str:
     if stat["mean"] is None:
         return "n/a"
+    if stat["n"] == 1:  # one seed measures no spread: "± 0.000" would claim one
+        return f"{stat['mean']:.{digits}f}"
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
