@@ -39,6 +39,20 @@ def test_the_gate_flags_what_erases_the_evidence_and_keeps_the_clean_files_decid
     assert none is None and "no transform" in why["why_none"]
 
 
+def test_the_build_summary_names_the_transforms_the_gate_decides_unknown_on_or_why_it_has_none():
+    from realfake.jobs.cli.engine import describe_gate
+
+    outcome = {"n": 174, "roc_auc": 0.6, "real_called_fake": 0.8}
+    gate = {"kind": "laundering-gate", "clean_coverage": 0.95,
+            "outcomes": {"jpeg:q=95": {**outcome, "erased": True}, "jpeg:q=70": {**outcome, "erased": False},
+                         "crop:dx=1,q=90": {**outcome, "erased": True}}}
+    line = describe_gate(gate)
+    assert "2 of 3 transforms" in line and "95%" in line and "AUC < 0.75" in line
+    assert "all 3 transforms" in describe_gate({**gate, "outcomes": {k: {**outcome, "erased": True} for k in "abc"}})
+    assert describe_gate({"kind": "none", "why": "too few validation files", "outcomes": {}}) == (
+        "none: every file is decided (too few validation files)")
+
+
 def test_features_are_per_map_statistics():
     maps = torch.zeros(2, 33, 8, 8)
     maps[1, :, :4] = -2.0

@@ -48,6 +48,8 @@ def build(**options):
     click.echo(f"  parity     max |dp| {parity['max_abs_diff_p']:.2e} (tolerance {parity['tolerance']:.0e}), "
                f"mean {parity['mean_abs_diff_p']:.2e}, label agreement {parity['label_agreement']:.4f} "
                f"on {parity['n_images']} validation images")
+    if s.get("evidence"):
+        click.echo(f"  gate       {describe_gate(s['evidence'])}")
     click.echo(f"Use it with: realfake score FOLDER --engine {s['engine_dir']}  "
                f"(or make it the default: realfake engine promote {s['engine_dir']})")
 
@@ -64,6 +66,20 @@ def describe_threshold(how: dict) -> str:
         return (f"target_fpr {how['target_fpr']:g}: false positive rate {how['fpr']:.3f}, fakes caught "
                 f"{how['tpr']:.3f} on validation")
     return how["method"]
+
+
+def describe_gate(evidence: dict) -> str:
+    """The laundering gate in one line: which transforms of the family it decides `unknown` on, or why none."""
+    from realfake.engines.evidence import MAX_REAL_CALLED_FAKE, MIN_AUC
+
+    outcomes = evidence.get("outcomes") or {}
+    erased = [spec for spec, outcome in outcomes.items() if outcome.get("erased")]
+    if evidence.get("kind") != "laundering-gate":
+        return f"none: every file is decided ({evidence.get('why', 'no gate fitted')})"
+    share = f"{len(erased)} of {len(outcomes)}" if len(erased) < len(outcomes) else f"all {len(outcomes)}"
+    return (f"`unknown` for files like those laundered by {share} transforms of the family, where the engine's "
+            f"evidence was gone on validation (AUC < {MIN_AUC} or over {MAX_REAL_CALLED_FAKE:.0%} of reals called fake); keeps "
+            f"{evidence['clean_coverage']:.0%} of the files as saved decided")
 
 
 def _cell(key: str, value) -> str:

@@ -33,7 +33,7 @@ def run_engine_build(run_dir: InputPath, out: OutputPath, checkpoint: Literal[CH
             "threshold_detail": meta["threshold_method"],
             "parity": {key: parity[key] for key in ("n_images", "max_abs_diff_p", "mean_abs_diff_p",
                                                      "label_agreement", "tolerance")},
-            "build_s": meta["build_s"]}
+            "evidence": meta.get("evidence"), "build_s": meta["build_s"]}
 
 
 run_engine_build.options = BuildOptions
