@@ -123,5 +123,8 @@ def test_unknown_files_are_never_fake_and_the_metrics_are_those_of_the_decided_o
     assert "coverage" in Path(summary["report"]).read_text()
     everything = _write_scores(tmp_path / "all_unknown.csv", [(r.path, v) for r, v in zip(rows, p, strict=True)],
                                unknown={r.path for r in rows})
-    with pytest.raises(ValueError, match="decided none"):
-        run_evaluate_scores(everything, prepared, "test")
+    nothing = run_evaluate_scores(everything, prepared, "test")  # coverage 0 is a result: no metric to report
+    assert nothing["coverage"] == 0.0 and nothing["n"] == 0 and nothing["roc_auc"] is None
+    assert nothing["real_called_fake"] == 0.0
+    assert json.loads(Path(f"{everything}.test-report.json").read_text())["metrics"]["coverage"]["unknown"] == len(rows)
+    assert "Decided 0 of" in Path(nothing["report"]).read_text()

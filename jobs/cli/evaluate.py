@@ -41,4 +41,5 @@ def evaluate_scores(**options):
 
     summary = run_evaluate_scores(**as_arguments(options))
     click.echo(Path(summary["report"]).read_text())
-    click.echo(f"Report: {summary['report']} (and the .json and .png files beside it)")
+    beside = "the .json and .png files" if summary["n"] else "the .json file"  # nothing decided: no plots
+    click.echo(f"Report: {summary['report']} (and {beside} beside it)")

@@ -38,6 +38,22 @@ def _write_report(report: dict, labels, p_fake, title: str, path_of) -> Path:
     return path_of("report", ".md")
 
 
+def _write_undecided_report(scores_file: Path, data_dir, split: str, engine_id: str, threshold: float,
+                            coverage: dict, title: str) -> dict:
+    """The report of a split the engine decided none of: its coverage (0) and nothing else to measure."""
+    report_md = Path(f"{scores_file}.{split}-report.md")
+    report = {"scores": str(scores_file), "data_dir": str(data_dir), "split": split, "engine_id": engine_id,
+              "metrics": {"n": 0, "threshold": threshold, "coverage": coverage}}
+    Path(f"{scores_file}.{split}-report.json").write_text(json.dumps(report, indent=2) + "\n")
+    report_md.write_text(f"# {title}\n\nDecided 0 of {coverage['n']} files (coverage 0.000; every one is unknown, "
+                         "never counted as fake): the engine found the evidence it reads gone from every file, so "
+                         "there are no accuracy or AUC figures to report. Real called fake 0.000, fakes caught "
+                         "0.000.\n")
+    return {"scores": str(scores_file), "split": split, "n": 0, "accuracy": None, "roc_auc": None,
+            "threshold": threshold, "engine_id": engine_id, "coverage": 0.0,
+            "real_called_fake": coverage["real_called_fake"], "report": str(report_md)}
+
+
 def run_evaluate(
     run_dir: InputPath,
     split: Literal[SPLITS] = "test",
@@ -183,14 +199,14 @@ def run_evaluate_scores(scores: InputPath, data_dir: InputPath, split: Literal[S
                          f"({', '.join(engine_ids)}): score them again with one engine into a new file")
     # The engine's decisions: the metrics are those of the files it decided; unknown is never fake.
     decided = [i for i, s in enumerate(picked) if s["decision"] != "unknown"]
-    if not decided:
-        raise ValueError(f"engine {engine_ids[0]} decided none of the {len(rows)} {split} files of {data_dir} "
-                         f"(every one is unknown in {scores_file}): there is nothing to measure")
+    coverage = decision_coverage([r.label for r in rows], [s["decision"] for s in picked])
+    title = f"engine {engine_ids[0]} — {split} split of {data_dir} ({scores_file.name}, the engine's threshold)"
+    if not decided:  # a result, not an error: the engine said the evidence is gone from every file
+        return _write_undecided_report(scores_file, data_dir, split, engine_ids[0], thresholds[0], coverage, title)
     labels, p_fake = [rows[i].label for i in decided], [picked[i]["p_fake"] for i in decided]
     metrics = classification_metrics(labels, p_fake, threshold=thresholds[0], groups=[rows[i].group for i in decided],
                                      encodings=[file_encoding(rows[i].path) for i in decided])
-    metrics["coverage"] = decision_coverage([r.label for r in rows], [s["decision"] for s in picked])
-    title = f"engine {engine_ids[0]} — {split} split of {data_dir} ({scores_file.name}, the engine's threshold)"
+    metrics["coverage"] = coverage
     report = {"scores": str(scores_file), "data_dir": str(data_dir), "split": split, "engine_id": engine_ids[0],
               "metrics": metrics}
     report_md = _write_report(report, labels, p_fake, title, lambda kind, ext: Path(f"{scores_file}.{split}-{kind}{ext}"))
