@@ -62,6 +62,7 @@ PARITY_TOLERANCE = {"fp32": 1e-4, "fp32-cuda": 2e-3, "fp16": 1e-2, "bf16": 5e-2}
 # and eager fp32 agree on. A label can flip only where p_eager is within the tolerance of the
 # threshold, so this gate bites only when many images sit right at the threshold.
 MIN_LABEL_AGREEMENT = {"fp32": 0.99, "fp16": 0.98, "bf16": 0.98}
+THRESHOLD_OVER = ("as-saved", "with-laundered")
 PARITY_MAX_IMAGES = 512  # validation images compared at build (the threshold uses the whole split)
 
 
@@ -92,6 +93,10 @@ class BuildOptions:
     target_fpr: float | None = field(default=None, metadata={"min": 0, "max": 1, "help": (
         "With --threshold auto: the lowest threshold whose false positive rate (real called fake) on the "
         "validation split stays at or below this.")})
+    threshold_over: str = field(default="as-saved", metadata={"choices": THRESHOLD_OVER, "help": (
+        "With --threshold auto, the validation files it is chosen on: as-saved, or with-laundered (the files "
+        "as saved and laundered by each transform of the family, ghost engines), so that the false positive "
+        "rate (--target-fpr) holds for re-saved, resized and cropped photos too.")})
     device: str = field(default="auto", metadata={"help": (
         "auto, cpu or cuda[:N]: the device the engine is built for and runs on.")})
     tta: str = field(default="none", metadata={"choices": ENGINE_TTA, "help": (
@@ -107,6 +112,10 @@ class BuildOptions:
         threshold = parse_threshold(self.threshold)
         if threshold != "auto" and self.target_fpr is not None:
             raise ValueError("--target-fpr applies to --threshold auto only: drop one of them")
+        if self.threshold_over not in THRESHOLD_OVER:
+            raise ValueError(f"unknown --threshold-over {self.threshold_over!r}: choose one of {', '.join(THRESHOLD_OVER)}")
+        if threshold != "auto" and self.threshold_over != "as-saved":
+            raise ValueError("--threshold-over applies to --threshold auto only: drop one of them")
         if self.tta not in ENGINE_TTA:
             raise ValueError(f"unknown --tta {self.tta!r} for an engine: choose one of {', '.join(ENGINE_TTA)}")
         return replace(self, batch=parse_batch(self.batch), threshold=threshold, device=resolve_device(self.device))
@@ -218,10 +227,8 @@ def measure_parity(p_eager: torch.Tensor, p_engine: torch.Tensor, threshold: flo
     return result
 
 
-def _laundering_gate(engine: Engine, laundered: Mapping[str, Validation], clean_features: np.ndarray,
-                     clean_labels: np.ndarray, clean_p: np.ndarray, threshold: float) -> dict:
-    """engine.json's `evidence`: the laundering gate fitted on the validation files as saved and laundered
-    (see engines/evidence.py), or why the engine has none."""
+def _laundered_outputs(engine: Engine, laundered: Mapping[str, Validation]) -> dict[str, tuple]:
+    """Per transform of the family: (evidence features, labels, engine p_fake) of the laundered validation files."""
     measured = {}
     for spec, validation in laundered.items():
         feats, ys, ps = [], [], []
@@ -230,6 +237,13 @@ def _laundering_gate(engine: Engine, laundered: Mapping[str, Validation], clean_
             ps.append(engine.predict(images).numpy())
             ys.append(y.numpy())
         measured[spec] = (np.concatenate(feats), np.concatenate(ys), np.concatenate(ps))
+    return measured
+
+
+def _laundering_gate(measured: Mapping[str, tuple], clean_features: np.ndarray, clean_labels: np.ndarray,
+                     clean_p: np.ndarray, threshold: float) -> dict:
+    """engine.json's `evidence`: the laundering gate fitted on the validation files as saved and laundered
+    (see engines/evidence.py), or why the engine has none."""
     gate, record = fit_gate(clean_features, measured, clean_labels, clean_p, threshold)
     if gate is None:
         return {"kind": "none", "why": record["why_none"], "outcomes": record["outcomes"]}
@@ -386,10 +400,20 @@ def build_engine_from_model(model: nn.Module, out: str | Path, *, architecture: 
         p_eager_all, p_engine_all = torch.cat(p_eager), torch.cat(p_engine)
         labels_all = torch.cat(labels) if labels else None
 
-        value, how = choose_threshold(threshold, target_fpr, labels_all, p_engine_all.numpy())
+        measured = _laundered_outputs(engine, laundered) if laundered and labels_all is not None else {}
+        pool_y, pool_p = labels_all, p_engine_all.numpy()
+        if opts.threshold_over == "with-laundered":
+            if not measured:
+                raise ValueError("--threshold-over with-laundered needs the validation split laundered: build a "
+                                 "ghost engine from its run directory")
+            pool_y = np.concatenate([labels_all.numpy(), *(ys for _, ys, _ in measured.values())])
+            pool_p = np.concatenate([pool_p, *(ps for _, _, ps in measured.values())])
+        value, how = choose_threshold(threshold, target_fpr, pool_y, pool_p)
+        if how["method"] != "fixed":
+            how["over"] = opts.threshold_over
         meta["threshold"], meta["threshold_method"] = float(value), how
-        if laundered and labels_all is not None:
-            meta["evidence"] = _laundering_gate(engine, laundered, np.concatenate(features), labels_all.numpy(),
+        if measured and opts.evidence:
+            meta["evidence"] = _laundering_gate(measured, np.concatenate(features), labels_all.numpy(),
                                                 p_engine_all.numpy(), float(value))
         engine.close()
         n = min(parity_images, p_eager_all.numel())
@@ -433,7 +457,8 @@ def build_engine(run_dir: str | Path, out: str | Path, *, checkpoint: str = "bes
     validation = split_validation(data_dir, int(config["image_size"]), num_workers=num_workers,
                                   input=config["input"], ghost_maps=kind or "pil")
     laundered = None
-    if config["input"] == "ghosts" and options.get("evidence", BuildOptions.evidence):
+    if config["input"] == "ghosts" and (options.get("evidence", BuildOptions.evidence)
+                                        or options.get("threshold_over") == "with-laundered"):
         laundered = {spec: split_validation(laundered_split(data_dir, spec, "valid", workers=max(1, num_workers)),
                                             int(config["image_size"]), num_workers=num_workers, input="ghosts",
                                             ghost_maps=kind)

@@ -106,3 +106,20 @@ def test_files_the_gate_flags_are_unknown_with_the_reason_and_never_fake(ghost_e
 
     for row in read_rows(tmp_path / "s.csv"):
         assert row["decision"] == "unknown" and "compression history this engine reads is gone" in row["reason"]
+
+
+def test_a_threshold_chosen_with_the_laundered_copies_pools_them_with_the_files_as_saved(ghost_engine, tmp_path):
+    from realfake.engines.build import build_engine
+
+    _, root = ghost_engine
+    run = root / "runs" / "g"
+    common = dict(backend="eager", device="cpu", num_workers=0, threshold="auto", evidence=False)
+    as_saved = build_engine(run, tmp_path / "as-saved", **common)
+    pooled = build_engine(run, tmp_path / "pooled", threshold_over="with-laundered", target_fpr=0.5, **common)
+    how_saved = json.loads((as_saved / ENGINE_JSON).read_text())["threshold_method"]
+    how_pooled = json.loads((pooled / ENGINE_JSON).read_text())["threshold_method"]
+    assert how_saved["over"] == "as-saved" and how_pooled["over"] == "with-laundered"
+    assert how_pooled["method"] == "target_fpr" and how_pooled["fpr"] <= 0.5
+    assert how_pooled["n_images"] == how_saved["n_images"] * 15  # the 4 files as saved + 14 laundered copies each
+    with pytest.raises(ValueError, match="--threshold-over applies to --threshold auto only"):
+        build_engine(run, tmp_path / "fixed", threshold="0.5", threshold_over="with-laundered", backend="eager")
