@@ -113,7 +113,8 @@ class BuildOptions:
         if threshold != "auto" and self.target_fpr is not None:
             raise ValueError("--target-fpr applies to --threshold auto only: drop one of them")
         if self.threshold_over not in THRESHOLD_OVER:
-            raise ValueError(f"unknown --threshold-over {self.threshold_over!r}: choose one of {', '.join(THRESHOLD_OVER)}")
+            raise ValueError(f"unknown --threshold-over {self.threshold_over!r}: choose one of "
+                             f"{', '.join(THRESHOLD_OVER)}")
         if threshold != "auto" and self.threshold_over != "as-saved":
             raise ValueError("--threshold-over applies to --threshold auto only: drop one of them")
         if self.tta not in ENGINE_TTA:

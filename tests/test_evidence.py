@@ -121,5 +121,9 @@ def test_a_threshold_chosen_with_the_laundered_copies_pools_them_with_the_files_
     assert how_saved["over"] == "as-saved" and how_pooled["over"] == "with-laundered"
     assert how_pooled["method"] == "target_fpr" and how_pooled["fpr"] <= 0.5
     assert how_pooled["n_images"] == how_saved["n_images"] * 15  # the 4 files as saved + 14 laundered copies each
+    from realfake.jobs.tasks.engine import run_engine_build
+
+    summary = run_engine_build(run, tmp_path / "summary", backend="eager", device="cpu", num_workers=0)
+    assert summary["evidence"]["kind"] == "none" and len(summary["evidence"]["outcomes"]) == 14  # what the CLI prints
     with pytest.raises(ValueError, match="--threshold-over applies to --threshold auto only"):
         build_engine(run, tmp_path / "fixed", threshold="0.5", threshold_over="with-laundered", backend="eager")

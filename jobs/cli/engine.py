@@ -79,9 +79,9 @@ def describe_gate(evidence: dict) -> str:
     if evidence.get("kind") != "laundering-gate":
         return f"none: every file is decided ({evidence.get('why', 'no gate fitted')})"
     share = f"{len(erased)} of {len(outcomes)}" if len(erased) < len(outcomes) else f"all {len(outcomes)}"
-    return (f"`unknown` for files like those laundered by {share} transforms of the family, where the engine's "
-            f"evidence was gone on validation (AUC < {MIN_AUC} or over {MAX_REAL_CALLED_FAKE:.0%} of reals called fake); keeps "
-            f"{evidence['clean_coverage']:.0%} of the files as saved decided")
+    return (f"`unknown` for files like those laundered by {share} transforms of the family, where the "
+            f"engine's evidence was gone on validation (AUC < {MIN_AUC} or over {MAX_REAL_CALLED_FAKE:.0%} of "
+            f"reals called fake); keeps {evidence['clean_coverage']:.0%} of the files as saved decided")
 
 
 def _cell(key: str, value) -> str:

@@ -33,7 +33,14 @@ def run_engine_build(run_dir: InputPath, out: OutputPath, checkpoint: Literal[CH
             "threshold_detail": meta["threshold_method"],
             "parity": {key: parity[key] for key in ("n_images", "max_abs_diff_p", "mean_abs_diff_p",
                                                      "label_agreement", "tolerance")},
-            "evidence": meta.get("evidence"), "build_s": meta["build_s"]}
+            "evidence": _gate_summary(meta.get("evidence")), "build_s": meta["build_s"]}
+
+
+def _gate_summary(evidence: dict | None) -> dict | None:
+    """What the laundering gate decided, without its fitted coefficients (those stay in engine.json)."""
+    if evidence is None:
+        return None
+    return {key: evidence[key] for key in ("kind", "why", "outcomes", "clean_coverage") if key in evidence}
 
 
 run_engine_build.options = BuildOptions
