@@ -79,6 +79,10 @@ def test_the_demo_runs_the_whole_path_and_writes_every_output_it_names(tmp_path,
                 "heatmaps", "page"):
         assert result[key] in text, key
     assert f"ROC AUC {result['test']['roc_auc']:.3f}" in text and f"{DAMAGED_NAME}: truncated" in text
+    decided = result["decisions"]
+    assert sum(decided.values()) == SCORE_N
+    assert (f"decided {decided.get('real', 0)} real, {decided.get('fake', 0)} fake, {decided.get('unknown', 0)} "
+            "unknown") in text
     times = next(line for line in text.splitlines() if line.startswith("Time: "))
     assert all(f"{step} " in times for step in ("synth", "prepare", "train", "evaluate", "engine", "score"))
     assert all(command in text for command in result["real_data_commands"])

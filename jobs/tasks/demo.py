@@ -207,9 +207,10 @@ def summary_lines(result: dict) -> list[str]:
     engine = f"{result['backend']} engine {result['engine_id']}, threshold {result['threshold']:.3f} (valid split)"
     if result["backend_fallback"]:
         engine += f"; {result['backend_fallback']}"
-    new_line = f"{result['scored']} scored: {new['real']} real, {new['fake']} fake"
-    if result["decisions"].get("unknown"):
-        new_line += f" ({result['decisions']['unknown']} of them unknown: the evidence gate found no JPEG history)"
+    decisions = result["decisions"]
+    new_line = (f"{result['scored']} scored: decided {decisions.get('real', 0)} real, {decisions.get('fake', 0)} "
+                f"fake, {decisions.get('unknown', 0)} unknown (the laundering gate found too little JPEG history "
+                f"to decide); p_fake at the threshold alone: {new['real']} real, {new['fake']} fake")
     if new["auc"] is not None:
         new_line += f" (ROC AUC {new['auc']:.3f}, accuracy {new['accuracy']:.3f} against the folders' classes)"
     errors = "; ".join(f"{Path(e['path']).name}: {e['reason']}" for e in result["errors"]) or "none"
