@@ -53,6 +53,17 @@ def test_the_build_summary_names_the_transforms_the_gate_decides_unknown_on_or_w
         "none: every file is decided (too few validation files)")
 
 
+def test_the_build_summary_says_which_validation_files_chose_the_threshold():
+    from realfake.jobs.cli.engine import describe_threshold
+
+    assert describe_threshold({"method": "fixed"}) == "fixed"
+    assert describe_threshold({"method": "eer", "eer": 0.2, "n_images": 174, "over": "as-saved"}) == (
+        "eer: equal error rate 0.200 on 174 validation images")
+    pooled = {"method": "target_fpr", "target_fpr": 0.1, "fpr": 0.1, "tpr": 0.415, "n_images": 2610,
+              "over": "with-laundered"}
+    assert describe_threshold(pooled).endswith("fakes caught 0.415 on 2610 validation images as saved and laundered")
+
+
 def test_features_are_per_map_statistics():
     maps = torch.zeros(2, 33, 8, 8)
     maps[1, :, :4] = -2.0

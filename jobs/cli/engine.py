@@ -60,14 +60,14 @@ COLUMNS = ("promoted", "engine_id", "backend", "precision", "model", "image_size
 
 def describe_threshold(how: dict) -> str:
     """How the threshold was chosen, with what it reached on the validation split."""
+    if how["method"] not in ("eer", "target_fpr"):  # fixed: nothing was measured to choose it
+        return how["method"]
     images = (f"{how['n_images']} validation images as saved and laundered" if how.get("over") == "with-laundered"
               else f"{how['n_images']} validation images")
     if how["method"] == "eer":
         return f"eer: equal error rate {how['eer']:.3f} on {images}"
-    if how["method"] == "target_fpr":
-        return (f"target_fpr {how['target_fpr']:g}: false positive rate {how['fpr']:.3f}, fakes caught "
-                f"{how['tpr']:.3f} on {images}")
-    return how["method"]
+    return (f"target_fpr {how['target_fpr']:g}: false positive rate {how['fpr']:.3f}, fakes caught "
+            f"{how['tpr']:.3f} on {images}")
 
 
 def describe_gate(evidence: dict) -> str:
