@@ -163,30 +163,34 @@ def save_curves_png(history: list[dict], path: Path, title: str = "") -> Path:
     return Path(path)
 
 
+def _fmt(value, spec=".4f"):
+    return "n/a" if value is None else format(value, spec)
+
+
+def format_coverage(c: dict) -> str:
+    """One sentence of `decision_coverage`'s figures: how many files were decided, and over all of them the
+    real photos called fake and the fakes caught."""
+    return (f"Decided {c['n'] - c['unknown']} of {c['n']} files (coverage {c['decided']:.3f}; {c['unknown']} "
+            f"unknown, never counted as fake); over all {c['n']}: real called fake "
+            f"{_fmt(c['real_called_fake'], '.3f')}, fakes caught {_fmt(c['fakes_caught'], '.3f')}.")
+
+
 def format_report_md(metrics: dict, *, title: str) -> str:
     """The report's classification table, plus the figures it lacked."""
-
-    def fmt(value, spec=".4f"):
-        return "n/a" if value is None else format(value, spec)
-
     lines = [f"# {title}", "", f"Files: {metrics['n']}, threshold: {metrics['threshold']:.4f}", ""]
     if metrics.get("coverage"):
-        c = metrics["coverage"]
-        lines += [f"Decided {c['n'] - c['unknown']} of {c['n']} files (coverage {c['decided']:.3f}; {c['unknown']} "
-                  f"unknown, never counted as fake); over all {c['n']}: real called fake "
-                  f"{fmt(c['real_called_fake'], '.3f')}, fakes caught {fmt(c['fakes_caught'], '.3f')}. The figures "
-                  "below are those of the decided files.", ""]
+        lines += [f"{format_coverage(metrics['coverage'])} The figures below are those of the decided files.", ""]
     lines += ["| class | precision | recall | f1-score | support |", "|---|---|---|---|---|"]
     for name, row in metrics["per_class"].items():
         lines.append(f"| {name} | {row['precision']:.2f} | {row['recall']:.2f} | {row['f1']:.2f} | {row['support']} |")
     cm = metrics["confusion_matrix"]
     lines += ["", "| metric | value |", "|---|---|",
-              f"| accuracy | {fmt(metrics['accuracy'])} |",
-              f"| balanced accuracy | {fmt(metrics['balanced_accuracy'])} |",
-              f"| macro F1 | {fmt(metrics['macro_f1'])} |",
-              f"| ROC AUC | {fmt(metrics['roc_auc'])} |",
-              f"| average precision | {fmt(metrics['average_precision'])} |",
-              f"| EER | {fmt(metrics['eer'])} (threshold {fmt(metrics['eer_threshold'])}) |",
+              f"| accuracy | {_fmt(metrics['accuracy'])} |",
+              f"| balanced accuracy | {_fmt(metrics['balanced_accuracy'])} |",
+              f"| macro F1 | {_fmt(metrics['macro_f1'])} |",
+              f"| ROC AUC | {_fmt(metrics['roc_auc'])} |",
+              f"| average precision | {_fmt(metrics['average_precision'])} |",
+              f"| EER | {_fmt(metrics['eer'])} (threshold {_fmt(metrics['eer_threshold'])}) |",
               "", "Confusion matrix (rows = true, columns = predicted):", "",
               "| | pred real | pred fake |", "|---|---|---|",
               f"| real | {cm[0][0]} | {cm[0][1]} |", f"| fake | {cm[1][0]} | {cm[1][1]} |"]
@@ -198,14 +202,14 @@ def format_report_md(metrics: dict, *, title: str) -> str:
         lines += ["", "Under laundering (the split's files re-saved, resized or cropped, then scored at the same "
                       "threshold; docs/robustness.md):", "",
                   "| transform | ROC AUC | accuracy | real called fake | fakes caught |", "|---|---|---|---|---|",
-                  f"| none | {fmt(metrics['roc_auc'], '.3f')} | {metrics['accuracy']:.3f} | "
-                  f"{fmt(metrics['real_called_fake'], '.3f')} | {fmt(metrics['fakes_caught'], '.3f')} |"]
+                  f"| none | {_fmt(metrics['roc_auc'], '.3f')} | {metrics['accuracy']:.3f} | "
+                  f"{_fmt(metrics['real_called_fake'], '.3f')} | {_fmt(metrics['fakes_caught'], '.3f')} |"]
         for spec, row in metrics["launder"].items():
-            lines.append(f"| `{spec}` | {fmt(row['roc_auc'], '.3f')} | {row['accuracy']:.3f} | "
-                         f"{fmt(row['real_called_fake'], '.3f')} | {fmt(row['fakes_caught'], '.3f')} |")
+            lines.append(f"| `{spec}` | {_fmt(row['roc_auc'], '.3f')} | {row['accuracy']:.3f} | "
+                         f"{_fmt(row['real_called_fake'], '.3f')} | {_fmt(row['fakes_caught'], '.3f')} |")
     if metrics.get("fakes_by_encoding"):
         lines += ["", "Fakes by encoding (JPEG quantization tables or format; see docs/quality.md):", "",
                   "| fakes | n | recall | ROC AUC vs all real images |", "|---|---|---|---|"]
         for name, row in metrics["fakes_by_encoding"].items():
-            lines.append(f"| {name} | {row['n']} | {fmt(row['recall'], '.3f')} | {fmt(row['roc_auc'], '.3f')} |")
+            lines.append(f"| {name} | {row['n']} | {_fmt(row['recall'], '.3f')} | {_fmt(row['roc_auc'], '.3f')} |")
     return "\n".join(lines) + "\n"

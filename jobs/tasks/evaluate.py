@@ -11,6 +11,7 @@ from realfake.engines.metrics import (
     classification_metrics,
     decision_coverage,
     equal_error_rate,
+    format_coverage,
     format_report_md,
     save_confusion_png,
     save_roc_png,
@@ -45,10 +46,8 @@ def _write_undecided_report(scores_file: Path, data_dir, split: str, engine_id: 
     report = {"scores": str(scores_file), "data_dir": str(data_dir), "split": split, "engine_id": engine_id,
               "metrics": {"n": 0, "threshold": threshold, "coverage": coverage}}
     Path(f"{scores_file}.{split}-report.json").write_text(json.dumps(report, indent=2) + "\n")
-    report_md.write_text(f"# {title}\n\nDecided 0 of {coverage['n']} files (coverage 0.000; every one is unknown, "
-                         "never counted as fake): the engine found the evidence it reads gone from every file, so "
-                         "there are no accuracy or AUC figures to report. Real called fake 0.000, fakes caught "
-                         "0.000.\n")
+    report_md.write_text(f"# {title}\n\n{format_coverage(coverage)} The engine found the evidence it reads gone "
+                         "from every file, so there are no accuracy or AUC figures to report.\n")
     return {"scores": str(scores_file), "split": split, "n": 0, "accuracy": None, "roc_auc": None,
             "threshold": threshold, "engine_id": engine_id, "coverage": 0.0,
             "real_called_fake": coverage["real_called_fake"], "report": str(report_md)}
