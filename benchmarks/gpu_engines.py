@@ -104,8 +104,7 @@ COMPILE_PROBES = ("autocast-dynamic", "autocast-static", "weights-dynamic", "wei
 def measure_compile_probe(model_name: str, image_size: int, probe: str, precision: str, *, batch: int,
                           min_seconds: float, repeats: int, device: str = "cuda", **_) -> dict:
     import torch
-    from realfake.engines.backends.common import AutocastRunner, CastInput
-    from realfake.engines.devices import PRECISION_DTYPES
+    from realfake.engines.backends.common import PRECISION_DTYPES, AutocastRunner, CastInput
     from realfake.models import build_model, input_shape
 
     row = job_row(dict(model_name=model_name, image_size=image_size, probe=probe, precision=precision, batch=batch))

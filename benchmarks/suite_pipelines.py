@@ -48,9 +48,10 @@ from realfake.benchmarks.harness import (
     sync_for,
 )
 from realfake.pipelines.dali_loader import dali_available, eval_pipeline, make_dali_loader, train_pipeline
-from realfake.pipelines.spec import IMAGE_EXTENSIONS, AugmentSpec
+from realfake.pipelines.spec import AugmentSpec
 from realfake.pipelines.synth import synth
 from realfake.pipelines.torch_loader import make_torch_loader
+from realfake.pipelines.walk import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 

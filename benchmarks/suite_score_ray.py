@@ -28,9 +28,11 @@ Figures (model simple_cnn, 128 px):
   score-ray/e2e@128/simple_cnn/<pass>/extra_s          s   wall seconds of the pass minus those of plain
 
 Quick mode: 300 files, 1 repeat after one warm-up pass each (about 2-3 minutes on 2 CPU cores, most of it
-Ray starting). Full mode: 2000 files (the whole CIPLAB set when present), 3 repeats.
+Ray starting). Full mode: 2000 files (the whole CIPLAB set when present), 3 repeats. `--copies K` links
+every file K times (a folder K times larger, of the same images; figure names get /xK): the fixed costs
+of a pass against a run of minutes rather than seconds.
 
-Run alone: python -m realfake.benchmarks.suite_score_ray [--full] [--n-files N] [--repeats R]
+Run alone: python -m realfake.benchmarks.suite_score_ray [--full] [--n-files N] [--repeats R] [--copies K]
 """
 from __future__ import annotations
 
@@ -113,7 +115,8 @@ def start_running_ray() -> str:
     return ray.get_runtime_context().gcs_address
 
 
-def run(quick: bool, device: str, *, n_files: int | None = None, repeats: int | None = None) -> list[Figure]:
+def run(quick: bool, device: str, *, n_files: int | None = None, repeats: int | None = None,
+        copies: int = 1) -> list[Figure]:
     """The suite's figures (CPU only: on a GPU machine the engine still runs on the CPU here)."""
     import ray
 
@@ -122,6 +125,7 @@ def run(quick: bool, device: str, *, n_files: int | None = None, repeats: int | 
     cfg = QUICK if quick else FULL
     cfg = replace(cfg, n_files=n_files or cfg.n_files, repeats=repeats or cfg.repeats)
     files, source = bench_images(cfg.n_files)
+    files = files * copies
     folder = class_folder(files)
     engine = cached_engine(MODEL, "aot", "cpu", IMAGE_SIZE)
     log.info("score-ray suite: %d files from %s, engine %s", len(files), source, engine)
@@ -152,8 +156,8 @@ def run(quick: bool, device: str, *, n_files: int | None = None, repeats: int | 
         shutil.rmtree(scratch, ignore_errors=True)
         if started_ray:
             ray.shutdown()
-    prefix = f"{SUITE}/e2e@{IMAGE_SIZE}/{MODEL}"
-    params = {"image_size": IMAGE_SIZE, "n_files": len(files), "data": source, "engine": "aot fp32",
+    prefix = f"{SUITE}/e2e@{IMAGE_SIZE}/{MODEL}" + (f"/x{copies}" if copies > 1 else "")
+    params = {"image_size": IMAGE_SIZE, "n_files": len(files), "copies": copies, "data": source, "engine": "aot fp32",
               "cores": usable_cores(), "batch_size": 64, "workers": 2}
     figures: list[Figure] = []
     e2e = {name: Figure.from_samples(SUITE, f"{prefix}/{name}", [len(files) / s for s in walls[name]],
@@ -183,9 +187,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--full", action="store_true", help="full mode (more files and repeats, a 4-shard pass)")
     parser.add_argument("--n-files", type=int, default=None, help="files per pass (default: the mode's)")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--copies", type=int, default=1, help="link every file this many times (default 1)")
     args = parser.parse_args(argv)
+    if args.copies < 1:
+        parser.error(f"--copies {args.copies} must be 1 or more")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(figures_table(run(quick=not args.full, device="cpu", n_files=args.n_files, repeats=args.repeats)))
+    print(figures_table(run(quick=not args.full, device="cpu", n_files=args.n_files, repeats=args.repeats,
+                          copies=args.copies)))
 
 
 if __name__ == "__main__":

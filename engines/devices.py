@@ -9,12 +9,11 @@ from __future__ import annotations
 import logging
 
 import torch
+from realfake.engines.schema import PRECISIONS
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 PRECISION_CHOICES = (*PRECISIONS, "auto")
-PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_device(device: str) -> str:

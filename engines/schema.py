@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import torch
 from realfake.engines.backends import BACKENDS, COMPILED_ARTIFACT_BACKENDS
-from realfake.engines.devices import PRECISIONS
 from realfake.pipelines.jpeg_ghosts import GHOST_MAPS
 from realfake.pipelines.provenance import sha256_file
 
 FORMAT_VERSION = 1
 ENGINE_JSON = "engine.json"
+PRECISIONS = ("fp32", "fp16", "bf16")
 ENGINE_TTA = ("none", "flip")  # test-time views an engine can average (crops resize: not for ghost maps)
 
 # The fields that change what an engine computes: its id is a hash of these and of the artifact.
@@ -107,6 +108,19 @@ def _base_version(version: str | None) -> str:
     return (version or "").split("+", 1)[0]
 
 
+def _torch_version() -> str:
+    """This environment's torch version, read from its package metadata where torch is not loaded yet:
+    checking an engine directory must not cost a torch import (a `score --ray` driver never needs one)."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].__version__
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:  # a torch built from source, not installed as a package
+        import torch
+
+        return torch.__version__
+
+
 def engine_ghost_maps(meta: dict) -> str | None:
     """The kind of ghost maps an engine reads ("pil" for ghost engines built before the field), or None
     for a pixel engine."""
@@ -162,9 +176,10 @@ def read_engine_meta(path: str | Path, *, expected_image_size: int | None = None
                           f"{meta['engine_id']}): {rebuild} with the settings you want")
     if meta["backend"] in COMPILED_ARTIFACT_BACKENDS:
         built = _base_version(meta["versions"].get("torch"))
-        if built != _base_version(torch.__version__):
+        here = _base_version(_torch_version())
+        if built != here:
             raise EngineError(f"{path} holds a compiled ({meta['backend']}) engine built with torch {built}, "
-                              f"this is torch {_base_version(torch.__version__)}: compiled artifacts run only on "
+                              f"this is torch {here}: compiled artifacts run only on "
                               f"the torch that built them: {rebuild} (or use an eager/compile engine)")
     if meta["input"] == "ghosts" and meta.get("ghost_maps", "pil") not in GHOST_MAPS:
         raise EngineError(f"{meta_file} names unknown ghost maps {meta['ghost_maps']!r} (this realfake computes "

@@ -6,7 +6,7 @@ epoch. `load_rgb` is how the torchvision backend turns a file into RGB, mirrorin
 `decoders.image(output_type=RGB)`: EXIF orientation applied, alpha dropped, grey/palette/CMYK to RGB.
 
 Accepted formats are the ones every backend decodes: JPEG (incl. MPO, a multi-picture JPEG that
-some cameras write), PNG, BMP and WebP, matching `spec.IMAGE_EXTENSIONS`. GIF (animated, palette)
+some cameras write), PNG, BMP and WebP, matching `walk.IMAGE_EXTENSIONS`. GIF (animated, palette)
 and TIFF (multi-page, many compressions DALI and torchvision do not share) are rejected as
 `unsupported format`. The format is read from the content, not from the file name.
 """

@@ -2,15 +2,18 @@
 torchvision (PIL in DataLoader workers). `auto` picks the best available: DALI GPU > DALI CPU >
 torchvision. Both give the same `Batch` of normalized images for the same files (tested).
 
-DALI is imported only when it is chosen: it costs seconds and may need a driver.
+DALI is imported only when it is chosen: it costs seconds and may need a driver. torch too is imported
+only when a loader is made: `LOADER_CHOICES` and the option checks serve processes that never decode
+(a `score --ray` driver).
 """
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
-from realfake.pipelines.spec import AugmentSpec
+if TYPE_CHECKING:
+    from realfake.pipelines.spec import AugmentSpec
 
 LOADER_CHOICES = ("auto", "dali", "torch")
 
@@ -30,6 +33,8 @@ def resolve_backend(backend: str = "auto", device: str = "cpu") -> str:
         raise ValueError("--loader dali needs NVIDIA DALI: pip install 'realfake[dali]' (or use --loader torch)")
     if backend == "auto" and not dali_installed():
         return "torch"
+    import torch
+
     return "dali-gpu" if wants_gpu and torch.cuda.is_available() else "dali-cpu"
 
 

@@ -54,7 +54,8 @@ from realfake.pipelines.manifest import (
     write_manifest,
 )
 from realfake.pipelines.provenance import sha256_file, versions
-from realfake.pipelines.spec import CLASS_NAMES, IMAGE_EXTENSIONS
+from realfake.pipelines.spec import CLASS_NAMES
+from realfake.pipelines.walk import IMAGE_EXTENSIONS
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 

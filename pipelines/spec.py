@@ -17,7 +17,6 @@ DEFAULT_IMAGE_SIZE = 128  # the report's
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 CLASS_NAMES = ("real", "fake")  # label index = position; positive class = fake
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 @dataclass(frozen=True)

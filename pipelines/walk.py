@@ -2,7 +2,7 @@
 
 - Memory stays flat: only the listing of the directories on the current path is held (each sorted by
   name, so two walks of the same tree yield the same order), never the whole tree.
-- Extensions are matched case-insensitively against `spec.IMAGE_EXTENSIONS` (IMG_1.JPG counts).
+- Extensions are matched case-insensitively against `IMAGE_EXTENSIONS` (IMG_1.JPG counts).
 - Symbolic links are followed, each directory is walked once: directories are remembered by
   (st_dev, st_ino), so a link back to an ancestor (a loop) or a second link to a directory already
   walked is passed over with a warning -- its files are scored once, under the first path met.
@@ -21,9 +21,9 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
-from realfake.pipelines.spec import IMAGE_EXTENSIONS
-
 log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 class Found(NamedTuple):

@@ -153,6 +153,22 @@ def test_cli_exit_codes_and_summary_line_with_ray(tmp_path, cluster, engine):
     assert not_an_address.exit_code == 2 and "is not a Ray address" in not_an_address.output
 
 
+def test_the_driver_of_a_ray_run_never_imports_torch(tmp_path, cluster, engine):
+    """Only the tasks load torch: the command that submits them and merges their parts does not pay for
+    a second import of it before any task starts."""
+    folder = tmp_path / "in"
+    make_good_folder(folder, n=12)
+    command = cli_command(folder, tmp_path / "out.csv", engine, cluster, 2)
+    result = subprocess.run([command[0], "-X", "importtime", *command[1:]], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["scored"] == 12
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert {"ray", "realfake.jobs.tasks.score.cluster", "realfake.engines.schema"} <= imported
+    assert not {"torch", "matplotlib"} & imported, sorted({"torch", "matplotlib"} & imported)
+
+
 # ----------------------------------------------------------------------------------------------- failures
 
 def test_a_folder_a_task_cannot_see_is_one_clear_error(tmp_path, cluster, engine, monkeypatch):

@@ -40,8 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from realfake.engines.backends.common import BackendCrash, CastInput, compiler_missing
-from realfake.engines.devices import PRECISION_DTYPES
+from realfake.engines.backends.common import PRECISION_DTYPES, BackendCrash, CastInput, compiler_missing
 
 NAME = "aot"
 ARTIFACT = "model.pt2"

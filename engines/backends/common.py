@@ -9,9 +9,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from realfake.engines.devices import PRECISION_DTYPES
 from realfake.models import MirrorAverage, build_ensemble
 from torch import nn
+
+# The dtype each precision of engine.json (schema.PRECISIONS) runs in.
+PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class BackendCrash(RuntimeError):

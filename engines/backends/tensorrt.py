@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from realfake.engines.devices import PRECISION_DTYPES
+from realfake.engines.backends.common import PRECISION_DTYPES
 
 NAME = "tensorrt"
 ARTIFACT = "model.ep"

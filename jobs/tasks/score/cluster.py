@@ -30,7 +30,9 @@ shard runs the product's own streaming scoring unchanged (decode workers, engine
 Data would move decoded images through its object store and need its own bookkeeping of what was
 written. See docs/cluster.md.
 
-Ray is imported lazily; without it `--ray` says how to install it (the `cluster` extra).
+Ray is imported lazily; without it `--ray` says how to install it (the `cluster` extra). The driver
+never imports torch (nor this module's imports do): only the tasks load it, in the processes that score,
+so that a run pays the torch import once per task process rather than once more before any task starts.
 
 One module, though long: the driver, the Ray task and the merge share the part-file and lock
 protocol that makes a cancelled or restarted run resume exactly.
@@ -57,8 +59,8 @@ from realfake.engines.schema import engine_ghost_maps, read_engine_meta
 from realfake.jobs.service.store import realfake_home
 from realfake.jobs.tasks.outputs.common import ERROR_COLUMNS, errors_path, resolve_output
 from realfake.jobs.tasks.outputs.writers import read_existing, remove_output
+from realfake.jobs.tasks.score.files import check_options
 from realfake.jobs.tasks.score.merge import merge_outputs
-from realfake.jobs.tasks.score.scorer import check_options, score_here
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
@@ -161,6 +163,8 @@ class ProgressCounter:
 
 def score_shard(job: dict, index: int, count: int, counter) -> dict:
     """One Ray task: score shard index/count into its part, resumably, holding the part's lock."""
+    from realfake.jobs.tasks.score.scorer import score_here
+
     node = node_name()
     shared = "every node must see it at the same path (a shared filesystem)"
     for folder in job["folders"]:

@@ -1,5 +1,7 @@
 """Which files a scoring run scores: the walk of its folders, the run's shard of them, minus what OUT
-already holds. What cannot be scored is reported on the way, with its reason, never skipped in silence."""
+already holds. What cannot be scored is reported on the way, with its reason, never skipped in silence.
+Also the checks of a run's options, made before anything loads (here, or by a `--ray` driver that
+never loads torch)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -8,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from realfake.pipelines.images import sniff_problem
+from realfake.pipelines.pixel_loaders import LOADER_CHOICES
 from realfake.pipelines.walk import select_shard, walk_images
 
 
@@ -17,6 +20,22 @@ class WalkCounts:
 
     files: int = 0
     skipped: int = 0
+
+
+def check_options(folders: list[str], batch_size: int, num_workers: int, engine_threads: int, loader: str) -> None:
+    if not folders:
+        raise ValueError("no folder to score: pass at least one FOLDER")
+    for folder in folders:
+        if not os.path.exists(folder):
+            raise FileNotFoundError(f"{folder} does not exist: pass existing folders to score")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size} must be at least 1")
+    if num_workers < 0:
+        raise ValueError(f"--num-workers {num_workers} must be 0 or more")
+    if engine_threads < 0:
+        raise ValueError(f"--engine-threads {engine_threads} must be 0 (auto) or more")
+    if loader not in LOADER_CHOICES:
+        raise ValueError(f"unknown loader {loader!r}: choose one of {', '.join(LOADER_CHOICES)}")
 
 
 def mtime_iso(st_mtime: float) -> str:

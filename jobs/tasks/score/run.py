@@ -1,17 +1,15 @@
 """`run_score`, the job function behind `realfake score`: on this machine (`scorer.py`), or on a Ray
-cluster one task per shard (`cluster.py`); then, if asked, the report page of the whole output."""
+cluster one task per shard (`cluster.py`); then, if asked, the report page of the whole output.
+
+Scoring here, heat maps and the report are imported when a run uses them: a `--ray` driver loads
+neither torch nor matplotlib (its tasks do the scoring)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
 from realfake.jobs.service.params import InputPath, OutputPath
-from realfake.jobs.tasks.explain import run_explain
-from realfake.jobs.tasks.report import run_report
-from realfake.jobs.tasks.report.heatmaps import default_heatmaps
-from realfake.jobs.tasks.report.scores import read_scores
 from realfake.jobs.tasks.score.cluster import run_score_ray
-from realfake.jobs.tasks.score.scorer import score_here
 from realfake.pipelines.pixel_loaders import LOADER_CHOICES
 
 
@@ -67,11 +65,15 @@ def run_score(
     elif ray_shards:
         raise ValueError(f"--ray-shards {ray_shards} needs --ray: pass --ray [ADDRESS], or drop --ray-shards")
     else:
+        from realfake.jobs.tasks.score.scorer import score_here
+
         summary = score_here(folders, out, **options)
     if explain_top:
         summary["heatmaps"] = explain_highest(Path(summary["out"]), explain_top, engine=Path(summary["engine"]),
                                               device=device, num_workers=num_workers, progress=progress)
     if report:
+        from realfake.jobs.tasks.report import run_report
+
         summary["report"] = run_report(Path(summary["out"]), progress=progress)["report"]
     return summary
 
@@ -81,6 +83,10 @@ def explain_highest(scores_file: Path, count: int, *, engine: Path, device: str,
     """Heat maps of the `count` files of a score output with the highest p_fake, in OUT.heatmaps/
     (where `realfake report` finds them). Rows of other engines (an OUT resumed after a rebuild) are
     left out: their heat maps would explain a score the file does not hold."""
+    from realfake.jobs.tasks.explain import run_explain
+    from realfake.jobs.tasks.report.heatmaps import default_heatmaps
+    from realfake.jobs.tasks.report.scores import read_scores
+
     rows = read_scores(scores_file).rows
     engine_id = rows[-1]["engine_id"] if rows else None
     ranked = sorted((r for r in rows if r["engine_id"] == engine_id and r["p_fake"] is not None),

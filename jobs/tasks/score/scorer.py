@@ -47,9 +47,9 @@ from realfake.jobs.tasks.outputs.common import (
 )
 from realfake.jobs.tasks.outputs.writers import open_writer, read_existing
 from realfake.jobs.tasks.score.concurrency import Ahead, MicroBatches, choose_engine_threads, chunked
-from realfake.jobs.tasks.score.files import WalkCounts, files_to_score
+from realfake.jobs.tasks.score.files import WalkCounts, check_options, files_to_score
 from realfake.pipelines.loaders import get_loader
-from realfake.pipelines.pixel_loaders import LOADER_CHOICES, dali_installed, resolve_backend
+from realfake.pipelines.pixel_loaders import dali_installed, resolve_backend
 from realfake.pipelines.walk import parse_shard
 from tqdm import tqdm
 
@@ -241,22 +241,6 @@ class Scorer:
             "seconds": round(seconds, 3),
             "img_per_s": round(self.scored / seconds, 2) if seconds > 0 else None,
         }
-
-
-def check_options(folders: list[str], batch_size: int, num_workers: int, engine_threads: int, loader: str) -> None:
-    if not folders:
-        raise ValueError("no folder to score: pass at least one FOLDER")
-    for folder in folders:
-        if not os.path.exists(folder):
-            raise FileNotFoundError(f"{folder} does not exist: pass existing folders to score")
-    if batch_size < 1:
-        raise ValueError(f"--batch-size {batch_size} must be at least 1")
-    if num_workers < 0:
-        raise ValueError(f"--num-workers {num_workers} must be 0 or more")
-    if engine_threads < 0:
-        raise ValueError(f"--engine-threads {engine_threads} must be 0 (auto) or more")
-    if loader not in LOADER_CHOICES:
-        raise ValueError(f"unknown loader {loader!r}: choose one of {', '.join(LOADER_CHOICES)}")
 
 
 def score_here(folders: Sequence[str], out, *, engine=None, recursive: bool = True, batch_size: int = 64,
