@@ -202,6 +202,26 @@ def test_without_ray_installed_the_flag_says_how_to_install(tmp_path, engine, mo
         in result.output
 
 
+def test_a_cluster_that_asks_for_a_token_says_how_to_give_it(tmp_path, engine, monkeypatch):
+    ray = pytest.importorskip("ray")
+
+    def refused(**_):  # what ray.init raises when the cluster runs with RAY_AUTH_MODE=token and this side does not
+        try:
+            raise RuntimeError("Failed to connect to GCS. ray.exceptions.AuthenticationError: RPC error: "
+                               "InvalidAuthToken: Authentication token is missing or incorrect.")
+        except RuntimeError as cause:
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.9:6379") from cause
+
+    monkeypatch.setattr(ray, "init", refused)
+    folder = tmp_path / "in"
+    make_good_folder(folder, n=2)
+    result = CliRunner().invoke(main, ["score", str(folder), "--out", str(tmp_path / "s.csv"), "--engine", str(engine),
+                                       "--ray", "10.0.0.9:6379"])
+    assert result.exit_code == 2, result.output
+    assert ("error: the Ray cluster at 10.0.0.9:6379 asks for an authentication token: set RAY_AUTH_MODE=token"
+            in result.output)
+
+
 def test_a_part_has_one_writer_at_a_time(tmp_path):
     lock = tmp_path / "part-0-of-2.csv.lock"
     with score_ray.exclusive_lock(lock, wait_s=0, busy="wait for it"):

@@ -291,6 +291,16 @@ def _check_rerun(manifest: dict | None, out_file: Path, directory: Path, num_sha
                          f"under, so a --ray rerun must score the same folders: {fresh}")
 
 
+def _asks_for_a_token(exc: BaseException) -> bool:
+    """Whether a failed ray.init was refused for a missing or wrong token. Ray reports it as a
+    ConnectionError caused by an error whose text names the refusal, not as an exception of its own."""
+    while exc is not None:
+        if any(word in str(exc) for word in ("InvalidAuthToken", "AuthenticationError", "Unauthenticated")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 class _Connection:
     """ray.init for the run, and what undoes it: a Ray that this run started (or joined) is shut down at
     the end; one that the caller had initialised is left as it was."""
@@ -313,6 +323,11 @@ class _Connection:
             else:
                 ray.init(address=address, log_to_driver=False)
         except ConnectionError as exc:
+            if _asks_for_a_token(exc):
+                raise ConnectionError(
+                    f"the Ray cluster at {address} asks for an authentication token: set RAY_AUTH_MODE=token where "
+                    "this command runs, with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN "
+                    "(`ray get-auth-token` on its head node prints it); see docs/cluster.md") from None
             raise ConnectionError(f"cannot reach the Ray cluster at {address}: {str(exc).splitlines()[0]}: start it "
                                   "(`ray start --head`) or give its address") from None
         finally:
