@@ -99,6 +99,8 @@ def test_ray_gives_the_rows_and_errors_of_plain_score_and_resumes(tmp_path, clus
     for key in ("files", "scored", "skipped", "errors", "engine_id", "threshold", "image_size", "folders"):
         assert summary[key] == plain[key], key
     assert summary["scored"] == len(files) and summary["errors"] == len(bad) and summary["ray_shards"] == 4
+    # the tasks score at the niceness of the node's Ray (this process's), not at Ray's worker default of +15
+    assert [t["niceness"] for t in summary["tasks"]] == [os.nice(0)] * 4
     parts = sorted(score_ray.shards_dir(ray_out).glob("part-*-of-4.csv"))
     assert len(parts) == 4 and all(rows_of(p) for p in parts)  # four real shards, each with rows
     reference = {r["path"]: r for r in rows_of(plain_out)}
@@ -162,7 +164,8 @@ def test_the_driver_of_a_ray_run_never_imports_torch(tmp_path, cluster, engine):
     result = subprocess.run([command[0], "-X", "importtime", *command[1:]], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout)["scored"] == 12
+    summary = json.loads(result.stdout)
+    assert summary["scored"] == 12 and [t["niceness"] for t in summary["tasks"]] == [os.nice(0)] * 2
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
                 if line.startswith("import time:")}
     assert {"ray", "realfake.jobs.tasks.score.cluster", "realfake.engines.schema"} <= imported
@@ -212,6 +215,7 @@ def test_a_cluster_that_asks_for_a_token_says_how_to_give_it(tmp_path, engine, m
         except RuntimeError as cause:
             raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.9:6379") from cause
 
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh command, whatever this process runs
     monkeypatch.setattr(ray, "init", refused)
     folder = tmp_path / "in"
     make_good_folder(folder, n=2)

@@ -80,6 +80,11 @@ LOCK_WAIT_S = 180.0
 POLL_S = 0.5
 # How long the driver waits for cancelled tasks to end before it returns (a job runner's grace is longer).
 CANCEL_WAIT_S = 5.0
+# Ray raises the niceness of its worker processes by 15 (RAY_worker_niceness) so that its own processes
+# stay responsive. A scoring task is the node's main work, as a plain `realfake score` is; at +15 any
+# other process on the node, Ray's own included, pre-empts its decoders and engine. So the run's tasks
+# keep the niceness of the node's Ray, as a command keeps its shell's.
+JOB_RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
 _ADDRESS = re.compile(r"^(auto|ray://\S+|[\w.\-\[\]:]+:\d+)$")
 
 
@@ -191,7 +196,8 @@ def score_shard(job: dict, index: int, count: int, counter) -> dict:
                                  on_progress=lambda n: counter.add.remote(n))
     # Wall-clock span of the scoring itself (the summary's seconds), to tell concurrent tasks from sequential ones.
     ended = time.time()
-    return {**summary, "node": node, "scoring_from": round(ended - summary["seconds"], 3), "scoring_to": round(ended, 3)}
+    return {**summary, "node": node, "niceness": os.nice(0), "scoring_from": round(ended - summary["seconds"], 3),
+            "scoring_to": round(ended, 3)}
 
 
 # --------------------------------------------------------------------------- the driver side
@@ -319,9 +325,9 @@ class _Connection:
             # log_to_driver off: the tasks' and Ray's own lines would cut through the progress bar and the
             # --json summary on stdout; they stay in each node's Ray logs (/tmp/ray/session_*/logs).
             if address == LOCAL:
-                ray.init(address="local", include_dashboard=False, log_to_driver=False)
+                ray.init(address="local", include_dashboard=False, log_to_driver=False, runtime_env=JOB_RUNTIME_ENV)
             else:
-                ray.init(address=address, log_to_driver=False)
+                ray.init(address=address, log_to_driver=False, runtime_env=JOB_RUNTIME_ENV)
         except ConnectionError as exc:
             if _asks_for_a_token(exc):
                 raise ConnectionError(
@@ -376,8 +382,8 @@ def run_score_ray(folders: list, out, *, address: str, num_shards: int = 0, engi
     """run_score(..., ray=address): one Ray task per shard, parts merged into OUT (see the module docstring).
     Returns run_score's summary over all shards, plus ray, ray_shards, shards_dir, nodes, startup_s
     (connecting to or starting Ray), merge_s and tasks (each last attempt's shard, node, scored, errors,
-    seconds and img_per_s, counted as run_score counts them, and scoring_from/scoring_to, the Unix times
-    of that scoring on its node's clock); seconds runs from the tasks' submission to the merge's end.
+    seconds and img_per_s, counted as run_score counts them, the niceness its process scored at, and
+    scoring_from/scoring_to, the Unix times of that scoring on its node's clock); seconds runs from the tasks' submission to the merge's end.
     """
     address = check_address(address)
     folders = [os.path.abspath(str(f)) for f in ([folders] if isinstance(folders, (str, os.PathLike)) else folders)]
@@ -424,7 +430,8 @@ def run_score_ray(folders: list, out, *, address: str, num_shards: int = 0, engi
         counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
         task = ray.remote(score_shard)
         pending = {task.options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=TASK_RETRIES, retry_exceptions=False,
-                                name=f"realfake-score-{i}-of-{count}").remote(job, i, count, counter): i
+                                name=f"realfake-score-{i}-of-{count}", runtime_env=JOB_RUNTIME_ENV,
+                                ).remote(job, i, count, counter): i
                    for i in range(count)}
         bar = stack.enter_context(tqdm(desc=f"score on ray ({count} shards)", unit="img", disable=not progress,
                                        dynamic_ncols=True, smoothing=0.1))
@@ -491,6 +498,6 @@ def _summary(summaries: dict[int, dict], merged: dict, meta: dict, engine_dir: P
         "ray": address, "ray_shards": count, "shards_dir": str(directory),
         "nodes": sorted({s["node"] for s in each}), "startup_s": round(startup_s, 3), "merge_s": round(merge_s, 3),
         "tasks": [{"shard": f"{i}/{count}", "node": s["node"], "scored": s["scored"], "errors": s["errors"],
-                   "seconds": s["seconds"], "img_per_s": s["img_per_s"], "scoring_from": s["scoring_from"],
-                   "scoring_to": s["scoring_to"]} for i, s in sorted(summaries.items())],
+                   "seconds": s["seconds"], "img_per_s": s["img_per_s"], "niceness": s["niceness"],
+                   "scoring_from": s["scoring_from"], "scoring_to": s["scoring_to"]} for i, s in sorted(summaries.items())],
     }

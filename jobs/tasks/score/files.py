@@ -23,6 +23,7 @@ class WalkCounts:
 
 
 def check_options(folders: list[str], batch_size: int, num_workers: int, engine_threads: int, loader: str) -> None:
+    """Refuse a scoring run's bad options (a missing folder, an unknown loader...) before anything loads."""
     if not folders:
         raise ValueError("no folder to score: pass at least one FOLDER")
     for folder in folders:
