@@ -155,12 +155,16 @@ def test_cli_exit_codes_and_summary_line_with_ray(tmp_path, cluster, engine):
     assert not_an_address.exit_code == 2 and "is not a Ray address" in not_an_address.output
 
 
-def test_the_driver_of_a_ray_run_never_imports_torch(tmp_path, cluster, engine):
+@pytest.mark.parametrize("ray_start", ["joins a running Ray", "starts its own Ray"])
+def test_the_driver_of_a_ray_run_never_imports_torch_and_its_tasks_run_at_the_nodes_niceness(
+        tmp_path, cluster, engine, ray_start):
     """Only the tasks load torch: the command that submits them and merges their parts does not pay for
-    a second import of it before any task starts."""
+    a second import of it before any task starts. The tasks score at the niceness of the node's Ray
+    (this process's), not at Ray's worker default of +15."""
     folder = tmp_path / "in"
     make_good_folder(folder, n=12)
-    command = cli_command(folder, tmp_path / "out.csv", engine, cluster, 2)
+    address = cluster if ray_start == "joins a running Ray" else "local"
+    command = cli_command(folder, tmp_path / "out.csv", engine, address, 2)
     result = subprocess.run([command[0], "-X", "importtime", *command[1:]], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

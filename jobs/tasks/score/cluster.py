@@ -83,8 +83,11 @@ CANCEL_WAIT_S = 5.0
 # Ray raises the niceness of its worker processes by 15 (RAY_worker_niceness) so that its own processes
 # stay responsive. A scoring task is the node's main work, as a plain `realfake score` is; at +15 any
 # other process on the node, Ray's own included, pre-empts its decoders and engine. So the run's tasks
-# keep the niceness of the node's Ray, as a command keeps its shell's.
-JOB_RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
+# keep the niceness of the node's Ray, as a command keeps its shell's: a Ray that the run starts gets it
+# as its system config (its prestarted workers have it); on a cluster that is up, the run's job carries
+# it in its runtime_env (its first worker starts afresh); on a Ray that the caller initialised, each task.
+WORKER_NICENESS = 0
+NICE_RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": str(WORKER_NICENESS)}}
 _ADDRESS = re.compile(r"^(auto|ray://\S+|[\w.\-\[\]:]+:\d+)$")
 
 
@@ -315,6 +318,7 @@ class _Connection:
         self.ray = ray
         self.started = not ray.is_initialized()
         self.seconds = 0.0
+        self.task_runtime_env = None if self.started else NICE_RUNTIME_ENV
         if not self.started:
             log.info("Ray is already initialised in this process: scoring on it (--ray %s not used)", address)
             return
@@ -325,9 +329,10 @@ class _Connection:
             # log_to_driver off: the tasks' and Ray's own lines would cut through the progress bar and the
             # --json summary on stdout; they stay in each node's Ray logs (/tmp/ray/session_*/logs).
             if address == LOCAL:
-                ray.init(address="local", include_dashboard=False, log_to_driver=False, runtime_env=JOB_RUNTIME_ENV)
+                ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                         _system_config={"worker_niceness": WORKER_NICENESS})
             else:
-                ray.init(address=address, log_to_driver=False, runtime_env=JOB_RUNTIME_ENV)
+                ray.init(address=address, log_to_driver=False, runtime_env=NICE_RUNTIME_ENV)
         except ConnectionError as exc:
             if _asks_for_a_token(exc):
                 raise ConnectionError(
@@ -430,7 +435,7 @@ def run_score_ray(folders: list, out, *, address: str, num_shards: int = 0, engi
         counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
         task = ray.remote(score_shard)
         pending = {task.options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=TASK_RETRIES, retry_exceptions=False,
-                                name=f"realfake-score-{i}-of-{count}", runtime_env=JOB_RUNTIME_ENV,
+                                name=f"realfake-score-{i}-of-{count}", runtime_env=connection.task_runtime_env,
                                 ).remote(job, i, count, counter): i
                    for i in range(count)}
         bar = stack.enter_context(tqdm(desc=f"score on ray ({count} shards)", unit="img", disable=not progress,
