@@ -31,7 +31,7 @@ Data would move decoded images through its object store and need its own bookkee
 written. See docs/cluster.md.
 
 Ray is imported lazily; without it `--ray` says how to install it (the `cluster` extra). The driver
-never imports torch (nor this module's imports do): only the tasks load it, in the processes that score,
+never imports torch (nor do this module's imports): only the tasks load it, in the processes that score,
 so that a run pays the torch import once per task process rather than once more before any task starts.
 
 One module, though long: the driver, the Ray task and the merge share the part-file and lock
@@ -388,7 +388,8 @@ def run_score_ray(folders: list, out, *, address: str, num_shards: int = 0, engi
     Returns run_score's summary over all shards, plus ray, ray_shards, shards_dir, nodes, startup_s
     (connecting to or starting Ray), merge_s and tasks (each last attempt's shard, node, scored, errors,
     seconds and img_per_s, counted as run_score counts them, the niceness its process scored at, and
-    scoring_from/scoring_to, the Unix times of that scoring on its node's clock); seconds runs from the tasks' submission to the merge's end.
+    scoring_from/scoring_to, the Unix times of that scoring on its node's clock); seconds runs from the
+    tasks' submission to the merge's end.
     """
     address = check_address(address)
     folders = [os.path.abspath(str(f)) for f in ([folders] if isinstance(folders, (str, os.PathLike)) else folders)]
@@ -434,9 +435,9 @@ def run_score_ray(folders: list, out, *, address: str, num_shards: int = 0, engi
         started = time.perf_counter()
         counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
         task = ray.remote(score_shard)
-        pending = {task.options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=TASK_RETRIES, retry_exceptions=False,
-                                name=f"realfake-score-{i}-of-{count}", runtime_env=connection.task_runtime_env,
-                                ).remote(job, i, count, counter): i
+        options = dict(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=TASK_RETRIES, retry_exceptions=False,
+                       runtime_env=connection.task_runtime_env)
+        pending = {task.options(name=f"realfake-score-{i}-of-{count}", **options).remote(job, i, count, counter): i
                    for i in range(count)}
         bar = stack.enter_context(tqdm(desc=f"score on ray ({count} shards)", unit="img", disable=not progress,
                                        dynamic_ncols=True, smoothing=0.1))
