@@ -3,8 +3,8 @@ torchvision (PIL in DataLoader workers). `auto` picks the best available: DALI G
 torchvision. Both give the same `Batch` of normalized images for the same files (tested).
 
 DALI is imported only when it is chosen: it costs seconds and may need a driver. torch too is imported
-only when a loader is made: `LOADER_CHOICES` and the option checks serve processes that never decode
-(a `score --ray` driver).
+only to pick between DALI's devices or make a loader: `LOADER_CHOICES` and the option checks serve
+processes that never decode (a `score --ray` driver).
 """
 from __future__ import annotations
 
