@@ -1,8 +1,9 @@
-"""`realfake score --ray`: the same rows and errors as plain score, resume after kill -9 of a Ray worker and of
-the driver, a job's cancel stopping the tasks and a local Ray, the install hint, and a folder a task cannot see.
+"""`realfake score --ray` on a running Ray: the same rows and errors as plain score, resume after kill -9 of a
+Ray worker and of the driver, the install hint, the token error, and a folder a task cannot see.
 
-One local Ray of 2 CPUs, started in this process, serves the tests (the drivers run here or in
-subprocesses that join it); only the cancel test starts a Ray of its own, as `--ray` without an address does.
+One local Ray of 2 CPUs, started in this process, serves the tests (the drivers run here or in subprocesses
+that join it). The tests where the command starts a Ray of its own are in test_score_ray_local.py, which
+runs after this module's Ray is shut down.
 """
 import json
 import os
@@ -14,8 +15,18 @@ import time
 from pathlib import Path
 
 import pytest
-from _score_helpers import LAUNCHER, build_engines, make_good_folder, write_bad_files
-from _service_helpers import pid_gone, use_service_home, wait_for
+from _ray_helpers import (
+    CLI_FAST,
+    FAST,
+    check_driver_imports_and_task_niceness,
+    cli_command,
+    lock_holder,
+    part_rows,
+    rows_of,
+    wait_rows,
+)
+from _score_helpers import build_engines, make_good_folder, write_bad_files
+from _service_helpers import pid_gone, wait_for
 from click.testing import CliRunner
 from realfake.jobs.cli import main
 from realfake.jobs.tasks.outputs.common import ERROR_COLUMNS, errors_path
@@ -23,9 +34,6 @@ from realfake.jobs.tasks.outputs.writers import read_rows
 from realfake.jobs.tasks.score import cluster as score_ray
 from realfake.jobs.tasks.score import run_score
 from realfake.pipelines.walk import shard_of
-
-FAST = dict(loader="torch", num_workers=0, batch_size=8, progress=False)
-CLI_FAST = ["--loader", "torch", "--num-workers", "0", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -49,40 +57,8 @@ def engine(engines):
     return engines[0]
 
 
-def rows_of(path):
-    return list(read_rows(path))
-
-
 def errors_of(out):
     return {row["path"]: row["reason"] for row in read_rows(errors_path(out), ERROR_COLUMNS)}
-
-
-def part_rows(out):
-    """Rows in all the parts of a --ray OUT so far."""
-    parts = score_ray.shards_dir(out).glob(f"part-*-of-*{out.suffix}")
-    return sum(len(rows_of(p)) for p in parts if not p.name.endswith(".errors.csv"))
-
-
-def lock_holder(lock: Path) -> int | None:
-    """The pid written into a lock file by its holder."""
-    text = lock.read_text().split() if lock.exists() else []
-    return int(text[-1]) if len(text) >= 3 and text[-2] == "pid" else None
-
-
-def cli_command(folder, out, engine, address, shards, *extra):
-    return [sys.executable, "-c", LAUNCHER, "score", str(folder), "--out", str(out), "--engine", str(engine),
-            *CLI_FAST, "--batch-size", "1", "--json", "--ray", address, "--ray-shards", str(shards), *extra]
-
-
-def wait_rows(out, proc, at_least, timeout_s=120):
-    """Wait until the parts hold `at_least` rows while `proc` (the driver) runs; returns the count."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        rows = part_rows(out)
-        if rows >= at_least:
-            return rows
-        time.sleep(0.02)
-    raise AssertionError(f"the run ended or stalled before {at_least} rows: {proc.stderr.read()[-3000:] if proc.stderr else ''}")
 
 
 # ----------------------------------------------------------------------------------------------- same results
@@ -155,25 +131,11 @@ def test_cli_exit_codes_and_summary_line_with_ray(tmp_path, cluster, engine):
     assert not_an_address.exit_code == 2 and "is not a Ray address" in not_an_address.output
 
 
-@pytest.mark.parametrize("ray_start", ["joins a running Ray", "starts its own Ray"])
 def test_the_driver_of_a_ray_run_never_imports_torch_and_its_tasks_run_at_the_nodes_niceness(
-        tmp_path, cluster, engine, ray_start):
+        tmp_path, cluster, engine):
     """Only the tasks load torch: the command that submits them and merges their parts does not pay for
-    a second import of it before any task starts. The tasks score at the niceness of the node's Ray
-    (this process's), not at Ray's worker default of +15."""
-    folder = tmp_path / "in"
-    make_good_folder(folder, n=12)
-    address = cluster if ray_start == "joins a running Ray" else "local"
-    command = cli_command(folder, tmp_path / "out.csv", engine, address, 2)
-    result = subprocess.run([command[0], "-X", "importtime", *command[1:]], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(result.stdout)
-    assert summary["scored"] == 12 and [t["niceness"] for t in summary["tasks"]] == [os.nice(0)] * 2
-    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
-                if line.startswith("import time:")}
-    assert {"ray", "realfake.jobs.tasks.score.cluster", "realfake.engines.schema"} <= imported
-    assert not {"torch", "matplotlib"} & imported, sorted({"torch", "matplotlib"} & imported)
+    a second import of it before any task starts."""
+    check_driver_imports_and_task_niceness(tmp_path, engine, cluster)
 
 
 # ----------------------------------------------------------------------------------------------- failures
@@ -344,64 +306,6 @@ def test_a_score_spec_carries_ray(tmp_path):
     assert spec.args["ray"] == "auto" and spec.args["ray_shards"] == 4
     with pytest.raises(SpecError, match="key 'ray' of kind 'score' must be a string"):
         validate_spec("score", {"folders": ["in"], "ray": 3}, base_dir=tmp_path)
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-@pytest.mark.slow
-def test_cancelling_a_score_job_stops_its_tasks_and_its_local_ray(tmp_path, engine, monkeypatch):
-    pytest.importorskip("ray", reason="needs Ray: pip install 'realfake[cluster]'")
-    from realfake.jobs.service.spec import validate_spec
-    from realfake.jobs.service.store import JobStore
-
-    use_service_home(monkeypatch, tmp_path)
-    folder = tmp_path / "in"
-    make_good_folder(folder, n=400, seed=9)
-    out = tmp_path / "scores.csv"
-    spec = validate_spec("score", {"folders": [str(folder)], "engine": str(engine), "out": str(out), "ray": "local",
-                                   "ray_shards": 2, "batch_size": 1, "num_workers": 0, "loader": "torch",
-                                   "progress": False})
-    job_id = JobStore().submit(spec).id
-    worker = subprocess.Popen([sys.executable, "-m", "realfake.jobs.cli", "worker", "--once", "--poll", "0.1",
-                               "--grace", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_rows(out, worker, 10, timeout_s=150)
-        runner = lock_holder(score_ray.shards_dir(out) / score_ray.DRIVER_LOCK)
-        # on 2 cores one task may run at a time, and Ray may start either shard first
-        tasks = {lock_holder(Path(str(score_ray.part_path(out, i, 2)) + ".lock")) for i in range(2)} - {None}
-        ray_processes = descendants(runner)  # the local Ray this job started: GCS, raylet, its workers
-        assert tasks and tasks <= ray_processes and len(ray_processes) > 3
-        JobStore().request_cancel(job_id)
-        job = wait_for(lambda: (j := JobStore().get(job_id)).terminal and j, timeout_s=60, what="the cancel")
-        worker.communicate(timeout=60)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-    assert job.state == "cancelled"
-    log = Path(job.log_path).read_text()
-    # JobTerminated reached the runner as it is (not wrapped by Ray), within the grace
-    assert "[realfake] terminated by SIGTERM" in log and "SystemError" not in log, log[-3000:]
-    for pid in [runner, *ray_processes]:
-        wait_for(lambda pid=pid: pid_gone(pid), timeout_s=30, what=f"process {pid} of the job's Ray to end")
-    rows = part_rows(out)
-    time.sleep(1)
-    assert part_rows(out) == rows < 400  # nothing writes on
 
 
 def test_the_benchmark_counts_concurrent_tasks_once():
