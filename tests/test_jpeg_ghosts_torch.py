@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _ghost_helpers import pasted, texture, write_corpus
 from PIL import Image
 from realfake.pipelines import jpeg_ghosts, jpeg_ghosts_torch
 from realfake.pipelines.images import InvalidImageError
@@ -38,36 +39,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _texture(size, seed) -> Image.Image:
-    """A smooth random image with some grain: blocks of every kind of detail."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    coarse = rng.normal(128, 40, size=(h // 8 + 1, w // 8 + 1, 3)).clip(0, 255).astype(np.uint8)
-    pixels = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), dtype=np.float32)
-    return Image.fromarray((pixels + rng.normal(0, 6, pixels.shape)).clip(0, 255).astype(np.uint8))
-
-
-def _pasted(image: Image.Image, quality: int, box) -> Image.Image:
-    """`image` with the square `box` taken from a copy saved at `quality` first (an edit from another JPEG)."""
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=quality)
-    once = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-    image = image.copy()
-    image.paste(once.crop(box), box[:2])
-    return image
-
-
-# (size, save options, mode); every third file carries a pasted square that went through quality 40.
-CORPUS = [
-    ((96, 96), dict(quality=90), "RGB"), ((96, 96), dict(quality=75), "RGB"), ((96, 96), dict(quality=60), "RGB"),
-    ((128, 96), dict(quality=95), "RGB"), ((101, 75), dict(quality=85), "RGB"), ((200, 136), dict(quality=90), "RGB"),
-    ((96, 96), dict(quality=90, subsampling="4:4:4"), "RGB"), ((96, 96), dict(quality=80, subsampling="4:4:4"), "RGB"),
-    ((112, 96), dict(quality=92, subsampling="4:4:4", progressive=True), "RGB"),
-    ((96, 96), dict(quality=90, subsampling="4:2:2"), "RGB"), ((120, 88), dict(quality=85, subsampling="4:2:2"), "RGB"),
-    ((96, 96), dict(quality=90, progressive=True), "RGB"), ((96, 96), dict(quality=85), "L"),
-]
-
-
 def _normalized(maps: np.ndarray) -> np.ndarray:
     logged = np.log(maps + jpeg_ghosts.LOG_EPS)
     return logged - logged.mean((-2, -1), keepdims=True)
@@ -88,16 +59,7 @@ def _fast_raw(path, image_size=SIZE) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> list[tuple[Path, dict]]:
-    folder = tmp_path_factory.mktemp("ghosts")
-    files = []
-    for i, (size, save, mode) in enumerate(CORPUS):
-        image = _texture(size, i)
-        if i % 3 == 0:
-            image = _pasted(image, 40, (32, 32, 64, 64))
-        path = folder / f"{i:02d}.jpg"
-        image.convert(mode).save(path, format="JPEG", **save)
-        files.append((path, save))
-    return files
+    return write_corpus(tmp_path_factory.mktemp("ghosts"))
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +113,9 @@ def test_ciplab_maps_correlate_with_the_reference():
 
 
 def test_a_pasted_region_stands_out_in_the_maps(tmp_path):
-    base = _texture((96, 96), 3)
+    base = texture((96, 96), 3)
     base.save(tmp_path / "real.jpg", quality=90)
-    _pasted(base, 40, (32, 32, 64, 64)).save(tmp_path / "fake.jpg", quality=90)
+    pasted(base, 40, (32, 32, 64, 64)).save(tmp_path / "fake.jpg", quality=90)
 
     def square_minus_rest(name):  # luma at qualities 50, 60 and 70
         maps = maps_of_inputs([load_ghost_input(tmp_path / name, SIZE)], SIZE)[0, [3, 9, 15]].numpy()
@@ -189,7 +151,7 @@ def test_quality_tables_are_pils():
 @pytest.mark.parametrize("subsampling", ["4:4:4", "4:2:0", "4:2:2"])
 def test_colour_conversion_is_the_decoders(tmp_path, subsampling):
     path = tmp_path / "a.jpg"
-    _texture((64, 48), 1).save(path, quality=90, subsampling=subsampling)
+    texture((64, 48), 1).save(path, quality=90, subsampling=subsampling)
     planes = load_ghost_input(path, 64).planes
     with Image.open(path) as img:
         rgb = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
@@ -212,7 +174,7 @@ def test_encoder_conversion_is_libjpegs_integer_arithmetic():
 
 def test_input_is_the_crop_raw_maps_resaves(tmp_path):
     path = tmp_path / "big.jpg"
-    _texture((200, 136), 2).save(path, quality=85)
+    texture((200, 136), 2).save(path, quality=85)
     item = load_ghost_input(path, SIZE)
     with Image.open(path) as img:
         img.draft("YCbCr", img.size)
@@ -234,7 +196,7 @@ def test_maps_turn_like_the_reference(orientation):
 
 def test_exif_rotated_file_gives_maps_in_display_orientation(tmp_path):
     path = tmp_path / "rot.jpg"
-    image = _texture((128, 64), 5)
+    image = texture((128, 64), 5)
     exif = image.getexif()
     exif[0x0112] = 6
     image.save(path, format="JPEG", exif=exif.tobytes())
@@ -292,12 +254,12 @@ def test_files_only_the_reference_handles(tmp_path):
 
 
 def test_bad_files_get_the_references_reasons(tmp_path):
-    _texture((32, 32), 0).save(tmp_path / "a.png")
+    texture((32, 32), 0).save(tmp_path / "a.png")
     (tmp_path / "empty.jpg").write_bytes(b"")
-    _texture((64, 64), 0).save(tmp_path / "whole.jpg", quality=80)
+    texture((64, 64), 0).save(tmp_path / "whole.jpg", quality=80)
     data = (tmp_path / "whole.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2])
-    _texture((6, 6), 0).save(tmp_path / "tiny.jpg")
+    texture((6, 6), 0).save(tmp_path / "tiny.jpg")
     for name, reason in [("a.png", "not a JPEG"), ("empty.jpg", "empty file"), ("cut.jpg", "truncated"),
                          ("tiny.jpg", "too small"), ("missing.jpg", "unreadable")]:
         with pytest.raises(InvalidImageError, match=reason):
