@@ -1,0 +1,332 @@
+"""The reference ("pil") ghost maps, bit for bit, as batched integer tensor math on the CPU or a GPU.
+
+`jpeg_ghosts.raw_maps` re-saves each file with PIL (libjpeg-turbo underneath) and compares. Every step
+of such a re-save is integer arithmetic that libjpeg-turbo defines exactly, its SIMD code included, so
+here each step is that arithmetic on tensors, and the maps equal the reference's (tested):
+
+1. encoder colour conversion (jccolor.c, 16-bit fixed point);
+2. edge padding and chroma downsampling (jcprepare.c, jcsample.c: 2x2 or 2x1 sums with alternating
+   rounding bias);
+3. the integer "islow" forward DCT (jfdctint.c), quantization with rounding (jcdctmgr.c);
+4. dequantization and the integer inverse DCT with range limiting (jidctint.c);
+5. "fancy" (triangle filter) chroma upsampling (jdsample.c);
+6. decoder colour conversion (jdcolor.c);
+7. Pillow's own RGB -> YCbCr conversion of the original and the re-save (a table read from Pillow
+   once, so it is Pillow's arithmetic whatever its version), squared difference, mean per 8x8 block.
+
+Unlike `jpeg_ghosts_torch` (the "dct" kind, an approximation a model must be retrained on), these are
+the maps every "pil" engine was trained on: an existing engine reads them unchanged. The input is the
+decoded RGB: PIL's decode gives the reference's maps exactly; a GPU decoder (nvJPEG) that rounds some
+pixels differently from libjpeg gives maps that differ by that much (docs/ghost-maps.md).
+
+The cost is 11 encodes and decodes of integer arithmetic a file (int64, so that no intermediate can
+overflow): a GPU's work. On a CPU PIL's SIMD code is faster, so the CPU path keeps PIL.
+
+Files this does not handle (anything but 8-bit 3-component YCbCr: grayscale, CMYK, 12-bit, ...)
+raise `jpeg_ghosts_torch.NeedsReference` from `load_exact_input`; the caller uses the PIL reference.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from realfake.pipelines.images import InvalidImageError, load_jpeg
+from realfake.pipelines.jpeg_ghosts import BLOCK, CHANNELS, QUALITIES, grid_cells
+from realfake.pipelines.jpeg_ghosts_torch import NeedsReference, mcu_crop, normalize, orient, quality_tables
+from realfake.pipelines.jpeg_headers import JpegHeaderError, fast_maps_problem, keep_tables, read_header
+
+# libjpeg's islow DCT constants (jfdctint.c, jidctint.c): FIX(x) = round(x * 2**13).
+_CONST_BITS, _PASS1_BITS = 13, 2
+_F0298, _F0390, _F0541, _F0765 = 2446, 3196, 4433, 6270
+_F0899, _F1175, _F1501, _F1847 = 7373, 9633, 12299, 15137
+_F1961, _F2053, _F2562, _F3072 = 16069, 16819, 20995, 25172
+# libjpeg's colour conversions: 16 fraction bits, FIX(x) = round(x * 2**16).
+_SCALE_BITS = 16
+_HALF = 1 << (_SCALE_BITS - 1)
+# PIL subsampling code -> chroma factors (rows, columns) of the re-save; -1 re-saves at PIL's default, 4:2:0.
+_FACTORS = {0: (1, 1), 1: (1, 2), 2: (2, 2), -1: (2, 2)}
+CHUNK_PIXELS = {"cpu": 1 << 19, "cuda": 1 << 23}
+
+
+def _fix16(x: float) -> int:
+    return int(x * (1 << _SCALE_BITS) + 0.5)
+
+
+def _descale(x: torch.Tensor, n: int) -> torch.Tensor:
+    return (x + (1 << (n - 1))) >> n
+
+
+# --------------------------------------------------------------------------- colour
+
+@functools.cache
+def _pillow_ycbcr_table() -> torch.Tensor:
+    """(2**24, 3) uint8: Pillow's RGB -> YCbCr of every colour, indexed by r << 16 | g << 8 | b."""
+    from PIL import Image
+
+    v = np.arange(1 << 24, dtype=np.uint32)
+    cube = np.stack([v >> 16, (v >> 8) & 255, v & 255], -1).astype(np.uint8).reshape(4096, 4096, 3)
+    return torch.from_numpy(np.asarray(Image.fromarray(cube).convert("YCbCr")).reshape(-1, 3).copy())
+
+
+def pillow_ycbcr(rgb: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) uint8 RGB -> the same as Pillow's `convert("YCbCr")`, uint8."""
+    table = _pillow_ycbcr_table().to(rgb.device)
+    r, g, b = rgb.long().unbind(1)
+    return table[(r << 16) | (g << 8) | b].permute(0, 3, 1, 2)
+
+
+def _encoder_ycbcr(rgb: torch.Tensor) -> torch.Tensor:
+    """jccolor.c rgb_ycc_convert: (N, 3, H, W) uint8 -> int64 YCbCr."""
+    r, g, b = rgb.long().unbind(1)
+    offset = (128 << _SCALE_BITS) + _HALF - 1
+    y = (_fix16(0.29900) * r + _fix16(0.58700) * g + _fix16(0.11400) * b + _HALF) >> _SCALE_BITS
+    cb = (-_fix16(0.16874) * r - _fix16(0.33126) * g + _fix16(0.5) * b + offset) >> _SCALE_BITS
+    cr = (_fix16(0.5) * r - _fix16(0.41869) * g - _fix16(0.08131) * b + offset) >> _SCALE_BITS
+    return torch.stack([y, cb, cr], 1)
+
+
+def _decoder_rgb(y: torch.Tensor, cb: torch.Tensor, cr: torch.Tensor) -> torch.Tensor:
+    """jdcolor.c ycc_rgb_convert: int64 planes -> (N, 3, H, W) uint8 RGB."""
+    cb, cr = cb - 128, cr - 128
+    r = y + ((_fix16(1.40200) * cr + _HALF) >> _SCALE_BITS)
+    g = y + ((-_fix16(0.34414) * cb - _fix16(0.71414) * cr + _HALF) >> _SCALE_BITS)
+    b = y + ((_fix16(1.77200) * cb + _HALF) >> _SCALE_BITS)
+    return torch.stack([r, g, b], 1).clamp_(0, 255).to(torch.uint8)
+
+
+# --------------------------------------------------------------------------- sampling
+
+def _pad(plane: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Extend (N, H, W) to (N, rows, cols) by repeating the last row and column, as libjpeg pads."""
+    height, width = plane.shape[-2:]
+    if cols > width:
+        plane = torch.cat([plane, plane[..., -1:].expand(*plane.shape[:-1], cols - width)], -1)
+    if rows > height:
+        plane = torch.cat([plane, plane[..., -1:, :].expand(*plane.shape[:-2], rows - height, cols)], -2)
+    return plane
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _downsample(plane: torch.Tensor, fy: int, fx: int) -> torch.Tensor:
+    """jcsample.c h2v2/h2v1_downsample of a full-size chroma plane (N, H, W), padded as libjpeg pads it
+    (columns at full size to whole blocks of the output, rows to the next multiple of fy), to
+    (N, ceil(H/fy), blocks * 8). The rounding bias alternates per output column: 1, 2 (2x2), 0, 1 (2x1)."""
+    height, width = plane.shape[-2:]
+    cols = _ceil(_ceil(width, fx), BLOCK) * BLOCK
+    plane = _pad(plane, _ceil(height, fy) * fy, cols * fx)
+    n, rows = plane.shape[0], plane.shape[1] // fy
+    sums = plane.reshape(n, rows, fy, cols, fx).sum((2, 4))
+    bias = torch.tensor([1, 2] if fy == 2 else [0, 1], device=plane.device).repeat(cols // 2)
+    return (sums + bias) >> (fy + fx - 2)
+
+
+def _upsample(plane: torch.Tensor, fy: int, fx: int, height: int, width: int) -> torch.Tensor:
+    """jdsample.c h2v2/h2v1_fancy_upsample: the decoded chroma plane's first ceil(H/fy) x ceil(W/fx)
+    samples (edge samples repeated for the filter's context, as libjpeg does) -> (N, H, W)."""
+    small = plane[:, :_ceil(height, fy), :_ceil(width, fx)]
+    if fy == 2:  # rows: 3/4 the nearer sample row, 1/4 the further; then the columns on the column sums
+        above = torch.cat([small[:, :1], small[:, :-1]], 1)
+        below = torch.cat([small[:, 1:], small[:, -1:]], 1)
+        small = torch.stack([3 * small + above, 3 * small + below], 2).flatten(1, 2)
+        left = torch.cat([small[..., :1], small[..., :-1]], -1)
+        right = torch.cat([small[..., 1:], small[..., -1:]], -1)
+        full = torch.stack([(3 * small + left + 8) >> 4, (3 * small + right + 7) >> 4], -1).flatten(-2)
+    else:
+        left = torch.cat([small[..., :1], small[..., :-1]], -1)
+        right = torch.cat([small[..., 1:], small[..., -1:]], -1)
+        full = torch.stack([(3 * small + left + 1) >> 2, (3 * small + right + 2) >> 2], -1).flatten(-2)
+    return full[:, :height, :width]
+
+
+# --------------------------------------------------------------------------- DCT
+
+def _fdct_pass(x: torch.Tensor, dim: int, first: bool) -> torch.Tensor:
+    """One 1-D pass of jfdctint.c jpeg_fdct_islow along `dim` (8 long)."""
+    d0, d1, d2, d3, d4, d5, d6, d7 = x.unbind(dim)
+    tmp0, tmp7, tmp1, tmp6 = d0 + d7, d0 - d7, d1 + d6, d1 - d6
+    tmp2, tmp5, tmp3, tmp4 = d2 + d5, d2 - d5, d3 + d4, d3 - d4
+    tmp10, tmp13, tmp11, tmp12 = tmp0 + tmp3, tmp0 - tmp3, tmp1 + tmp2, tmp1 - tmp2
+    shift = _CONST_BITS - _PASS1_BITS if first else _CONST_BITS + _PASS1_BITS
+    if first:
+        out0, out4 = (tmp10 + tmp11) << _PASS1_BITS, (tmp10 - tmp11) << _PASS1_BITS
+    else:
+        out0, out4 = _descale(tmp10 + tmp11, _PASS1_BITS), _descale(tmp10 - tmp11, _PASS1_BITS)
+    z1 = (tmp12 + tmp13) * _F0541
+    out2 = _descale(z1 + tmp13 * _F0765, shift)
+    out6 = _descale(z1 - tmp12 * _F1847, shift)
+    z1, z2, z3, z4 = tmp4 + tmp7, tmp5 + tmp6, tmp4 + tmp6, tmp5 + tmp7
+    z5 = (z3 + z4) * _F1175
+    tmp4, tmp5, tmp6, tmp7 = tmp4 * _F0298, tmp5 * _F2053, tmp6 * _F3072, tmp7 * _F1501
+    z1, z2 = z1 * -_F0899, z2 * -_F2562
+    z3, z4 = z3 * -_F1961 + z5, z4 * -_F0390 + z5
+    out7 = _descale(tmp4 + z1 + z3, shift)
+    out5 = _descale(tmp5 + z2 + z4, shift)
+    out3 = _descale(tmp6 + z2 + z3, shift)
+    out1 = _descale(tmp7 + z1 + z4, shift)
+    return torch.stack([out0, out1, out2, out3, out4, out5, out6, out7], dim)
+
+
+def _idct_pass(x: torch.Tensor, dim: int, first: bool) -> torch.Tensor:
+    """One 1-D pass of jidctint.c jpeg_idct_islow along `dim` (8 long); the second pass gives samples."""
+    i0, i1, i2, i3, i4, i5, i6, i7 = x.unbind(dim)
+    z1 = (i2 + i6) * _F0541
+    tmp2, tmp3 = z1 - i6 * _F1847, z1 + i2 * _F0765
+    tmp0, tmp1 = (i0 + i4) << _CONST_BITS, (i0 - i4) << _CONST_BITS
+    tmp10, tmp13, tmp11, tmp12 = tmp0 + tmp3, tmp0 - tmp3, tmp1 + tmp2, tmp1 - tmp2
+    tmp0, tmp1, tmp2, tmp3 = i7, i5, i3, i1
+    z1, z2, z3, z4 = tmp0 + tmp3, tmp1 + tmp2, tmp0 + tmp2, tmp1 + tmp3
+    z5 = (z3 + z4) * _F1175
+    tmp0, tmp1, tmp2, tmp3 = tmp0 * _F0298, tmp1 * _F2053, tmp2 * _F3072, tmp3 * _F1501
+    z1, z2 = z1 * -_F0899, z2 * -_F2562
+    z3, z4 = z3 * -_F1961 + z5, z4 * -_F0390 + z5
+    tmp0, tmp1, tmp2, tmp3 = tmp0 + z1 + z3, tmp1 + z2 + z4, tmp2 + z2 + z3, tmp3 + z1 + z4
+    shift = _CONST_BITS - _PASS1_BITS if first else _CONST_BITS + _PASS1_BITS + 3
+    outs = [tmp10 + tmp3, tmp11 + tmp2, tmp12 + tmp1, tmp13 + tmp0,
+            tmp13 - tmp0, tmp12 - tmp1, tmp11 - tmp2, tmp10 - tmp3]
+    return torch.stack([_descale(o, shift) for o in outs], dim)
+
+
+def _round_trip(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Encode and decode one plane of samples: (N, H, W) int64, H and W multiples of 8, table (N, 64)
+    int64 natural order -> the decoded samples, int64 0-255."""
+    n, height, width = plane.shape
+    blocks = (plane - 128).reshape(n, height // BLOCK, BLOCK, width // BLOCK, BLOCK).transpose(2, 3)
+    coefs = _fdct_pass(_fdct_pass(blocks, -1, True), -2, False)  # (n, hb, wb, 8, 8), scaled by 8
+    step = table.reshape(n, 1, 1, BLOCK, BLOCK)
+    divisor = step << 3
+    quantized = (coefs.abs() + (divisor >> 1)) // divisor * coefs.sign()
+    samples = _idct_pass(_idct_pass(quantized * step, -2, True), -1, False)
+    samples = (samples + 128).clamp_(0, 255)
+    return samples.transpose(2, 3).reshape(n, height, width)
+
+
+def resave(rgb: torch.Tensor, tables: torch.Tensor, fy: int, fx: int) -> torch.Tensor:
+    """What PIL gives back for a baseline JPEG re-save of (N, 3, H, W) uint8 RGB with `tables` (N, 3, 64),
+    natural order, for Y, Cb, Cr, and chroma sampled 1/fy x 1/fx: (N, 3, H, W) uint8 RGB."""
+    n, _, height, width = rgb.shape
+    ycc = _encoder_ycbcr(rgb)
+    tables = tables.long()
+    mcu_h, mcu_w = BLOCK * fy, BLOCK * fx
+    y = _round_trip(_pad(ycc[:, 0], _ceil(height, mcu_h) * mcu_h, _ceil(width, mcu_w) * mcu_w), tables[:, 0])
+    chroma = []
+    for c in (1, 2):
+        if (fy, fx) == (1, 1):
+            small = _pad(ycc[:, c], _ceil(height, BLOCK) * BLOCK, _ceil(width, BLOCK) * BLOCK)
+        else:
+            small = _downsample(ycc[:, c], fy, fx)
+            small = _pad(small, _ceil(small.shape[1], BLOCK) * BLOCK, small.shape[2])
+        decoded = _round_trip(small, tables[:, c])
+        chroma.append(decoded[:, :height, :width] if (fy, fx) == (1, 1) else _upsample(decoded, fy, fx, height, width))
+    return _decoder_rgb(y[:, :height, :width], *chroma)
+
+
+# --------------------------------------------------------------------------- maps
+
+def _block_means(err: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    n, c = err.shape[:2]
+    return err[..., :h * BLOCK, :w * BLOCK].reshape(n, c, h, BLOCK, w, BLOCK).float().mean((3, 5))
+
+
+def _maps_chunk(rgb: torch.Tensor, keep: torch.Tensor, code: int, quality: torch.Tensor) -> torch.Tensor:
+    n, _, height, width = rgb.shape
+    h, w = height // BLOCK, width // BLOCK
+    base = pillow_ycbcr(rgb).long()
+    maps = []
+    for i, q in enumerate(QUALITIES):
+        if q == "keep":
+            tables, (fy, fx) = keep, _FACTORS[code]
+        else:  # PIL's quality re-saves: the luma table on Y, the chroma table on Cb and Cr, 4:2:0
+            tables, (fy, fx) = quality[i - 1][[0, 1, 1]].expand(n, 3, 64), (2, 2)
+        err = (base - pillow_ycbcr(resave(rgb, tables, fy, fx)).long()) ** 2
+        maps.append(_block_means(err, h, w))
+    return torch.cat(maps, 1)
+
+
+def raw_maps(rgb: torch.Tensor, keep_tables: torch.Tensor, keep_subsampling: Sequence[int], *,
+             chunk_pixels: int | None = None) -> torch.Tensor:
+    """`jpeg_ghosts.raw_maps` of a batch: (N, 3, H, W) uint8 decoded RGB of images as cropped for the maps
+    (`mcu_crop`), keep_tables (N, 3, 64) as `jpeg_headers.keep_tables`, keep_subsampling PIL's code of each
+    file -> (N, CHANNELS, H/8, W/8) float32 on rgb's device, stored orientation."""
+    if rgb.dim() != 4 or rgb.shape[1] != 3 or rgb.dtype != torch.uint8:
+        raise ValueError(f"rgb must be (N, 3, H, W) uint8, got {tuple(rgb.shape)} {rgb.dtype}")
+    n, _, height, width = rgb.shape
+    if height < BLOCK or width < BLOCK:
+        raise ValueError(f"images of {width}x{height} pixels: ghost maps need at least 8x8")
+    if keep_tables.shape != (n, 3, 64):
+        raise ValueError(f"keep_tables must be ({n}, 3, 64), got {tuple(keep_tables.shape)}")
+    codes = [int(c) for c in keep_subsampling]
+    if len(codes) != n or any(c not in _FACTORS for c in codes):
+        raise ValueError(f"keep_subsampling needs one of {sorted(_FACTORS)} per image, got {codes}")
+    step = max(1, (chunk_pixels or CHUNK_PIXELS.get(rgb.device.type, CHUNK_PIXELS["cpu"])) // (height * width))
+    keep_tables = keep_tables.to(rgb.device).long().clamp(1, 32767)
+    quality = quality_tables().to(rgb.device).long()
+    out = torch.empty((n, CHANNELS, height // BLOCK, width // BLOCK), dtype=torch.float32, device=rgb.device)
+    for code in sorted(set(codes)):
+        index = torch.as_tensor([i for i, c in enumerate(codes) if c == code], device=rgb.device)
+        for start in range(0, len(index), step):
+            part = index[start:start + step]
+            out[part] = _maps_chunk(rgb[part], keep_tables[part], code, quality)
+    return out
+
+
+# --------------------------------------------------------------------------- files
+
+@dataclass
+class ExactInput:
+    """One file, ready for `raw_maps`: its decoded RGB, cropped as the reference crops, and its tables."""
+
+    rgb: torch.Tensor  # (3, h, w) uint8, stored orientation
+    keep_tables: torch.Tensor  # (3, 64) int64
+    keep_subsampling: int
+    orientation: int
+
+
+def load_exact_input(path: str | os.PathLike, image_size: int, *, data: bytes | None = None) -> ExactInput:
+    """Decode one JPEG with PIL to RGB (as the reference does), tables and sampling from its header.
+    Raises InvalidImageError as the reference does, and NeedsReference for files only it handles."""
+    try:
+        header = read_header(path if data is None else data)
+    except OSError as exc:
+        raise InvalidImageError(path, f"unreadable: {exc.strerror or exc}") from exc
+    except JpegHeaderError as exc:
+        load_jpeg(path, data=data)[0].close()  # raises the reference's reason (not a JPEG, truncated, ...)
+        raise NeedsReference(path, str(exc)) from exc
+    problem = fast_maps_problem(header) or (None if header.color == "ycbcr" else f"{header.color} components")
+    if problem is not None:
+        raise NeedsReference(path, problem)
+    img, orientation = load_jpeg(path, data=data)
+    with img:
+        if img.mode != "RGB":
+            raise NeedsReference(path, f"decoded as {img.mode}")
+        width, height = img.size
+        if min(width, image_size) < BLOCK or min(height, image_size) < BLOCK:
+            raise InvalidImageError(path, f"too small ({width}x{height}: ghost maps need 8x8 pixels)")
+        rgb = torch.from_numpy(np.array(img)).permute(2, 0, 1)
+    return ExactInput(rgb=mcu_crop(rgb, image_size).contiguous(),
+                      keep_tables=torch.tensor(keep_tables(header), dtype=torch.int64),
+                      keep_subsampling=header.pil_subsampling, orientation=orientation)
+
+
+def maps_of_inputs(inputs: Sequence[ExactInput], image_size: int, *,
+                   device: str | torch.device = "cpu") -> torch.Tensor:
+    """The model input of each file, (N, CHANNELS, cells, cells) float32 on `device`: equal to
+    `jpeg_ghosts.ghost_maps` of the file. Files of one crop size go through `raw_maps` together."""
+    cells = grid_cells(image_size)
+    out = torch.empty((len(inputs), CHANNELS, cells, cells), dtype=torch.float32, device=device)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, item in enumerate(inputs):
+        by_size.setdefault(tuple(item.rgb.shape[-2:]), []).append(i)
+    for index in by_size.values():
+        rgb = torch.stack([inputs[i].rgb for i in index]).to(device, non_blocking=True)
+        tables = torch.stack([inputs[i].keep_tables for i in index]).to(device)
+        raw = raw_maps(rgb, tables, [inputs[i].keep_subsampling for i in index])
+        for row, i in enumerate(index):
+            out[i] = normalize(orient(raw[row], inputs[i].orientation), cells)
+    return out
