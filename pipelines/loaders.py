@@ -114,11 +114,9 @@ def manifest_loader_options(input: str, data_dir, image_size: int, rows, ghost_m
 def _ghost_loader(files, labels, *, train, backend, image_size, batch_size, flip, shift, num_workers, seed,
                   shard_id, num_shards, cache_paths, progress, regions, kind, cache, device, launder):
     jpeg_ghosts.check_kind(kind)
-    device_maps = backend == "dali" or cache == "gpu"
-    if device_maps and kind != "dct":
-        what = "--loader dali" if backend == "dali" else "--cache gpu"
-        raise ValueError(f"{what} computes ghost maps of kind dct from decoded pixels, but these are {kind} maps "
-                         "(each file re-saved with PIL): use --loader torch and no --cache, or a dct model")
+    if cache == "gpu" and kind != "dct":
+        raise ValueError(f"--cache gpu computes ghost maps of kind dct from decoded pixels, but these are {kind} maps "
+                         "(each file re-saved with PIL): use no --cache, or a dct model")
     if cache == "memory":
         raise ValueError("ghost maps are held in memory whatever --cache says: use --cache none (or gpu, for dct "
                          "maps computed on the GPU each epoch)")
@@ -140,7 +138,8 @@ def _ghost_loader(files, labels, *, train, backend, image_size, batch_size, flip
         from realfake.pipelines.dali_ghosts import make_dali_ghost_loader
 
         return make_dali_ghost_loader(files, labels, image_size=image_size, batch_size=batch_size,
-                                      num_workers=num_workers, shard_id=shard_id, num_shards=num_shards, device=device)
+                                      num_workers=num_workers, shard_id=shard_id, num_shards=num_shards, device=device,
+                                      kind=kind)
     if train:
         return InMemoryGhostLoader(files, labels, train=True, image_size=image_size, batch_size=batch_size, seed=seed,
                                    flip=flip, shift=shift, num_workers=num_workers, cache_paths=cache_paths,

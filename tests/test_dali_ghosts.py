@@ -1,6 +1,7 @@
 """DALI feeds ghost engines (`pipelines/dali_ghosts.py`) on DALI's CPU decoder: the dct maps from DALI's
-decoded RGB against the torchvision path's (PIL's YCbCr planes), `score --loader dali` against
-`--loader torch`, bad files, files given the reference maps, EXIF orientation."""
+decoded RGB against the torchvision path's (PIL's YCbCr planes), the pil maps from DALI's RGB against
+the reference's, `score --loader dali` against `--loader torch`, bad files, files given the reference
+maps, EXIF orientation."""
 import csv
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'realfake[dali]')")
 
+from realfake.pipelines import jpeg_ghosts  # noqa: E402
 from realfake.pipelines.loaders import get_loader  # noqa: E402
 
 pytestmark = pytest.mark.dali
@@ -46,8 +48,8 @@ def _files(folder: Path, n: int, subsampling: int, seed: int) -> list[str]:
     return files
 
 
-def _batches(files, backend):
-    loader = get_loader(files, None, train=False, input="ghosts", ghost_maps="dct", backend=backend, image_size=SIZE,
+def _batches(files, backend, kind="dct"):
+    loader = get_loader(files, None, train=False, input="ghosts", ghost_maps=kind, backend=backend, image_size=SIZE,
                         batch_size=4, num_workers=1 if backend == "dali" else 0, device="cpu")
     batches = list(loader)
     images = torch.cat([b.images for b in batches if len(b.indices)])
@@ -70,6 +72,22 @@ def test_dali_maps_equal_the_torchvision_paths_in_quality_and_follow_them_in_kee
             continue
         r = np.corrcoef(a.flatten().numpy(), b.flatten().numpy())[0, 1]
         assert r >= KEEP_MIN_R["clipped" if i % 2 else "unclipped"], (i, r)
+
+
+def test_dali_pil_maps_are_the_references(tmp_path):
+    files = _files(tmp_path / "444", 4, 0, seed=5) + _files(tmp_path / "420", 4, 2, seed=6)
+    gray = tmp_path / "gray.jpg"
+    Image.open(files[0]).convert("L").save(gray, quality=90)  # the exact maps leave grayscale to the reference
+    image = Image.open(files[1])
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "turned.jpg", quality=88, exif=exif.tobytes())
+    files += [str(gray), str(tmp_path / "turned.jpg")]
+    maps, indices, errors, fallbacks, loader = _batches(files, "dali", kind="pil")
+    assert loader.backend == "dali-cpu-ghosts-pil" and indices == list(range(len(files)))
+    assert errors == [] and fallbacks == [] and loader.host == [8]
+    reference = torch.stack([torch.from_numpy(jpeg_ghosts.ghost_maps(f, SIZE)) for f in files])
+    torch.testing.assert_close(maps, reference, atol=1e-5, rtol=0)
 
 
 def test_dali_maps_turn_with_the_exif_orientation(tmp_path):
@@ -120,3 +138,33 @@ def test_score_with_dali_equals_score_with_torch_and_lists_bad_files(tmp_path):
     for path, q in out["torch"].items():  # every other file of _files has colours the conversion clips
         clipped = Path(path).parent.name in ("444", "420") and int(Path(path).stem) % 2 == 1
         assert abs(out["dali"][path] - q) <= P_FAKE_TOLERANCE["clipped" if clipped else "unclipped"], path
+
+
+def test_a_pil_engine_scores_the_same_with_dali_and_lists_bad_files(tmp_path):
+    from realfake.engines.build import build_engine_from_model
+    from realfake.jobs.tasks.score import run_score
+    from realfake.models import build_model
+
+    folder = tmp_path / "folder"
+    _files(folder / "444", 4, 0, seed=3)
+    _files(folder / "420", 4, 2, seed=4)
+    reasons = write_bad_files(folder / "bad")
+    Image.new("CMYK", (64, 64), (10, 200, 30, 0)).save(folder / "cmyk.jpg")  # scored on the host, by PIL
+    torch.manual_seed(0)
+    model = build_model("ghost_cnn", image_size=SIZE).eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(1000)
+    engine = build_engine_from_model(model, tmp_path / "engine", architecture="ghost_cnn", image_size=SIZE,
+                                     backend="eager", batch=(1, 8, 64), ghost_maps="pil")
+    out = {}
+    for loader in ("dali", "torch"):
+        summary = run_score([str(folder)], tmp_path / f"{loader}.csv", engine=engine, loader=loader, batch_size=4,
+                            num_workers=1, progress=False)
+        assert summary["scored"] == 9 and summary["loader"] == ("dali-cpu-ghosts-pil" if loader == "dali"
+                                                                 else "jpeg-ghosts"), loader
+        errors = {Path(r["path"]).name: r["reason"] for r in csv.DictReader(open(summary["errors_file"]))}
+        assert errors == reasons, loader
+        out[loader] = {r["path"]: float(r["p_fake"]) for r in csv.DictReader(open(summary["out"]))}
+    assert out["dali"].keys() == out["torch"].keys()
+    assert np.array(list(out["torch"].values())).std() > 0.05
+    assert max(abs(out["dali"][k] - q) for k, q in out["torch"].items()) < 1e-6

@@ -123,7 +123,7 @@ def test_a_dct_engine_scores_what_its_eager_model_gives_on_dct_maps(dct_run, dct
             assert diff > 1e-4
 
 
-def test_a_pil_engine_reads_pil_maps_and_refuses_dali(tmp_path):
+def test_a_pil_engine_reads_pil_maps_with_either_decoder(tmp_path):
     from realfake.engines.build import build_engine_from_model
     from realfake.jobs.tasks.score import run_score
     from realfake.models import build_model
@@ -144,8 +144,14 @@ def test_a_pil_engine_reads_pil_maps_and_refuses_dali(tmp_path):
         with torch.no_grad():
             p = torch.softmax(model(maps), 1)[:, 1].tolist()
         assert (max(abs(scored[Path(f).name] - q) for f, q in zip(files, p, strict=True)) < 1e-5) == close, kind
-    with pytest.raises(ValueError, match="reads pil JPEG ghost maps"):
-        run_score([str(tmp_path / "folder")], tmp_path / "d.csv", engine=engine, loader="dali", progress=False)
+    pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'realfake[dali]')")
+    # With DALI decoding, the pil maps are computed from its pixels (DALI's CPU decoder gives PIL's RGB): the same scores.
+    dali = run_score([str(tmp_path / "folder")], tmp_path / "d.csv", engine=engine, loader="dali", num_workers=1,
+                     progress=False)
+    assert dali["loader"] == "dali-cpu-ghosts-pil" and dali["scored"] == len(files)
+    by_dali = {Path(r["path"]).name: float(r["p_fake"]) for r in csv.DictReader(open(dali["out"]))}
+    assert by_dali.keys() == scored.keys()
+    assert max(abs(by_dali[k] - scored[k]) for k in scored) < 1e-6
     with pytest.raises(ValueError, match="ghost_maps='dct' applies to ghost-map models only"):
         build_engine_from_model(build_model("simple_cnn", image_size=32), tmp_path / "px", architecture="simple_cnn",
                                 image_size=32, backend="eager", ghost_maps="dct")

@@ -39,7 +39,7 @@ def run_score(
         engine: Engine directory from `realfake engine build`; default: the promoted engine.
         recursive: Score the folders' subfolders too.
         batch_size: Images per batch through the loader and the engine.
-        loader: Decoder. auto: DALI on a GPU (when installed); on the CPU torchvision with PIL draft mode, the cheaper CPU decoder for scoring.
+        loader: Decoder. auto: DALI on a GPU (when installed); on the CPU torchvision with PIL draft mode, the cheaper CPU decoder for scoring. Ghost engines: dct maps follow the decoder; pil maps are PIL's re-saves in the workers unless dali, where they are computed bit for bit from DALI's pixels on the engine's device.
         resume: Skip files OUT already holds (and retry those of its errors file); false (--no-resume) replaces OUT.
         shard: I/N: score only shard I of N (a fixed 1/N of the files, by a hash of their relative path); join the N outputs with `realfake score merge`.
         num_workers: Decoding processes (torchvision) or threads (DALI).

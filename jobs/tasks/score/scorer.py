@@ -93,9 +93,10 @@ class Scorer:
         self.err_file = errors_path(out_file)
         self.batch_size, self.num_workers, self.shard = batch_size, num_workers, shard
         self.device = str(engine.device)
-        # Reference ghost maps are computed in the loader's worker processes, from the file itself; dct ghost
-        # maps from pixels decoded by either decoder.
-        self.decoder = "torch" if engine.ghost_maps == "pil" else scoring_loader(loader, self.device)
+        # Reference (pil) ghost maps: by PIL in the loader's workers unless DALI is asked for (`auto` keeps PIL:
+        # on a CPU its re-saves are faster than the same maps as tensor math); dct maps from either decoder.
+        pil_on_host = engine.ghost_maps == "pil" and loader != "dali"
+        self.decoder = "torch" if pil_on_host else scoring_loader(loader, self.device)
         self.check_headers = self.decoder == "dali" and DALI_HEADER_CHECK
         self.engine_threads = choose_engine_threads(self.device, num_workers, engine_threads)
         self.counts = WalkCounts()
@@ -256,9 +257,6 @@ def score_here(folders: Sequence[str], out, *, engine=None, recursive: bool = Tr
     engine_dir = Path(engine) if engine is not None else promoted_engine(realfake_home())
     # auto: the engine runs where it was built for (a CUDA engine on the GPU), and decoding follows it.
     model = load_engine(engine_dir, device=None if device == "auto" else resolve_device(device))
-    if model.ghost_maps == "pil" and loader == "dali":
-        raise ValueError(f"engine {model.engine_id} reads pil JPEG ghost maps (each file re-saved with PIL); DALI feeds "
-                         "engines of dct ghost maps only: use --loader auto or torch")
     scorer = Scorer(model, engine_dir, out_file, resume=resume, batch_size=batch_size, loader=loader,
                     num_workers=num_workers, engine_threads=engine_threads, shard=shard, progress=progress,
                     on_progress=on_progress)
