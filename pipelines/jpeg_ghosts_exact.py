@@ -56,10 +56,6 @@ def _fix16(x: float) -> int:
     return int(x * (1 << _SCALE_BITS) + 0.5)
 
 
-def _descale(x: torch.Tensor, n: int) -> torch.Tensor:
-    return (x + (1 << (n - 1))) >> n
-
-
 # --------------------------------------------------------------------------- colour
 
 @functools.cache
@@ -146,64 +142,82 @@ def _upsample(plane: torch.Tensor, fy: int, fx: int, height: int, width: int) ->
 
 
 # --------------------------------------------------------------------------- DCT
+# libjpeg's islow DCTs are butterflies of integer adds and multiplies by constants, with one rounding
+# right shift (DESCALE) at the end of each 1-D pass. So each pass is an integer 8x8 matrix, read off
+# the butterfly below, then a rounding shift per output: one small matmul, exact in float64 (every sum
+# stays below 2**36), where the butterfly itself would be ~50 elementwise operations a pass.
 
-def _fdct_pass(x: torch.Tensor, dim: int, first: bool) -> torch.Tensor:
-    """One 1-D pass of jfdctint.c jpeg_fdct_islow along `dim` (8 long)."""
-    d0, d1, d2, d3, d4, d5, d6, d7 = x.unbind(dim)
-    tmp0, tmp7, tmp1, tmp6 = d0 + d7, d0 - d7, d1 + d6, d1 - d6
-    tmp2, tmp5, tmp3, tmp4 = d2 + d5, d2 - d5, d3 + d4, d3 - d4
+def _fdct_butterfly(d: Sequence[int], first: bool) -> tuple[list[int], list[int]]:
+    """jfdctint.c jpeg_fdct_islow, one pass over 8 values: (outputs before their shift, shifts)."""
+    tmp0, tmp7, tmp1, tmp6 = d[0] + d[7], d[0] - d[7], d[1] + d[6], d[1] - d[6]
+    tmp2, tmp5, tmp3, tmp4 = d[2] + d[5], d[2] - d[5], d[3] + d[4], d[3] - d[4]
     tmp10, tmp13, tmp11, tmp12 = tmp0 + tmp3, tmp0 - tmp3, tmp1 + tmp2, tmp1 - tmp2
-    shift = _CONST_BITS - _PASS1_BITS if first else _CONST_BITS + _PASS1_BITS
-    if first:
+    if first:  # outputs 0 and 4 are scaled up by PASS1_BITS, not shifted down
         out0, out4 = (tmp10 + tmp11) << _PASS1_BITS, (tmp10 - tmp11) << _PASS1_BITS
     else:
-        out0, out4 = _descale(tmp10 + tmp11, _PASS1_BITS), _descale(tmp10 - tmp11, _PASS1_BITS)
+        out0, out4 = tmp10 + tmp11, tmp10 - tmp11
     z1 = (tmp12 + tmp13) * _F0541
-    out2 = _descale(z1 + tmp13 * _F0765, shift)
-    out6 = _descale(z1 - tmp12 * _F1847, shift)
+    out2, out6 = z1 + tmp13 * _F0765, z1 - tmp12 * _F1847
     z1, z2, z3, z4 = tmp4 + tmp7, tmp5 + tmp6, tmp4 + tmp6, tmp5 + tmp7
     z5 = (z3 + z4) * _F1175
     tmp4, tmp5, tmp6, tmp7 = tmp4 * _F0298, tmp5 * _F2053, tmp6 * _F3072, tmp7 * _F1501
     z1, z2 = z1 * -_F0899, z2 * -_F2562
     z3, z4 = z3 * -_F1961 + z5, z4 * -_F0390 + z5
-    out7 = _descale(tmp4 + z1 + z3, shift)
-    out5 = _descale(tmp5 + z2 + z4, shift)
-    out3 = _descale(tmp6 + z2 + z3, shift)
-    out1 = _descale(tmp7 + z1 + z4, shift)
-    return torch.stack([out0, out1, out2, out3, out4, out5, out6, out7], dim)
+    outs = [out0, tmp7 + z1 + z4, out2, tmp6 + z2 + z3, out4, tmp5 + z2 + z4, out6, tmp4 + z1 + z3]
+    shift = _CONST_BITS - _PASS1_BITS if first else _CONST_BITS + _PASS1_BITS
+    even = 0 if first else _PASS1_BITS
+    return outs, [even, shift, shift, shift, even, shift, shift, shift]
 
 
-def _idct_pass(x: torch.Tensor, dim: int, first: bool) -> torch.Tensor:
-    """One 1-D pass of jidctint.c jpeg_idct_islow along `dim` (8 long); the second pass gives samples."""
-    i0, i1, i2, i3, i4, i5, i6, i7 = x.unbind(dim)
-    z1 = (i2 + i6) * _F0541
-    tmp2, tmp3 = z1 - i6 * _F1847, z1 + i2 * _F0765
-    tmp0, tmp1 = (i0 + i4) << _CONST_BITS, (i0 - i4) << _CONST_BITS
+def _idct_butterfly(i: Sequence[int], first: bool) -> tuple[list[int], list[int]]:
+    """jidctint.c jpeg_idct_islow, one pass over 8 values: (outputs before their shift, shifts)."""
+    z1 = (i[2] + i[6]) * _F0541
+    tmp2, tmp3 = z1 - i[6] * _F1847, z1 + i[2] * _F0765
+    tmp0, tmp1 = (i[0] + i[4]) << _CONST_BITS, (i[0] - i[4]) << _CONST_BITS
     tmp10, tmp13, tmp11, tmp12 = tmp0 + tmp3, tmp0 - tmp3, tmp1 + tmp2, tmp1 - tmp2
-    tmp0, tmp1, tmp2, tmp3 = i7, i5, i3, i1
+    tmp0, tmp1, tmp2, tmp3 = i[7], i[5], i[3], i[1]
     z1, z2, z3, z4 = tmp0 + tmp3, tmp1 + tmp2, tmp0 + tmp2, tmp1 + tmp3
     z5 = (z3 + z4) * _F1175
     tmp0, tmp1, tmp2, tmp3 = tmp0 * _F0298, tmp1 * _F2053, tmp2 * _F3072, tmp3 * _F1501
     z1, z2 = z1 * -_F0899, z2 * -_F2562
     z3, z4 = z3 * -_F1961 + z5, z4 * -_F0390 + z5
     tmp0, tmp1, tmp2, tmp3 = tmp0 + z1 + z3, tmp1 + z2 + z4, tmp2 + z2 + z3, tmp3 + z1 + z4
-    shift = _CONST_BITS - _PASS1_BITS if first else _CONST_BITS + _PASS1_BITS + 3
     outs = [tmp10 + tmp3, tmp11 + tmp2, tmp12 + tmp1, tmp13 + tmp0,
             tmp13 - tmp0, tmp12 - tmp1, tmp11 - tmp2, tmp10 - tmp3]
-    return torch.stack([_descale(o, shift) for o in outs], dim)
+    shift = _CONST_BITS - _PASS1_BITS if first else _CONST_BITS + _PASS1_BITS + 3
+    return outs, [shift] * BLOCK
+
+
+@functools.cache
+def _pass(butterfly, first: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(matrix.T, rounding offset, 1 / 2**shift) of one pass, float64: the butterfly applied to each unit
+    vector gives a column of its matrix (it is linear up to the shift)."""
+    columns = [butterfly([int(k == j) for k in range(BLOCK)], first)[0] for j in range(BLOCK)]
+    shifts = butterfly([0] * BLOCK, first)[1]
+    matrix = torch.tensor(columns, dtype=torch.float64)  # row j: the outputs of unit vector j, i.e. matrix.T
+    offset = torch.tensor([(1 << n) >> 1 for n in shifts], dtype=torch.float64)
+    return matrix, offset, torch.tensor([2.0 ** -n for n in shifts], dtype=torch.float64)
+
+
+def _apply(x: torch.Tensor, butterfly, first: bool, dim: int) -> torch.Tensor:
+    """One pass along `dim` (8 long) of float64 integers: the matmul, then each output's rounding shift."""
+    matrix, offset, scale = (t.to(x.device) for t in _pass(butterfly, first))
+    x = x.movedim(dim, -1)
+    return (x @ matrix).add_(offset).mul_(scale).floor_().movedim(-1, dim)
 
 
 def _round_trip(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Encode and decode one plane of samples: (N, H, W) int64, H and W multiples of 8, table (N, 64)
-    int64 natural order -> the decoded samples, int64 0-255."""
+    natural order -> the decoded samples, int64 0-255."""
     n, height, width = plane.shape
-    blocks = (plane - 128).reshape(n, height // BLOCK, BLOCK, width // BLOCK, BLOCK).transpose(2, 3)
-    coefs = _fdct_pass(_fdct_pass(blocks, -1, True), -2, False)  # (n, hb, wb, 8, 8), scaled by 8
-    step = table.reshape(n, 1, 1, BLOCK, BLOCK)
-    divisor = step << 3
-    quantized = (coefs.abs() + (divisor >> 1)) // divisor * coefs.sign()
-    samples = _idct_pass(_idct_pass(quantized * step, -2, True), -1, False)
-    samples = (samples + 128).clamp_(0, 255)
+    blocks = (plane - 128).double().reshape(n, height // BLOCK, BLOCK, width // BLOCK, BLOCK).transpose(2, 3)
+    coefs = _apply(_apply(blocks, _fdct_butterfly, True, -1), _fdct_butterfly, False, -2)  # scaled by 8
+    step = table.double().reshape(n, 1, 1, BLOCK, BLOCK)
+    divisor = step * 8
+    # jcdctmgr.c: round half away from zero, (|c| + divisor/2) // divisor with the sign put back.
+    quantized = coefs.abs().add_(torch.floor(divisor / 2)).div_(divisor).floor_().mul_(coefs.sign())
+    samples = _apply(_apply(quantized.mul_(step), _idct_butterfly, True, -2), _idct_butterfly, False, -1)
+    samples = samples.add_(128).clamp_(0, 255).long()
     return samples.transpose(2, 3).reshape(n, height, width)
 
 
@@ -229,23 +243,25 @@ def resave(rgb: torch.Tensor, tables: torch.Tensor, fy: int, fx: int) -> torch.T
 
 # --------------------------------------------------------------------------- maps
 
-def _block_means(err: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    n, c = err.shape[:2]
-    return err[..., :h * BLOCK, :w * BLOCK].reshape(n, c, h, BLOCK, w, BLOCK).float().mean((3, 5))
+def _block_errors(base: torch.Tensor, resaved: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Mean squared difference per 8x8 block of two (N, 3, H, W) uint8 images, over h x w whole blocks:
+    exact in float32 (squares of integers up to 255, summed 64 at a time), as the reference's numpy sum."""
+    n, c = base.shape[:2]
+    err = base[..., :h * BLOCK, :w * BLOCK].float().sub_(resaved[..., :h * BLOCK, :w * BLOCK].float())
+    return err.mul_(err).reshape(n, c, h, BLOCK, w, BLOCK).mean((3, 5))
 
 
 def _maps_chunk(rgb: torch.Tensor, keep: torch.Tensor, code: int, quality: torch.Tensor) -> torch.Tensor:
     n, _, height, width = rgb.shape
     h, w = height // BLOCK, width // BLOCK
-    base = pillow_ycbcr(rgb).long()
+    base = pillow_ycbcr(rgb)
     maps = []
     for i, q in enumerate(QUALITIES):
         if q == "keep":
             tables, (fy, fx) = keep, _FACTORS[code]
         else:  # PIL's quality re-saves: the luma table on Y, the chroma table on Cb and Cr, 4:2:0
             tables, (fy, fx) = quality[i - 1][[0, 1, 1]].expand(n, 3, 64), (2, 2)
-        err = (base - pillow_ycbcr(resave(rgb, tables, fy, fx)).long()) ** 2
-        maps.append(_block_means(err, h, w))
+        maps.append(_block_errors(base, pillow_ycbcr(resave(rgb, tables, fy, fx)), h, w))
     return torch.cat(maps, 1)
 
 
