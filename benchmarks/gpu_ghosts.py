@@ -15,11 +15,20 @@ Rows (each measurement fails on its own, with its error in the table, and the ot
                               decodes, the maps and the model on the GPU), end to end; its ratio to
                               decode/dali-steady. Goal: >= 0.9
   score/ghost_cnn-dct/torch   the same through DataLoader workers (PIL decode, maps in the workers)
+  maps/pil-exact              `jpeg_ghosts_exact.maps_of_inputs`: the reference (pil) maps bit for bit, on
+                              decoded images already on the device
+  score/ghost_cnn-pil/dali    `realfake score --loader dali` with a ghost_cnn engine of pil maps (DALI decodes,
+                              the exact maps and the model on the GPU); ratio to decode/dali-steady. Goal: >= 0.9
   train/model-only            ghost_cnn training steps on maps already on the GPU (AMP fp16)
   train/epoch-cache-gpu       epochs of the `--cache gpu` ghost loader (decoded planes on the GPU, dct maps
                               per batch, flips and shifts) + the same steps; ratio to model-only. Goal: >= 0.8
   train/epoch-cache-gpu-launder   the same with --launder 0.5 (host workers re-save and decode half the
                               items each epoch)
+
+After the table, per kind: how far the pil maps computed from DALI's decode are from the reference's
+(PIL decode and re-saves) on the first 32 files: the largest difference of the normalized maps and the
+share of maps that are equal. The hardware decoder (baseline files) and nvJPEG may round pixels otherwise
+than libjpeg; DALI's CPU decoder does not (the tests).
 
 Engines: eager fp16 ghost_cnn with random weights, built here. `--device cpu` runs the same rows small on
 a machine without a GPU (a dry run of the script; DALI's CPU decoder).
@@ -74,20 +83,9 @@ def dali_steady(files: list[str], threads: int, batch: int, device: str, seconds
 
 def maps_rate(files: list[str], batch: int, device: str, seconds: float) -> float:
     """files/s of the dct maps of decoded RGB images already on `device`."""
-    import numpy as np
-    import torch
-    from PIL import Image
-    from realfake.pipelines.jpeg_ghosts_torch import GhostInput, maps_of_inputs, mcu_crop
-    from realfake.pipelines.jpeg_headers import keep_tables, read_header
+    from realfake.pipelines.jpeg_ghosts_torch import maps_of_inputs
 
-    inputs = []
-    for path in files[:batch]:
-        header = read_header(path)
-        with Image.open(path) as image:
-            rgb = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
-        inputs.append(GhostInput(mcu_crop(rgb, IMAGE_SIZE).contiguous().to(device),
-                                 torch.tensor(keep_tables(header), dtype=torch.float32), header.pil_subsampling,
-                                 header.orientation))
+    inputs = _decoded_inputs(files[:batch], device, exact=False)
     maps_of_inputs(inputs, IMAGE_SIZE, device=device, color="rgb")
     _sync(device)
     start, n = time.perf_counter(), 0
@@ -98,7 +96,60 @@ def maps_rate(files: list[str], batch: int, device: str, seconds: float) -> floa
     return n / (time.perf_counter() - start)
 
 
-def build_engine(out: Path, device: str, batch: int) -> Path:
+def _decoded_inputs(files: list[str], device: str, exact: bool) -> list:
+    """The maps' inputs of `files` as PIL decodes them, on `device`: GhostInput (dct) or ExactInput (pil)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from realfake.pipelines.jpeg_ghosts_exact import ExactInput
+    from realfake.pipelines.jpeg_ghosts_torch import GhostInput, mcu_crop
+    from realfake.pipelines.jpeg_headers import keep_tables, read_header
+
+    inputs = []
+    for path in files:
+        header = read_header(path)
+        with Image.open(path) as image:
+            rgb = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+        rgb = mcu_crop(rgb, IMAGE_SIZE).contiguous().to(device)
+        tables = torch.tensor(keep_tables(header), dtype=torch.int64 if exact else torch.float32)
+        make = ExactInput if exact else GhostInput
+        inputs.append(make(rgb, tables, header.pil_subsampling, header.orientation))
+    return inputs
+
+
+def exact_maps_rate(files: list[str], batch: int, device: str, seconds: float) -> float:
+    """files/s of the exact (pil) maps of decoded RGB images already on `device`."""
+    from realfake.pipelines.jpeg_ghosts_exact import maps_of_inputs
+
+    inputs = _decoded_inputs(files[:batch], device, exact=True)
+    maps_of_inputs(inputs, IMAGE_SIZE, device=device)
+    _sync(device)
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        maps_of_inputs(inputs, IMAGE_SIZE, device=device)
+        n += len(inputs)
+    _sync(device)
+    return n / (time.perf_counter() - start)
+
+
+def exact_vs_reference(files: list[str], threads: int, device: str) -> dict:
+    """The pil maps from DALI's decode (the ghost loader's graph) against the reference's, per file."""
+    import numpy as np
+    from realfake.pipelines import jpeg_ghosts
+    from realfake.pipelines.dali_ghosts import make_dali_ghost_loader
+
+    loader = make_dali_ghost_loader(files, None, image_size=IMAGE_SIZE, batch_size=8, num_workers=threads,
+                                    shard_id=0, num_shards=1, device=device, kind="pil")
+    worst, equal, total = 0.0, 0, 0
+    for batch in loader:
+        for maps, index in zip(batch.images.cpu().numpy(), batch.indices.tolist(), strict=True):
+            reference = jpeg_ghosts.ghost_maps(files[index], IMAGE_SIZE)
+            diff = np.abs(maps - reference).max((1, 2))
+            worst, equal, total = max(worst, float(diff.max())), equal + int((diff <= 1e-5).sum()), total + len(diff)
+    return {"files": len(files), "max_abs_diff": worst, "maps_equal": equal / max(total, 1)}
+
+
+def build_engine(out: Path, device: str, batch: int, kind: str = "dct") -> Path:
     import torch
     from realfake.engines.build import build_engine_from_model
     from realfake.models import build_model
@@ -107,7 +158,7 @@ def build_engine(out: Path, device: str, batch: int) -> Path:
     model = build_model("ghost_cnn", image_size=IMAGE_SIZE).eval()
     return build_engine_from_model(model, out, architecture="ghost_cnn", image_size=IMAGE_SIZE, backend="eager",
                                    precision="fp16" if device.startswith("cuda") else "fp32",
-                                   batch=(1, batch, 4 * batch), device=device, ghost_maps="dct")
+                                   batch=(1, batch, 4 * batch), device=device, ghost_maps=kind)
 
 
 def score_rate(folder: Path, engine: Path, loader: str, threads: int, batch: int, device: str, out: Path) -> float:
@@ -217,6 +268,8 @@ def main() -> int:
         tmp = Path(tmp_name)
         folders = make_folders(args.data, args.n, args.copies, tmp)
         engine = build_engine(tmp / "engine-dct", args.device, args.batch)
+        pil_engine = build_engine(tmp / "engine-pil", args.device, args.batch, kind="pil")
+        checks = {}
         print(f"{device_name}, {os.cpu_count()} CPUs, {args.threads} threads, batch {args.batch}, "
               f"{args.n} x {args.copies} files per kind", flush=True)
         for kind, (folder, distinct) in folders.items():
@@ -228,6 +281,15 @@ def main() -> int:
                                args.threads, args.batch, args.device, tmp / f"scores-{kind}-{loader}.csv")
                 if rate and steady:
                     rows[-1]["vs"] = rate / steady
+            measure(kind, "maps/pil-exact", exact_maps_rate, distinct, args.batch, args.device, args.seconds)
+            rate = measure(kind, "score/ghost_cnn-pil/dali", score_rate, folder, pil_engine, "dali", args.threads,
+                           args.batch, args.device, tmp / f"scores-{kind}-pil.csv")
+            if rate and steady:
+                rows[-1]["vs"] = rate / steady
+            try:
+                checks[kind] = exact_vs_reference(distinct[:32], args.threads, args.device)
+            except Exception as exc:  # reported, and the other measurements still run
+                checks[kind] = {"error": f"{type(exc).__name__}: {exc}"}
             if kind == "progressive":
                 alone = measure(kind, "train/model-only", train_model_only, len(distinct), args.batch, args.device,
                                 args.epochs)
@@ -247,9 +309,11 @@ def main() -> int:
         ratio = f"{row['vs']:.2f}" if "vs" in row else ""
         print(f"{row['kind']:<11} {row['what']:<36} {value:>9} {ratio:>7}"
               + (f"  {row['error'][:120]}" if row.get("error") else ""))
+    for kind, check in checks.items():
+        print(f"pil maps from DALI's decode vs the reference, {kind}: {check}")
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"rows": rows, "pil_maps_vs_reference": checks}, indent=2) + "\n")
     return 0
 
 
