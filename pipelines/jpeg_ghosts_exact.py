@@ -19,8 +19,8 @@ the maps every "pil" engine was trained on: an existing engine reads them unchan
 decoded RGB: PIL's decode gives the reference's maps exactly; a GPU decoder (nvJPEG) that rounds some
 pixels differently from libjpeg gives maps that differ by that much (docs/ghost-maps.md).
 
-The cost is 11 encodes and decodes of integer arithmetic a file (int64, so that no intermediate can
-overflow): a GPU's work. On a CPU PIL's SIMD code is faster, so the CPU path keeps PIL.
+The cost is 11 encodes and decodes a file (pixel arithmetic in int64, the DCTs as float64 matmuls, both
+exact): a GPU's work. On a CPU PIL's SIMD code is faster (docs/ghost-maps.md), so the CPU path keeps PIL.
 
 Files this does not handle (anything but 8-bit 3-component YCbCr: grayscale, CMYK, 12-bit, ...)
 raise `jpeg_ghosts_torch.NeedsReference` from `load_exact_input`; the caller uses the PIL reference.
