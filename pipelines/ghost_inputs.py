@@ -11,6 +11,10 @@ batch in one `maps_of_inputs` call). A JPEG the "dct" maps do not handle (`Needs
 12-bit, arithmetic coding, odd sampling, ...) gets the reference maps for that file; `Prepared.fallback`
 says why, and the loaders count and log it, so no file becomes wrong maps silently.
 
+Where the batch's maps are computed on a GPU (`on_device`), "pil" files are decoded in the worker too
+and `finish` computes their maps with `jpeg_ghosts_exact`: the reference maps bit for bit, as tensor
+math (files it does not handle get PIL's re-saves in the worker: the same maps, no fallback).
+
 CPU workers: `configure_worker` gives each worker process one torch thread (the maps are hundreds of
 small operations; a second thread only waits for a descheduled core) and an allocator that keeps freed
 memory (the "dct" maps are allocation-bound under glibc's default, which returns each large temporary
@@ -27,7 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from realfake.pipelines import jpeg_ghosts
+from realfake.pipelines import jpeg_ghosts, jpeg_ghosts_exact
+from realfake.pipelines.jpeg_ghosts_exact import ExactInput, load_exact_input
 from realfake.pipelines.jpeg_ghosts_torch import GhostInput, NeedsReference, load_ghost_input, maps_of_inputs
 
 log = logging.getLogger(__name__)
@@ -44,32 +49,39 @@ class Prepared:
     """One file after the per-file step: finished maps, or decoded planes whose maps `finish` computes."""
 
     maps: np.ndarray | None = None  # float32 (CHANNELS, S/8, S/8): "pil", or a "dct" file that fell back
-    item: GhostInput | None = None  # "dct": the decoded planes and tables
+    item: GhostInput | ExactInput | None = None  # decoded pixels and tables whose maps `finish` computes
     fallback: str | None = None  # why a "dct" file got the reference maps
 
 
-def prepare_file(path: str | os.PathLike, image_size: int, kind: str, *, data: bytes | None = None) -> Prepared:
+def prepare_file(path: str | os.PathLike, image_size: int, kind: str, *, data: bytes | None = None,
+                 on_device: bool = False) -> Prepared:
     """The per-file step for maps of `kind`. `data`: the file's bytes held in memory (a laundered copy),
-    `path` naming it in errors. Raises InvalidImageError with the reference's reasons."""
-    if jpeg_ghosts.check_kind(kind) == "pil":
+    `path` naming it in errors. `on_device`: the maps of "pil" files too are left to `finish` (on a GPU).
+    Raises InvalidImageError with the reference's reasons."""
+    if jpeg_ghosts.check_kind(kind) == "pil" and not on_device:
         return Prepared(maps=jpeg_ghosts.ghost_maps(path, image_size, data=data))
+    load = load_exact_input if kind == "pil" else load_ghost_input
     try:
-        return Prepared(item=load_ghost_input(path, image_size, data=data))
+        return Prepared(item=load(path, image_size, data=data))
     except NeedsReference as exc:
-        return Prepared(maps=jpeg_ghosts.ghost_maps(path, image_size, data=data), fallback=exc.reason)
+        return Prepared(maps=jpeg_ghosts.ghost_maps(path, image_size, data=data),
+                        fallback=exc.reason if kind == "dct" else None)
 
 
 def finish(prepared: Sequence[Prepared], image_size: int, *, device: str | torch.device = "cpu") -> torch.Tensor:
-    """(N, CHANNELS, S/8, S/8) float32 model input of prepared files, on `device`: the "dct" ones in one
-    batched call."""
+    """(N, CHANNELS, S/8, S/8) float32 model input of prepared files, on `device`: those left to it in one
+    batched call per kind."""
     cells = jpeg_ghosts.grid_cells(image_size)
     out = torch.empty((len(prepared), jpeg_ghosts.CHANNELS, cells, cells), dtype=torch.float32, device=device)
-    pending = [i for i, p in enumerate(prepared) if p.maps is None]
     for i, p in enumerate(prepared):
         if p.maps is not None:
             out[i] = torch.from_numpy(p.maps)
-    if pending:
-        out[pending] = maps_of_inputs([prepared[i].item for i in pending], image_size, device=device)
+    dct = [i for i, p in enumerate(prepared) if isinstance(p.item, GhostInput)]
+    exact = [i for i, p in enumerate(prepared) if isinstance(p.item, ExactInput)]
+    if dct:
+        out[dct] = maps_of_inputs([prepared[i].item for i in dct], image_size, device=device)
+    if exact:
+        out[exact] = jpeg_ghosts_exact.maps_of_inputs([prepared[i].item for i in exact], image_size, device=device)
     return out
 
 

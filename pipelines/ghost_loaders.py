@@ -149,8 +149,9 @@ class LaunderedDataset(Dataset):
     `kind`. Items: (Prepared | None, index, reason the file kept its clean maps)."""
 
     def __init__(self, files: Sequence[str], items: Sequence[tuple[int, laundering.Transform]], image_size: int,
-                 kind: str):
+                 kind: str, on_device: bool = False):
         self.files, self.items, self.image_size, self.kind = files, list(items), image_size, kind
+        self.on_device = on_device
 
     def __len__(self) -> int:
         return len(self.items)
@@ -160,7 +161,7 @@ class LaunderedDataset(Dataset):
         path = self.files[index]
         try:
             data = laundering.launder_file(path, transform)
-            return prepare_file(path, self.image_size, self.kind, data=data), index, None
+            return prepare_file(path, self.image_size, self.kind, data=data, on_device=self.on_device), index, None
         except (InvalidImageError, ValueError) as exc:  # e.g. a crop or downscale a tiny image cannot take
             return None, index, f"{transform.spec}: {exc}"
 
@@ -196,10 +197,12 @@ def laundered_items(n: int, order: Sequence[int], seed: int, epoch: int, p: floa
 
 def stream_laundered(files: Sequence[str], items: Sequence[tuple[int, laundering.Transform]], image_size: int,
                      kind: str, num_workers: int, in_worker: bool = True):
-    """Batches of FinishLaundered for `items`, in their order, computed ahead by `num_workers` workers."""
+    """Batches of FinishLaundered for `items`, in their order, computed ahead by `num_workers` workers
+    (with `in_worker` False, decoded there and left to the caller's device)."""
     if not items:
         return iter(())
-    loader = DataLoader(LaunderedDataset(files, items, image_size, kind), batch_size=LAUNDER_BATCH, shuffle=False,
+    dataset = LaunderedDataset(files, items, image_size, kind, on_device=not in_worker)
+    loader = DataLoader(dataset, batch_size=LAUNDER_BATCH, shuffle=False,
                         num_workers=num_workers, collate_fn=FinishLaundered(image_size, in_worker),
                         persistent_workers=False, worker_init_fn=configure_worker if num_workers else None)
     return iter(loader)

@@ -7,8 +7,7 @@ reads follows the model's input and the cache asked for:
 - pixels, decoded once into a uint8 cache in host or GPU memory and augmented there (`gpu_cache.py`);
 - JPEG ghost maps of either kind (`ghost_inputs.py`), the ghost_cnn model's input: computed by
   DataLoader workers (`ghost_loaders.py`), by DALI decoding and the maps on the device
-  (`dali_ghosts.py`, "dct" maps), or per epoch on the device from a decoded set (`ghost_device.py`,
-  `cache="gpu"`, "dct" maps).
+  (`dali_ghosts.py`), or per epoch on the device from a decoded set (`ghost_device.py`, `cache="gpu"`).
 """
 from __future__ import annotations
 
@@ -47,8 +46,9 @@ def get_loader(files: Sequence[str], labels: Sequence[int] | None, *, train: boo
     that kind) keep them between runs, and train loaders hold the whole set in memory and augment with
     horizontal flips (`augment` given) and shifts of up to `ghost_shift` cells; `regions` (one per file,
     see `prepare.edited_regions`) come with their batches as `Batch.regions` (ghost-map train loaders
-    only). "dct" maps only: backend="dali" decodes with DALI and computes the maps on `device` (eval
-    loaders), cache="gpu" holds the decoded set on the GPU and computes the maps there each epoch.
+    only). backend="dali" decodes with DALI and computes the maps on `device` (eval loaders), cache="gpu"
+    holds the decoded set on the GPU and computes the maps there each epoch ("pil" maps there are the
+    reference's bit for bit, `jpeg_ghosts_exact`).
 
     launder: the share of train items replaced each epoch by a laundered copy of the file
     (`launder.drawn(seed, epoch, index)`: re-saved, resized or cropped, label unchanged); ghost maps of
@@ -114,11 +114,8 @@ def manifest_loader_options(input: str, data_dir, image_size: int, rows, ghost_m
 def _ghost_loader(files, labels, *, train, backend, image_size, batch_size, flip, shift, num_workers, seed,
                   shard_id, num_shards, cache_paths, progress, regions, kind, cache, device, launder):
     jpeg_ghosts.check_kind(kind)
-    if cache == "gpu" and kind != "dct":
-        raise ValueError(f"--cache gpu computes ghost maps of kind dct from decoded pixels, but these are {kind} maps "
-                         "(each file re-saved with PIL): use no --cache, or a dct model")
     if cache == "memory":
-        raise ValueError("ghost maps are held in memory whatever --cache says: use --cache none (or gpu, for dct "
+        raise ValueError("ghost maps are held in memory whatever --cache says: use --cache none (or gpu, for "
                          "maps computed on the GPU each epoch)")
     if cache == "gpu":
         if not str(device).startswith("cuda"):
@@ -130,10 +127,10 @@ def _ghost_loader(files, labels, *, train, backend, image_size, batch_size, flip
 
         return DeviceGhostLoader(files, labels, train=train, image_size=image_size, batch_size=batch_size, seed=seed,
                                  flip=flip, shift=shift, num_workers=num_workers, device=device, progress=progress,
-                                 regions=regions, launder=launder)
+                                 regions=regions, launder=launder, kind=kind)
     if backend == "dali":
         if train:
-            raise ValueError("ghost-map training does not decode with DALI: use --cache gpu (dct maps on the GPU "
+            raise ValueError("ghost-map training does not decode with DALI: use --cache gpu (the maps on the GPU "
                              "each epoch) or --loader auto")
         from realfake.pipelines.dali_ghosts import make_dali_ghost_loader
 

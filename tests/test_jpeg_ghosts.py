@@ -221,9 +221,9 @@ def test_pixel_options_are_refused_for_ghost_maps(tmp_path, ghost_run, option):
 
 @pytest.mark.parametrize(("option", "message"), [
     ({"cache": "memory"}, "held in memory .* anyway: drop --cache memory"),
-    ({"cache": "gpu"}, "--cache gpu computes ghost maps on the GPU, which only the dct kind can"),
+    ({"cache": "gpu", "device": "cpu"}, "--cache gpu needs a CUDA device"),
 ])
-def test_caches_of_decoded_pixels_are_refused_for_pil_ghost_maps(tmp_path, ghost_run, option, message):
+def test_caches_the_ghost_maps_cannot_use_are_refused(tmp_path, ghost_run, option, message):
     from realfake.jobs.tasks.train import run_train
 
     with pytest.raises(ValueError, match=message):

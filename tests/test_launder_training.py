@@ -163,19 +163,20 @@ def test_bad_launder_options_are_refused_before_any_data_is_read(tmp_path, optio
 
 # --------------------------------------------------------------------------- --cache gpu (run on the CPU)
 
-def test_the_device_ghost_loader_serves_the_in_memory_loaders_batches(tmp_path):
+@pytest.mark.parametrize("kind", ["dct", "pil"])
+def test_the_device_ghost_loader_serves_the_in_memory_loaders_batches(tmp_path, kind):
     from realfake.pipelines.ghost_device import DeviceGhostLoader
 
     files = _ghost_files(tmp_path / "f", 10, seed=1)
     labels = [i % 2 for i in range(10)]
     regions = [(1, 0, 0, 1) if i % 2 else None for i in range(10)]
     common = dict(train=True, image_size=SIZE, batch_size=4, seed=5, flip=True, shift=2, num_workers=0,
-                  regions=regions, launder=0.5)
-    memory = get_loader(files, labels, input="ghosts", ghost_maps="dct", augment=object(), ghost_shift=2, seed=5,
+                  regions=regions, launder=0.5, kind=kind)
+    memory = get_loader(files, labels, input="ghosts", ghost_maps=kind, augment=object(), ghost_shift=2, seed=5,
                         train=True, image_size=SIZE, batch_size=4, num_workers=0, progress=False, regions=regions,
                         launder=0.5)
     device = DeviceGhostLoader(files, labels, device="cpu", progress=False, **common)
-    assert len(device) == len(memory) == 2 and device.backend == "jpeg-ghosts-dct-device"
+    assert len(device) == len(memory) == 2 and device.backend == f"jpeg-ghosts-{kind}-device"
     for epoch in (0, 1):
         memory.set_epoch(epoch)
         device.set_epoch(epoch)
@@ -188,10 +189,11 @@ def test_the_device_ghost_loader_serves_the_in_memory_loaders_batches(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: --cache gpu computes the maps there")
-def test_ghost_training_with_cache_gpu_runs_on_the_gpu(tmp_path):
+@pytest.mark.parametrize("kind", ["dct", "pil"])
+def test_ghost_training_with_cache_gpu_runs_on_the_gpu(tmp_path, kind):
     from realfake.jobs.tasks.train import run_train
 
     data_dir = make_ghost_prepared(tmp_path / "data", n_per_class=8)
-    summary = run_train(data_dir, model="ghost_cnn", image_size=SIZE, epochs=2, batch_size=4, ghost_maps="dct",
+    summary = run_train(data_dir, model="ghost_cnn", image_size=SIZE, epochs=2, batch_size=4, ghost_maps=kind,
                         cache="gpu", launder=0.5, device="cuda", num_workers=2, out=tmp_path, progress=False)
-    assert summary["loader"] == "jpeg-ghosts-dct-gpu" and summary["epochs_run"] == 2
+    assert summary["loader"] == f"jpeg-ghosts-{kind}-gpu" and summary["epochs_run"] == 2

@@ -90,9 +90,9 @@ class TrainConfig:
                                 "resolution). Any-size models only. 0 = off.", min=0, inputs=PIXELS)
     cache: str = option("none", "Decode the data once into a uint8 cache (host memory or GPU; the --loader backend "
                                 "decodes) and augment each epoch on that device with batched tensor ops: epochs "
-                                "then cost the model, not the decoder. ghost_cnn with --ghost-maps dct: gpu holds "
-                                "the decoded set on the GPU and computes the maps there each epoch (its maps are "
-                                "otherwise cached on disk and in memory).", choices=CACHE_CHOICES)
+                                "then cost the model, not the decoder. ghost_cnn: gpu holds the decoded set on the GPU "
+                                "and computes the maps there each epoch, pil maps bit for bit as PIL's re-saves "
+                                "give them (they are otherwise cached on disk and in memory).", choices=CACHE_CHOICES)
     ghost_maps: str = option("pil", "How ghost_cnn's JPEG ghost maps are computed: pil (each file re-saved with PIL, the "
                                     "reference) or dct (the same maps as batched DCT-domain tensor math: several times "
                                     "cheaper, on the CPU or a GPU, close to pil but not equal, so a model trains on one "
@@ -175,10 +175,7 @@ class TrainConfig:
         self._check_inputs(by_name)
         if self.input == "ghosts" and self.cache == "memory":
             raise ValueError(f"{self.model}'s JPEG ghost maps are held in memory (and cached on disk) anyway: drop "
-                             "--cache memory (--cache gpu computes dct maps on the GPU each epoch)")
-        if self.input == "ghosts" and self.cache == "gpu" and self.ghost_maps != "dct":
-            raise ValueError(f"--cache gpu computes ghost maps on the GPU, which only the dct kind can: add "
-                             f"--ghost-maps dct (these runs use {self.ghost_maps}), or drop --cache")
+                             "--cache memory (--cache gpu computes the maps on the GPU each epoch)")
         if self.input == "pixels" and self.launder and (self.cache != "none" or self.loader == "dali"):
             raise ValueError("--launder on pixel models launders each file's bytes before the torchvision loader "
                              "decodes them: use --loader torch (or auto) without --cache")
