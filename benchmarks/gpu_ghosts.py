@@ -24,6 +24,8 @@ Rows (each measurement fails on its own, with its error in the table, and the ot
                               per batch, flips and shifts) + the same steps; ratio to model-only. Goal: >= 0.8
   train/epoch-cache-gpu-launder   the same with --launder 0.5 (host workers re-save and decode half the
                               items each epoch)
+  train/epoch-cache-gpu-pil   train/epoch-cache-gpu with pil maps (the exact maps on the GPU); ratio to
+                              model-only. Goal: >= 0.8
 
 After the table, per kind: how far the pil maps computed from DALI's decode are from the reference's
 (PIL decode and re-saves) on the first 32 files: the largest difference of the normalized maps and the
@@ -213,13 +215,14 @@ def train_model_only(n_files: int, batch: int, device: str, epochs: int) -> floa
     return epochs * steps * batch / (time.perf_counter() - start)
 
 
-def train_epochs(files: list[str], batch: int, device: str, threads: int, epochs: int, launder: float) -> float:
+def train_epochs(files: list[str], batch: int, device: str, threads: int, epochs: int, launder: float,
+                 kind: str = "dct") -> float:
     """img/s of whole epochs of the --cache gpu ghost loader + training steps (the set decoded first, untimed)."""
     from realfake.pipelines.ghost_device import DeviceGhostLoader
 
     labels = [i % 2 for i in range(len(files))]
     loader = DeviceGhostLoader(files, labels, train=True, image_size=IMAGE_SIZE, batch_size=batch, shift=4,
-                               num_workers=threads, device=device, progress=False, launder=launder)
+                               num_workers=threads, device=device, progress=False, launder=launder, kind=kind)
     step = _train_step(device, batch)
     loader.set_epoch(0)
     for b in loader:  # warm-up epoch
@@ -293,9 +296,11 @@ def main() -> int:
             if kind == "progressive":
                 alone = measure(kind, "train/model-only", train_model_only, len(distinct), args.batch, args.device,
                                 args.epochs)
-                for launder, what in ((0.0, "train/epoch-cache-gpu"), (0.5, "train/epoch-cache-gpu-launder")):
+                for launder, maps, what in ((0.0, "dct", "train/epoch-cache-gpu"),
+                                            (0.5, "dct", "train/epoch-cache-gpu-launder"),
+                                            (0.0, "pil", "train/epoch-cache-gpu-pil")):
                     rate = measure(kind, what, train_epochs, distinct, args.batch, args.device, args.threads,
-                                   args.epochs, launder)
+                                   args.epochs, launder, maps)
                     if rate and alone:
                         rows[-1]["vs"] = rate / alone
 

@@ -13,6 +13,10 @@ Every figure is the model input of a file from its path: decode included, normal
   ghosts/maps@600/torch_vs_reference-1t   x
   ghosts/maps@600/{reference,torch}-2t, torch_vs_reference-2t: the same over 2 Python threads (both
                                        release the GIL in their C code), one torch thread each
+  ghosts/maps@600/exact-1t             files/s, the reference's maps bit for bit as tensor math
+                                       (`load_exact_input` + `jpeg_ghosts_exact.maps_of_inputs`), one thread:
+                                       a GPU's path, measured here against the reference it reproduces
+  ghosts/maps@600/exact_vs_reference-1t   x
   ghosts/maps@600/torch-maps-1t        files/s of the maps alone, on files decoded beforehand
   ghosts/decode@600/torch-load-1t      files/s of `load_ghost_input` alone (PIL decode to YCbCr + header)
   ghosts/cpu@600/<same names>          ms of CPU a file of each of those passes (all threads of the
@@ -26,6 +30,7 @@ On a GPU (device cuda) the torch maps run there (decode stays on the CPU):
   ghosts/maps@600/torch-cuda-maps      files/s of the maps alone, batches of decoded files on the GPU
   ghosts/maps@600/torch-cuda-2t        files/s end to end, 2 decode threads feeding the GPU
   ghosts/maps@600/torch_cuda_vs_reference-2t   x
+  ghosts/maps@600/exact-cuda-maps      files/s of the exact (pil) maps alone, batches of decoded files on the GPU
 
 Passes take turns (reference, torch, reference, ...), so that a busy machine slows both alike.
 Quick mode: 16 files, 3 repeats (about 1-2 minutes on 2 CPU cores). Full mode: 96 files, 5 repeats.
@@ -92,6 +97,37 @@ def torch_maps(paths: Sequence[str], device: str = "cpu") -> tuple[list, int]:
         maps = maps_of_inputs([item for _, item in inputs], IMAGE_SIZE, device=device)
         out.update((i, m) for (i, _), m in zip(inputs, maps, strict=True))
     return [out[i] for i in range(len(paths))], len(fallbacks)
+
+
+def exact_maps(paths: Sequence[str], device: str = "cpu") -> list:
+    """The reference's maps of `paths` as `jpeg_ghosts_exact` computes them (what `--cache gpu` and `--loader
+    dali` do for pil engines); files it leaves to the reference take the reference."""
+    from realfake.pipelines.jpeg_ghosts_exact import load_exact_input, maps_of_inputs
+    from realfake.pipelines.jpeg_ghosts_torch import NeedsReference
+
+    inputs, out = [], {}
+    for i, path in enumerate(paths):
+        try:
+            inputs.append((i, load_exact_input(path, IMAGE_SIZE)))
+        except NeedsReference:
+            out[i] = reference_maps(path)
+    if inputs:
+        maps = maps_of_inputs([item for _, item in inputs], IMAGE_SIZE, device=device)
+        out.update((i, m) for (i, _), m in zip(inputs, maps, strict=True))
+    return [out[i] for i in range(len(paths))]
+
+
+def exact_samples(paths: Sequence[str], cfg: GhostsSuiteConfig) -> dict[str, list[float]]:
+    """files/s of the exact maps and the reference, one thread, taking turns."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return timed_passes({"reference-1t": lambda: one_thread_pass("reference", paths),
+                             "exact-1t": lambda: [exact_maps(b) for b in _batches(paths, BATCH)]}, cfg, len(paths))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _batches(paths: Sequence[str], size: int) -> list[list[str]]:
@@ -251,6 +287,12 @@ def cpu_figures(paths: Sequence[str], source: str, cfg: GhostsSuiteConfig, *, re
                                             f"{prefix}/torch_vs_reference-{n}{suffix}"))
 
     add(one_thread_samples(paths, cfg))
+    # The exact maps against the reference passes that took turns with them (not listed twice).
+    samples = exact_samples(paths, cfg)
+    add({k: v for k, v in samples.items() if "exact" in k})
+    beside = Figure.from_samples(SUITE, f"{prefix}/reference-1t", samples["reference-1t"], unit="files/s")
+    exact = next(f for f in figures if f.name == f"{prefix}/exact-1t")
+    figures.append(ratio_figure(exact, beside, f"{prefix}/exact_vs_reference-1t"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -267,6 +309,8 @@ def cpu_figures(paths: Sequence[str], source: str, cfg: GhostsSuiteConfig, *, re
 def gpu_figures(paths: Sequence[str], source: str, cfg: GhostsSuiteConfig, device: str) -> list[Figure]:
     import torch
     from realfake.benchmarks.harness import measure_throughput, sync_for
+    from realfake.pipelines.jpeg_ghosts_exact import load_exact_input
+    from realfake.pipelines.jpeg_ghosts_exact import maps_of_inputs as exact_maps_of_inputs
     from realfake.pipelines.jpeg_ghosts_torch import NeedsReference, load_ghost_input, maps_of_inputs
 
     params = {"image_size": IMAGE_SIZE, "data": source, "n_files": len(paths)}
@@ -281,6 +325,18 @@ def gpu_figures(paths: Sequence[str], source: str, cfg: GhostsSuiteConfig, devic
                                      repeats=cfg.repeats, warmup=2, sync=sync_for(device))
     maps_only = Figure.from_samples(SUITE, f"{SUITE}/maps@{IMAGE_SIZE}/torch-cuda-maps", measurement.samples,
                                     unit="files/s", params={**params, "batch": len(batch)})
+    exact_inputs = []
+    for path in paths:
+        try:
+            exact_inputs.append(load_exact_input(path, IMAGE_SIZE))
+        except NeedsReference:
+            pass
+    exact_batch = (exact_inputs * (GPU_BATCH // max(1, len(exact_inputs)) + 1))[:GPU_BATCH]
+    measurement = measure_throughput(lambda: exact_maps_of_inputs(exact_batch, IMAGE_SIZE, device=device),
+                                     items_per_step=len(exact_batch), repeats=cfg.repeats, warmup=2,
+                                     sync=sync_for(device))
+    exact_only = Figure.from_samples(SUITE, f"{SUITE}/maps@{IMAGE_SIZE}/exact-cuda-maps", measurement.samples,
+                                     unit="files/s", params={**params, "batch": len(exact_batch)})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -299,7 +355,7 @@ def gpu_figures(paths: Sequence[str], source: str, cfg: GhostsSuiteConfig, devic
                                     unit="files/s", params={**params, "threads": 2})
     cuda = Figure.from_samples(SUITE, f"{SUITE}/maps@{IMAGE_SIZE}/torch-cuda-2t", samples["torch-cuda-2t"],
                                unit="files/s", params={**params, "decode_threads": 2})
-    return [maps_only, reference, cuda,
+    return [maps_only, exact_only, reference, cuda,
             ratio_figure(cuda, reference, f"{SUITE}/maps@{IMAGE_SIZE}/torch_cuda_vs_reference-2t")]
 
 

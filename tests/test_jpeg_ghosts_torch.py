@@ -304,11 +304,15 @@ def test_ghosts_suite_reports_speed_ratio_and_correlation(corpus, tmp_path):
     assert suites.SUITE_MODULES["ghosts"] == "realfake.benchmarks.suite_ghosts"
     Image.new("CMYK", (32, 32)).save(tmp_path / "cmyk.jpg")  # taken by the reference, counted
     paths = [str(corpus[0][0]), str(corpus[6][0]), str(tmp_path / "cmyk.jpg")]
-    figures = {f.name: f for f in suite_ghosts.run(quick=True, device="cpu", paths=paths, repeats=1)}
+    listed = suite_ghosts.run(quick=True, device="cpu", paths=paths, repeats=1)
+    figures = {f.name: f for f in listed}
+    assert len(figures) == len(listed)  # no figure listed twice
     for name in ("maps@600/reference-1t", "maps@600/torch-1t", "maps@600/torch-2t", "maps@600/torch-maps-1t",
                  "decode@600/torch-load-1t", "maps@600/torch-1t-retained"):
         assert figures[f"ghosts/{name}"].median > 0 and figures[f"ghosts/{name}"].unit == "files/s"
     assert figures["ghosts/maps@600/torch_vs_reference-1t"].unit == "x"
+    assert figures["ghosts/maps@600/exact-1t"].median > 0 and figures["ghosts/maps@600/exact_vs_reference-1t"].unit == "x"
+    assert figures["ghosts/cpu@600/exact-1t"].unit == "ms CPU/file"
     cpu = figures["ghosts/cpu@600/torch-maps-1t"]
     assert cpu.unit == "ms CPU/file" and not cpu.higher_is_better and cpu.median > 0
     assert figures["ghosts/maps@600/torch-1t"].params["fallbacks"] == 1
