@@ -206,39 +206,64 @@ def _apply(x: torch.Tensor, butterfly, first: bool, dim: int) -> torch.Tensor:
     return (x @ matrix).add_(offset).mul_(scale).floor_().movedim(-1, dim)
 
 
-def _round_trip(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Encode and decode one plane of samples: (N, H, W) int64, H and W multiples of 8, table (N, 64)
-    natural order -> the decoded samples, int64 0-255."""
+def _fdct(plane: torch.Tensor) -> torch.Tensor:
+    """jpeg_fdct_islow of every block of a padded plane: (N, H, W) int64 samples, H and W multiples of 8
+    -> (N, H/8, W/8, 8, 8) float64 coefficients, scaled by 8 as libjpeg leaves them."""
     n, height, width = plane.shape
     blocks = (plane - 128).double().reshape(n, height // BLOCK, BLOCK, width // BLOCK, BLOCK).transpose(2, 3)
-    coefs = _apply(_apply(blocks, _fdct_butterfly, True, -1), _fdct_butterfly, False, -2)  # scaled by 8
+    return _apply(_apply(blocks, _fdct_butterfly, True, -1), _fdct_butterfly, False, -2)
+
+
+def _quantized_idct(coefs: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Quantize `coefs` (`_fdct`'s) with `table` (N, 64, natural order), dequantize and decode with
+    jpeg_idct_islow: (N, H, W) int64 samples 0-255."""
+    n, hb, wb = coefs.shape[:3]
     step = table.double().reshape(n, 1, 1, BLOCK, BLOCK)
     divisor = step * 8
     # jcdctmgr.c: round half away from zero, (|c| + divisor/2) // divisor with the sign put back.
     quantized = coefs.abs().add_(torch.floor(divisor / 2)).div_(divisor).floor_().mul_(coefs.sign())
     samples = _apply(_apply(quantized.mul_(step), _idct_butterfly, True, -2), _idct_butterfly, False, -1)
     samples = samples.add_(128).clamp_(0, 255).long()
-    return samples.transpose(2, 3).reshape(n, height, width)
+    return samples.transpose(2, 3).reshape(n, hb * BLOCK, wb * BLOCK)
 
 
-def resave(rgb: torch.Tensor, tables: torch.Tensor, fy: int, fx: int) -> torch.Tensor:
-    """What PIL gives back for a baseline JPEG re-save of (N, 3, H, W) uint8 RGB with `tables` (N, 3, 64),
-    natural order, for Y, Cb, Cr, and chroma sampled 1/fy x 1/fx: (N, 3, H, W) uint8 RGB."""
-    n, _, height, width = rgb.shape
-    ycc = _encoder_ycbcr(rgb)
-    tables = tables.long()
-    mcu_h, mcu_w = BLOCK * fy, BLOCK * fx
-    y = _round_trip(_pad(ycc[:, 0], _ceil(height, mcu_h) * mcu_h, _ceil(width, mcu_w) * mcu_w), tables[:, 0])
-    chroma = []
+def _luma_coefs(ycc: torch.Tensor) -> torch.Tensor:
+    """Y's coefficients, padded to whole 16x16 MCUs: the padding beyond a block never reaches a visible
+    block, so every re-save of the image, whatever its sampling, shares them."""
+    height, width = ycc.shape[-2:]
+    return _fdct(_pad(ycc[:, 0], _ceil(height, 2 * BLOCK) * 2 * BLOCK, _ceil(width, 2 * BLOCK) * 2 * BLOCK))
+
+
+def _chroma_coefs(ycc: torch.Tensor, fy: int, fx: int) -> list[torch.Tensor]:
+    """Cb's and Cr's coefficients at chroma sampling 1/fy x 1/fx, padded and downsampled as libjpeg does."""
+    height, width = ycc.shape[-2:]
+    out = []
     for c in (1, 2):
         if (fy, fx) == (1, 1):
             small = _pad(ycc[:, c], _ceil(height, BLOCK) * BLOCK, _ceil(width, BLOCK) * BLOCK)
         else:
             small = _downsample(ycc[:, c], fy, fx)
             small = _pad(small, _ceil(small.shape[1], BLOCK) * BLOCK, small.shape[2])
-        decoded = _round_trip(small, tables[:, c])
-        chroma.append(decoded[:, :height, :width] if (fy, fx) == (1, 1) else _upsample(decoded, fy, fx, height, width))
-    return _decoder_rgb(y[:, :height, :width], *chroma)
+        out.append(_fdct(small))
+    return out
+
+
+def _decode(luma: torch.Tensor, chroma: Sequence[torch.Tensor], tables: torch.Tensor, fy: int, fx: int,
+            height: int, width: int) -> torch.Tensor:
+    """The RGB a decoder gives for these coefficients quantized with `tables` (N, 3, 64): (N, 3, H, W) uint8."""
+    y = _quantized_idct(luma, tables[:, 0])[:, :height, :width]
+    planes = []
+    for c, coefs in zip((1, 2), chroma, strict=True):
+        decoded = _quantized_idct(coefs, tables[:, c])
+        planes.append(decoded[:, :height, :width] if (fy, fx) == (1, 1) else _upsample(decoded, fy, fx, height, width))
+    return _decoder_rgb(y, *planes)
+
+
+def resave(rgb: torch.Tensor, tables: torch.Tensor, fy: int, fx: int) -> torch.Tensor:
+    """What PIL gives back for a baseline JPEG re-save of (N, 3, H, W) uint8 RGB with `tables` (N, 3, 64),
+    natural order, for Y, Cb, Cr, and chroma sampled 1/fy x 1/fx: (N, 3, H, W) uint8 RGB."""
+    ycc = _encoder_ycbcr(rgb)
+    return _decode(_luma_coefs(ycc), _chroma_coefs(ycc, fy, fx), tables.long(), fy, fx, *rgb.shape[-2:])
 
 
 # --------------------------------------------------------------------------- maps
@@ -252,16 +277,23 @@ def _block_errors(base: torch.Tensor, resaved: torch.Tensor, h: int, w: int) -> 
 
 
 def _maps_chunk(rgb: torch.Tensor, keep: torch.Tensor, code: int, quality: torch.Tensor) -> torch.Tensor:
+    """The 11 re-saves of images of one size and keep sampling: they share the encoder's colour conversion
+    and DCT (per chroma sampling); only quantization and decoding differ."""
     n, _, height, width = rgb.shape
     h, w = height // BLOCK, width // BLOCK
     base = pillow_ycbcr(rgb)
+    ycc = _encoder_ycbcr(rgb)
+    luma, chroma = _luma_coefs(ycc), {}
     maps = []
     for i, q in enumerate(QUALITIES):
         if q == "keep":
-            tables, (fy, fx) = keep, _FACTORS[code]
+            tables, factors = keep, _FACTORS[code]
         else:  # PIL's quality re-saves: the luma table on Y, the chroma table on Cb and Cr, 4:2:0
-            tables, (fy, fx) = quality[i - 1][[0, 1, 1]].expand(n, 3, 64), (2, 2)
-        maps.append(_block_errors(base, pillow_ycbcr(resave(rgb, tables, fy, fx)), h, w))
+            tables, factors = quality[i - 1][[0, 1, 1]].expand(n, 3, 64), (2, 2)
+        if factors not in chroma:
+            chroma[factors] = _chroma_coefs(ycc, *factors)
+        resaved = _decode(luma, chroma[factors], tables, *factors, height, width)
+        maps.append(_block_errors(base, pillow_ycbcr(resaved), h, w))
     return torch.cat(maps, 1)
 
 
