@@ -35,9 +35,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from realfake.pipelines.images import InvalidImageError, load_jpeg
-from realfake.pipelines.jpeg_ghosts import BLOCK, CHANNELS, QUALITIES, grid_cells
-from realfake.pipelines.jpeg_ghosts_torch import NeedsReference, mcu_crop, normalize, orient, quality_tables
-from realfake.pipelines.jpeg_headers import JpegHeaderError, fast_maps_problem, keep_tables, read_header
+from realfake.pipelines.jpeg_ghosts import BLOCK, CHANNELS, QUALITIES
+from realfake.pipelines.jpeg_ghosts_torch import (
+    SUBSAMPLING_FACTORS,
+    NeedsReference,
+    check_batch,
+    fast_maps_header,
+    mcu_crop,
+    model_input,
+    quality_tables,
+)
+from realfake.pipelines.jpeg_headers import keep_tables
 
 # libjpeg's islow DCT constants (jfdctint.c, jidctint.c): FIX(x) = round(x * 2**13).
 _CONST_BITS, _PASS1_BITS = 13, 2
@@ -47,8 +55,6 @@ _F1961, _F2053, _F2562, _F3072 = 16069, 16819, 20995, 25172
 # libjpeg's colour conversions: 16 fraction bits, FIX(x) = round(x * 2**16).
 _SCALE_BITS = 16
 _HALF = 1 << (_SCALE_BITS - 1)
-# PIL subsampling code -> chroma factors (rows, columns) of the re-save; -1 re-saves at PIL's default, 4:2:0.
-_FACTORS = {0: (1, 1), 1: (1, 2), 2: (2, 2), -1: (2, 2)}
 CHUNK_PIXELS = {"cpu": 1 << 19, "cuda": 1 << 23}
 
 
@@ -287,7 +293,7 @@ def _maps_chunk(rgb: torch.Tensor, keep: torch.Tensor, code: int, quality: torch
     maps = []
     for i, q in enumerate(QUALITIES):
         if q == "keep":
-            tables, factors = keep, _FACTORS[code]
+            tables, factors = keep, SUBSAMPLING_FACTORS[code]
         else:  # PIL's quality re-saves: the luma table on Y, the chroma table on Cb and Cr, 4:2:0
             tables, factors = quality[i - 1][[0, 1, 1]].expand(n, 3, 64), (2, 2)
         if factors not in chroma:
@@ -302,16 +308,8 @@ def raw_maps(rgb: torch.Tensor, keep_tables: torch.Tensor, keep_subsampling: Seq
     """`jpeg_ghosts.raw_maps` of a batch: (N, 3, H, W) uint8 decoded RGB of images as cropped for the maps
     (`mcu_crop`), keep_tables (N, 3, 64) as `jpeg_headers.keep_tables`, keep_subsampling PIL's code of each
     file -> (N, CHANNELS, H/8, W/8) float32 on rgb's device, stored orientation."""
-    if rgb.dim() != 4 or rgb.shape[1] != 3 or rgb.dtype != torch.uint8:
-        raise ValueError(f"rgb must be (N, 3, H, W) uint8, got {tuple(rgb.shape)} {rgb.dtype}")
+    codes = check_batch(rgb, keep_tables, keep_subsampling, "rgb")
     n, _, height, width = rgb.shape
-    if height < BLOCK or width < BLOCK:
-        raise ValueError(f"images of {width}x{height} pixels: ghost maps need at least 8x8")
-    if keep_tables.shape != (n, 3, 64):
-        raise ValueError(f"keep_tables must be ({n}, 3, 64), got {tuple(keep_tables.shape)}")
-    codes = [int(c) for c in keep_subsampling]
-    if len(codes) != n or any(c not in _FACTORS for c in codes):
-        raise ValueError(f"keep_subsampling needs one of {sorted(_FACTORS)} per image, got {codes}")
     step = max(1, (chunk_pixels or CHUNK_PIXELS.get(rgb.device.type, CHUNK_PIXELS["cpu"])) // (height * width))
     keep_tables = keep_tables.to(rgb.device).long().clamp(1, 32767)
     quality = quality_tables().to(rgb.device).long()
@@ -339,16 +337,9 @@ class ExactInput:
 def load_exact_input(path: str | os.PathLike, image_size: int, *, data: bytes | None = None) -> ExactInput:
     """Decode one JPEG with PIL to RGB (as the reference does), tables and sampling from its header.
     Raises InvalidImageError as the reference does, and NeedsReference for files only it handles."""
-    try:
-        header = read_header(path if data is None else data)
-    except OSError as exc:
-        raise InvalidImageError(path, f"unreadable: {exc.strerror or exc}") from exc
-    except JpegHeaderError as exc:
-        load_jpeg(path, data=data)[0].close()  # raises the reference's reason (not a JPEG, truncated, ...)
-        raise NeedsReference(path, str(exc)) from exc
-    problem = fast_maps_problem(header) or (None if header.color == "ycbcr" else f"{header.color} components")
-    if problem is not None:
-        raise NeedsReference(path, problem)
+    header = fast_maps_header(path, data)
+    if header.color != "ycbcr":
+        raise NeedsReference(path, f"{header.color} components")
     img, orientation = load_jpeg(path, data=data)
     with img:
         if img.mode != "RGB":
@@ -366,15 +357,4 @@ def maps_of_inputs(inputs: Sequence[ExactInput], image_size: int, *,
                    device: str | torch.device = "cpu") -> torch.Tensor:
     """The model input of each file, (N, CHANNELS, cells, cells) float32 on `device`: equal to
     `jpeg_ghosts.ghost_maps` of the file. Files of one crop size go through `raw_maps` together."""
-    cells = grid_cells(image_size)
-    out = torch.empty((len(inputs), CHANNELS, cells, cells), dtype=torch.float32, device=device)
-    by_size: dict[tuple[int, int], list[int]] = {}
-    for i, item in enumerate(inputs):
-        by_size.setdefault(tuple(item.rgb.shape[-2:]), []).append(i)
-    for index in by_size.values():
-        rgb = torch.stack([inputs[i].rgb for i in index]).to(device, non_blocking=True)
-        tables = torch.stack([inputs[i].keep_tables for i in index]).to(device)
-        raw = raw_maps(rgb, tables, [inputs[i].keep_subsampling for i in index])
-        for row, i in enumerate(index):
-            out[i] = normalize(orient(raw[row], inputs[i].orientation), cells)
-    return out
+    return model_input(inputs, [item.rgb for item in inputs], image_size, device, raw_maps)

@@ -44,7 +44,7 @@ import functools
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -230,7 +230,24 @@ def _pad_to_mcu(planes: torch.Tensor) -> torch.Tensor:
     return planes
 
 
-_FACTORS = {0: (1, 1), 1: (1, 2), 2: (2, 2), -1: (2, 2)}  # PIL subsampling code -> (fy, fx); -1: PIL's default
+# PIL subsampling code -> chroma factors (rows, columns) of a re-save; -1 re-saves at PIL's default, 4:2:0.
+SUBSAMPLING_FACTORS = {0: (1, 1), 1: (1, 2), 2: (2, 2), -1: (2, 2)}
+
+
+def check_batch(pixels: torch.Tensor, keep_tables: torch.Tensor, keep_subsampling: Sequence[int],
+                what: str) -> list[int]:
+    """Refuse a batch a maps function cannot take (`what` names its pixels); the subsampling codes as ints."""
+    if pixels.dim() != 4 or pixels.shape[1] != 3 or pixels.dtype != torch.uint8:
+        raise ValueError(f"{what} must be (N, 3, H, W) uint8, got {tuple(pixels.shape)} {pixels.dtype}")
+    n, _, height, width = pixels.shape
+    if height < BLOCK or width < BLOCK:
+        raise ValueError(f"{what} of {width}x{height} pixels: ghost maps need at least 8x8")
+    if keep_tables.shape != (n, 3, 64):
+        raise ValueError(f"keep_tables must be ({n}, 3, 64), got {tuple(keep_tables.shape)}")
+    codes = [int(c) for c in keep_subsampling]
+    if len(codes) != n or any(c not in SUBSAMPLING_FACTORS for c in codes):
+        raise ValueError(f"keep_subsampling needs one of {sorted(SUBSAMPLING_FACTORS)} per image, got {codes}")
+    return codes
 
 
 def _maps_chunk(planes: torch.Tensor, keep: torch.Tensor, tables: torch.Tensor, basis: torch.Tensor,
@@ -289,16 +306,8 @@ def ghost_maps(planes: torch.Tensor, keep_tables: torch.Tensor, keep_subsampling
     """
     if color not in ("ycbcr", "rgb"):
         raise ValueError(f"color must be 'ycbcr' or 'rgb', not {color!r}")
-    if planes.dim() != 4 or planes.shape[1] != 3 or planes.dtype != torch.uint8:
-        raise ValueError(f"planes must be (N, 3, H, W) uint8, got {tuple(planes.shape)} {planes.dtype}")
+    codes = check_batch(planes, keep_tables, keep_subsampling, "planes")
     n, _, height, width = planes.shape
-    if height < BLOCK or width < BLOCK:
-        raise ValueError(f"planes of {width}x{height} pixels: ghost maps need at least 8x8")
-    if keep_tables.shape != (n, 3, 64):
-        raise ValueError(f"keep_tables must be ({n}, 3, 64), got {tuple(keep_tables.shape)}")
-    codes = [int(c) for c in keep_subsampling]
-    if len(codes) != n or any(c not in _FACTORS for c in codes):
-        raise ValueError(f"keep_subsampling needs one of {sorted(_FACTORS)} per image, got {codes}")
     budget = chunk_pixels or CHUNK_PIXELS.get(planes.device.type, CHUNK_PIXELS["cpu"])
     step = max(1, budget // (height * width))
     keep_tables = keep_tables.to(planes.device, torch.float32).clamp(1, 32767)
@@ -309,7 +318,7 @@ def ghost_maps(planes: torch.Tensor, keep_tables: torch.Tensor, keep_subsampling
     try:
         for code in sorted(set(codes)):
             index = [i for i, c in enumerate(codes) if c == code]
-            fy, fx = _FACTORS[code]
+            fy, fx = SUBSAMPLING_FACTORS[code]
             for start in range(0, len(index), step):
                 part = index[start:start + step]
                 if part[-1] - part[0] == len(part) - 1:  # a run of images: a view, no copy
@@ -385,12 +394,9 @@ class GhostInput:
     orientation: int  # EXIF orientation (1-8)
 
 
-def load_ghost_input(path: str | os.PathLike, image_size: int, *, data: bytes | None = None) -> GhostInput:
-    """Decode one JPEG (PIL, to its YCbCr planes) for the batched maps, with its tables from the header.
-    `data`: the file's bytes held in memory (a laundered copy), `path` naming it in errors.
-
-    Raises InvalidImageError for files the reference rejects too (empty, corrupt, truncated, not a JPEG,
-    too small) and NeedsReference for JPEGs that only the reference handles."""
+def fast_maps_header(path: str | os.PathLike, data: bytes | None = None):
+    """The header of a file the batched maps handle. Raises InvalidImageError with the reference's reason
+    for files it rejects too (not a JPEG, truncated, ...), NeedsReference for JPEGs only it handles."""
     try:
         header = read_header(path if data is None else data)
     except OSError as exc:
@@ -401,6 +407,16 @@ def load_ghost_input(path: str | os.PathLike, image_size: int, *, data: bytes | 
     problem = fast_maps_problem(header)
     if problem is not None:
         raise NeedsReference(path, problem)
+    return header
+
+
+def load_ghost_input(path: str | os.PathLike, image_size: int, *, data: bytes | None = None) -> GhostInput:
+    """Decode one JPEG (PIL, to its YCbCr planes) for the batched maps, with its tables from the header.
+    `data`: the file's bytes held in memory (a laundered copy), `path` naming it in errors.
+
+    Raises InvalidImageError for files the reference rejects too (empty, corrupt, truncated, not a JPEG,
+    too small) and NeedsReference for JPEGs that only the reference handles."""
+    header = fast_maps_header(path, data)
     img, orientation = load_jpeg(path, ycbcr=True, data=data)
     with img:
         if img.mode not in ("YCbCr", "L"):
@@ -425,15 +441,23 @@ def maps_of_inputs(inputs: Sequence[GhostInput], image_size: int, *,
     `jpeg_ghosts.ghost_maps` (normalized, in display orientation). Files of one crop size go through
     `ghost_maps` together. `color="rgb"`: the inputs' planes are decoded RGB (DALI, nvJPEG), see
     `ghost_maps`."""
+    return model_input(inputs, [item.planes for item in inputs], image_size, device,
+                       lambda planes, tables, codes: ghost_maps(planes, tables, codes, color=color))
+
+
+def model_input(inputs: Sequence, pixels: Sequence[torch.Tensor], image_size: int, device: str | torch.device,
+                raw_maps: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor]) -> torch.Tensor:
+    """(N, CHANNELS, cells, cells) float32 on `device`: `raw_maps(pixels, keep_tables, codes)` of the inputs
+    of each crop size together (their `pixels`), then turned and normalized per file."""
     cells = grid_cells(image_size)
     out = torch.empty((len(inputs), CHANNELS, cells, cells), dtype=torch.float32, device=device)
     by_size: dict[tuple[int, int], list[int]] = {}
-    for i, item in enumerate(inputs):
-        by_size.setdefault(tuple(item.planes.shape[-2:]), []).append(i)
+    for i, image in enumerate(pixels):
+        by_size.setdefault(tuple(image.shape[-2:]), []).append(i)
     for index in by_size.values():
-        planes = torch.stack([inputs[i].planes for i in index]).to(device, non_blocking=True)
+        batch = torch.stack([pixels[i] for i in index]).to(device, non_blocking=True)
         tables = torch.stack([inputs[i].keep_tables for i in index]).to(device)
-        raw = ghost_maps(planes, tables, [inputs[i].keep_subsampling for i in index], color=color)
+        raw = raw_maps(batch, tables, [inputs[i].keep_subsampling for i in index])
         for row, i in enumerate(index):
             out[i] = normalize(orient(raw[row], inputs[i].orientation), cells)
     return out

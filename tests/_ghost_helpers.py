@@ -1,10 +1,28 @@
 """Generated JPEG content for the ghost-map tests: textures with every kind of detail, and edits pasted
 from another JPEG."""
+import contextlib
 import io
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+
+# The CIPLAB set beside the repository (../shared/data), for the tests that check it when it is there.
+CIPLAB = next((p / "shared" / "data" / "real_and_fake_face" for p in Path(__file__).resolve().parents
+               if (p / "shared" / "data" / "real_and_fake_face").is_dir()), Path("/nonexistent"))
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """The maps run one thread a process, as in DataLoader workers: many small ops, which intra-op
+    threads only slow down on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def texture(size, seed) -> Image.Image:

@@ -103,10 +103,21 @@ def test_dali_maps_turn_with_the_exif_orientation(tmp_path):
     assert plain[0, 3, :, :2].abs().sum() == 0 and plain[0, 3, :, 4:8].abs().sum() > 0  # 8x12 cells of 12x12
 
 
-def test_score_with_dali_equals_score_with_torch_and_lists_bad_files(tmp_path):
+def _sharp_engine(out: Path, kind: str) -> Path:
+    """An eager ghost_cnn engine of `kind` maps whose p_fake spreads over (0, 1): a difference in the maps shows."""
     from realfake.engines.build import build_engine_from_model
-    from realfake.jobs.tasks.score import run_score
     from realfake.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("ghost_cnn", image_size=SIZE).eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(1000)
+    return build_engine_from_model(model, out, architecture="ghost_cnn", image_size=SIZE, backend="eager",
+                                   batch=(1, 8, 64), ghost_maps=kind)
+
+
+def test_score_with_dali_equals_score_with_torch_and_lists_bad_files(tmp_path):
+    from realfake.jobs.tasks.score import run_score
 
     folder = tmp_path / "folder"
     _files(folder / "444", 6, 0, seed=1)
@@ -117,12 +128,7 @@ def test_score_with_dali_equals_score_with_torch_and_lists_bad_files(tmp_path):
     Image.new("RGB", (6, 6)).save(folder / "bad" / "speck.jpg")
     reasons["speck.jpg"] = "too small (6x6: ghost maps need 8x8 pixels)"
     Image.new("CMYK", (64, 64), (10, 200, 30, 0)).save(folder / "cmyk.jpg")  # the reference's maps
-    torch.manual_seed(0)
-    model = build_model("ghost_cnn", image_size=SIZE).eval()
-    with torch.no_grad():
-        model.fc.weight.mul_(1000)  # p_fake spread over (0, 1): a difference in the maps shows
-    engine = build_engine_from_model(model, tmp_path / "engine", architecture="ghost_cnn", image_size=SIZE,
-                                     backend="eager", batch=(1, 8, 64), ghost_maps="dct")
+    engine = _sharp_engine(tmp_path / "engine", "dct")
     out = {}
     for loader in ("dali", "torch"):
         summary = run_score([str(folder)], tmp_path / f"{loader}.csv", engine=engine, loader=loader, batch_size=4,
@@ -141,21 +147,14 @@ def test_score_with_dali_equals_score_with_torch_and_lists_bad_files(tmp_path):
 
 
 def test_a_pil_engine_scores_the_same_with_dali_and_lists_bad_files(tmp_path):
-    from realfake.engines.build import build_engine_from_model
     from realfake.jobs.tasks.score import run_score
-    from realfake.models import build_model
 
     folder = tmp_path / "folder"
     _files(folder / "444", 4, 0, seed=3)
     _files(folder / "420", 4, 2, seed=4)
     reasons = write_bad_files(folder / "bad")
     Image.new("CMYK", (64, 64), (10, 200, 30, 0)).save(folder / "cmyk.jpg")  # scored on the host, by PIL
-    torch.manual_seed(0)
-    model = build_model("ghost_cnn", image_size=SIZE).eval()
-    with torch.no_grad():
-        model.fc.weight.mul_(1000)
-    engine = build_engine_from_model(model, tmp_path / "engine", architecture="ghost_cnn", image_size=SIZE,
-                                     backend="eager", batch=(1, 8, 64), ghost_maps="pil")
+    engine = _sharp_engine(tmp_path / "engine", "pil")
     out = {}
     for loader in ("dali", "torch"):
         summary = run_score([str(folder)], tmp_path / f"{loader}.csv", engine=engine, loader=loader, batch_size=4,

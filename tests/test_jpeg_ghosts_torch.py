@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _ghost_helpers import pasted, texture, write_corpus
+from _ghost_helpers import CIPLAB, one_torch_thread, pasted, texture, write_corpus
 from PIL import Image
 from realfake.pipelines import jpeg_ghosts, jpeg_ghosts_torch
 from realfake.pipelines.images import InvalidImageError
@@ -24,19 +24,13 @@ from realfake.pipelines.jpeg_ghosts_torch import (
     ycbcr_to_rgb,
 )
 
-CIPLAB = next((p / "shared" / "data" / "real_and_fake_face" for p in Path(__file__).resolve().parents
-               if (p / "shared" / "data" / "real_and_fake_face").is_dir()), Path("/nonexistent"))
 SIZE = 96
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """The maps run one thread a process, as in DataLoader workers: many small ops, which intra-op
-    threads only slow down on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def _normalized(maps: np.ndarray) -> np.ndarray:
