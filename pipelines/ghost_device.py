@@ -81,6 +81,7 @@ class DeviceGhostLoader(InMemoryBatches):
         self.laundered = 0
 
     def _decode_all(self, num_workers: int, progress: bool) -> None:
+        self.fallbacks = 0
         loader = DataLoader(_Decode(self.files, self.image_size, self.kind), batch_size=16, num_workers=num_workers,
                             collate_fn=_as_list, worker_init_fn=configure_worker if num_workers else None)
         for items in tqdm(loader, desc=f"decode into {self.device} ghost cache", unit="batch", leave=False,
@@ -90,9 +91,10 @@ class DeviceGhostLoader(InMemoryBatches):
                     raise ValueError(f"{self.files[index]}: {reason}: ghost-map models train on JPEG files only; "
                                      "prepare a data set of JPEGs (or train a pixel model)")
                 if prepared.item is None:  # the reference's maps, once
-                    if prepared.fallback is not None:
+                    if prepared.fallback is not None:  # a dct file given pil maps (a pil file's are its own)
                         log.warning("%s: %s: its dct ghost maps come from the PIL reference", self.files[index],
                                     prepared.fallback)
+                        self.fallbacks += 1
                     self.reference[index] = finish([prepared], self.image_size)[0].to(self.device)
                     continue
                 item = prepared.item
@@ -102,7 +104,6 @@ class DeviceGhostLoader(InMemoryBatches):
                 self.keep_tables[index] = item.keep_tables.to(self.device, torch.float32)
                 self.sizes[index] = (height, width)
                 self.subsampling[index], self.orientation[index] = item.keep_subsampling, item.orientation
-        self.fallbacks = len(self.reference)
         log.info("ghost cache: %d files decoded on %s (%.0f MB), %d with reference maps", len(self.files), self.device,
                  self.planes.numel() / 1e6, len(self.reference))
 

@@ -187,6 +187,22 @@ def test_the_device_ghost_loader_serves_the_in_memory_loaders_batches(tmp_path, 
         assert device.laundered == memory.laundered > 0
 
 
+@pytest.mark.parametrize(("kind", "fallbacks"), [("dct", 1), ("pil", 0)])
+def test_the_device_ghost_loader_counts_only_dct_files_given_reference_maps(tmp_path, kind, fallbacks):
+    from PIL import Image
+    from realfake.pipelines import jpeg_ghosts
+    from realfake.pipelines.ghost_device import DeviceGhostLoader
+
+    files = _ghost_files(tmp_path / "f", 3, seed=2)
+    Image.new("CMYK", (SIZE, SIZE), (10, 200, 30, 0)).save(tmp_path / "cmyk.jpg")  # the device maps leave it alone
+    files.append(str(tmp_path / "cmyk.jpg"))
+    loader = DeviceGhostLoader(files, [0, 1, 0, 1], train=False, image_size=SIZE, batch_size=4, num_workers=0,
+                               device="cpu", progress=False, kind=kind)
+    assert len(loader.reference) == 1 and loader.fallbacks == fallbacks  # a pil file's reference maps are its own
+    batch = next(iter(loader))
+    torch.testing.assert_close(batch.images[3], torch.from_numpy(jpeg_ghosts.ghost_maps(files[3], SIZE)))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: --cache gpu computes the maps there")
 @pytest.mark.parametrize("kind", ["dct", "pil"])
