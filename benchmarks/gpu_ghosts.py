@@ -115,7 +115,7 @@ def _decoded_inputs(files: list[str], device: str, exact: bool) -> list:
         with Image.open(path) as image:
             rgb = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
         rgb = mcu_crop(rgb, IMAGE_SIZE).contiguous().to(device)
-        tables = torch.tensor(keep_tables(header), dtype=torch.int64 if exact else torch.float32)
+        tables = torch.tensor(keep_tables(header), dtype=torch.float32)
         make = ExactInput if exact else GhostInput
         inputs.append(make(rgb, tables, header.pil_subsampling, header.orientation))
     return inputs

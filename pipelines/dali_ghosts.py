@@ -121,16 +121,11 @@ class DaliGhostLoader(DaliLoader):
         return pipe
 
     def _make_batch(self, images, indices: torch.Tensor, errors: tuple[tuple[int, str], ...]) -> Batch:
+        make = jpeg_ghosts_exact.ExactInput if self.kind == "pil" else GhostInput  # (pixels, tables, sampling, turn)
         inputs = []
         for image, position in zip(images, indices.tolist(), strict=True):
-            tables, sampling, orientation = self.headers[position]
             rgb = mcu_crop(image.permute(2, 0, 1), self.image_size).contiguous()
-            if self.kind == "pil":
-                inputs.append(jpeg_ghosts_exact.ExactInput(rgb=rgb, keep_tables=tables.long(), keep_subsampling=sampling,
-                                                           orientation=orientation))
-            else:
-                inputs.append(GhostInput(planes=rgb, keep_tables=tables, keep_subsampling=sampling,
-                                         orientation=orientation))
+            inputs.append(make(rgb, *self.headers[position]))
         if self.kind == "pil":
             maps = jpeg_ghosts_exact.maps_of_inputs(inputs, self.image_size, device=self.map_device)
         else:

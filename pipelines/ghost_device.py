@@ -109,12 +109,9 @@ class DeviceGhostLoader(InMemoryBatches):
 
     def _inputs(self, index: int) -> GhostInput | ExactInput:
         height, width = self.sizes[index]
-        pixels = self.planes[index, :, :height, :width]
-        if self.kind == "pil":
-            return ExactInput(rgb=pixels, keep_tables=self.keep_tables[index].long(),
-                              keep_subsampling=self.subsampling[index], orientation=self.orientation[index])
-        return GhostInput(planes=pixels, keep_tables=self.keep_tables[index],
-                          keep_subsampling=self.subsampling[index], orientation=self.orientation[index])
+        make = ExactInput if self.kind == "pil" else GhostInput  # (pixels, tables, sampling, turn)
+        return make(self.planes[index, :, :height, :width], self.keep_tables[index], self.subsampling[index],
+                    self.orientation[index])
 
     def maps(self, positions: Sequence[int], laundered: dict[int, Prepared] | None = None) -> torch.Tensor:
         """(N, CHANNELS, S/8, S/8) float32 maps on the device of the files at `positions`; `laundered`

@@ -37,12 +37,14 @@ import torch
 from realfake.pipelines.images import InvalidImageError, load_jpeg
 from realfake.pipelines.jpeg_ghosts import BLOCK, CHANNELS, QUALITIES
 from realfake.pipelines.jpeg_ghosts_torch import (
+    CHUNK_PIXELS,
     SUBSAMPLING_FACTORS,
     NeedsReference,
     check_batch,
     fast_maps_header,
     mcu_crop,
     model_input,
+    pad_edges,
     quality_tables,
 )
 from realfake.pipelines.jpeg_headers import keep_tables
@@ -55,7 +57,6 @@ _F1961, _F2053, _F2562, _F3072 = 16069, 16819, 20995, 25172
 # libjpeg's colour conversions: 16 fraction bits, FIX(x) = round(x * 2**16).
 _SCALE_BITS = 16
 _HALF = 1 << (_SCALE_BITS - 1)
-CHUNK_PIXELS = {"cpu": 1 << 19, "cuda": 1 << 23}
 
 
 def _fix16(x: float) -> int:
@@ -105,16 +106,6 @@ def _decoder_rgb(y: torch.Tensor, cb: torch.Tensor, cr: torch.Tensor) -> torch.T
 
 # --------------------------------------------------------------------------- sampling
 
-def _pad(plane: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """Extend (N, H, W) to (N, rows, cols) by repeating the last row and column, as libjpeg pads."""
-    height, width = plane.shape[-2:]
-    if cols > width:
-        plane = torch.cat([plane, plane[..., -1:].expand(*plane.shape[:-1], cols - width)], -1)
-    if rows > height:
-        plane = torch.cat([plane, plane[..., -1:, :].expand(*plane.shape[:-2], rows - height, cols)], -2)
-    return plane
-
-
 def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -125,7 +116,7 @@ def _downsample(plane: torch.Tensor, fy: int, fx: int) -> torch.Tensor:
     (N, ceil(H/fy), blocks * 8). The rounding bias alternates per output column: 1, 2 (2x2), 0, 1 (2x1)."""
     height, width = plane.shape[-2:]
     cols = _ceil(_ceil(width, fx), BLOCK) * BLOCK
-    plane = _pad(plane, _ceil(height, fy) * fy, cols * fx)
+    plane = pad_edges(plane, _ceil(height, fy) * fy, cols * fx)
     n, rows = plane.shape[0], plane.shape[1] // fy
     sums = plane.reshape(n, rows, fy, cols, fx).sum((2, 4))
     bias = torch.tensor([1, 2] if fy == 2 else [0, 1], device=plane.device).repeat(cols // 2)
@@ -240,7 +231,7 @@ def _luma_coefs(ycc: torch.Tensor) -> torch.Tensor:
     """Y's coefficients, padded to whole 16x16 MCUs: the padding beyond a block never reaches a visible
     block, so every re-save of the image, whatever its sampling, shares them."""
     height, width = ycc.shape[-2:]
-    return _fdct(_pad(ycc[:, 0], _ceil(height, 2 * BLOCK) * 2 * BLOCK, _ceil(width, 2 * BLOCK) * 2 * BLOCK))
+    return _fdct(pad_edges(ycc[:, 0], _ceil(height, 2 * BLOCK) * 2 * BLOCK, _ceil(width, 2 * BLOCK) * 2 * BLOCK))
 
 
 def _chroma_coefs(ycc: torch.Tensor, fy: int, fx: int) -> list[torch.Tensor]:
@@ -249,10 +240,10 @@ def _chroma_coefs(ycc: torch.Tensor, fy: int, fx: int) -> list[torch.Tensor]:
     out = []
     for c in (1, 2):
         if (fy, fx) == (1, 1):
-            small = _pad(ycc[:, c], _ceil(height, BLOCK) * BLOCK, _ceil(width, BLOCK) * BLOCK)
+            small = pad_edges(ycc[:, c], _ceil(height, BLOCK) * BLOCK, _ceil(width, BLOCK) * BLOCK)
         else:
             small = _downsample(ycc[:, c], fy, fx)
-            small = _pad(small, _ceil(small.shape[1], BLOCK) * BLOCK, small.shape[2])
+            small = pad_edges(small, _ceil(small.shape[1], BLOCK) * BLOCK, small.shape[2])
         out.append(_fdct(small))
     return out
 
@@ -332,7 +323,7 @@ class ExactInput:
     """One file, ready for `raw_maps`: its decoded RGB, cropped as the reference crops, and its tables."""
 
     rgb: torch.Tensor  # (3, h, w) uint8, stored orientation
-    keep_tables: torch.Tensor  # (3, 64) int64
+    keep_tables: torch.Tensor  # (3, 64) the tables' integers, in any dtype
     keep_subsampling: int
     orientation: int
 

@@ -220,14 +220,20 @@ def _to_cells(energy: torch.Tensor, fy: int, fx: int, h: int, w: int) -> torch.T
     return energy[..., :h, :w]
 
 
+def pad_edges(planes: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Extend (..., H, W) to (..., rows, cols) by repeating the last row and column, as libjpeg's encoder pads."""
+    height, width = planes.shape[-2:]
+    if cols > width:
+        planes = torch.cat([planes, planes[..., -1:].expand(*planes.shape[:-1], cols - width)], -1)
+    if rows > height:
+        planes = torch.cat([planes, planes[..., -1:, :].expand(*planes.shape[:-2], rows - height, cols)], -2)
+    return planes
+
+
 def _pad_to_mcu(planes: torch.Tensor) -> torch.Tensor:
     """Whole 16x16 MCUs, the last row and column repeated as the encoder pads them."""
     height, width = planes.shape[-2:]
-    if width % MCU:
-        planes = torch.cat([planes, planes[..., -1:].expand(*planes.shape[:-1], -width % MCU)], -1)
-    if height % MCU:
-        planes = torch.cat([planes, planes[..., -1:, :].expand(*planes.shape[:-2], -height % MCU, planes.shape[-1])], -2)
-    return planes
+    return pad_edges(planes, height + -height % MCU, width + -width % MCU)
 
 
 # PIL subsampling code -> chroma factors (rows, columns) of a re-save; -1 re-saves at PIL's default, 4:2:0.
