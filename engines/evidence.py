@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.preprocessing import StandardScaler
+
+# scikit-learn is imported inside the functions that fit and measure the gate: scoring only applies a
+# fitted gate's coefficients, and every scoring process (each Ray task among them) would pay for its import.
 
 MIN_AUC = 0.75
 MAX_REAL_CALLED_FAKE = 0.10
@@ -48,6 +48,8 @@ def evidence_features(maps: torch.Tensor) -> np.ndarray:
 
 def transform_outcome(labels: np.ndarray, p_fake: np.ndarray, threshold: float) -> dict:
     """How the engine does on one transform's laundered validation files, and whether that erases the evidence."""
+    from sklearn.metrics import roc_auc_score
+
     y, p = np.asarray(labels), np.asarray(p_fake)
     auc = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None
     real_called_fake = float(np.mean(p[y == 0] >= threshold)) if (y == 0).any() else None
@@ -90,6 +92,9 @@ def fit_gate(clean: np.ndarray, laundered: Mapping[str, tuple[np.ndarray, np.nda
     """The gate for an engine (or None), and why. `clean`: evidence features of the validation files as
     saved; `laundered`: per transform spec, (features, labels, engine p_fake) of the same files laundered;
     `threshold`: the engine's decision threshold."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
     outcomes = {spec: transform_outcome(labels, p, threshold) for spec, (_, labels, p) in laundered.items()}
     erased = [spec for spec, outcome in outcomes.items() if outcome["erased"]]
     record = {"outcomes": outcomes, "erased": erased, "clean": transform_outcome(clean_labels, clean_p, threshold)}

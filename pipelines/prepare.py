@@ -56,8 +56,10 @@ from realfake.pipelines.manifest import (
 from realfake.pipelines.provenance import sha256_file, versions
 from realfake.pipelines.spec import CLASS_NAMES
 from realfake.pipelines.walk import IMAGE_EXTENSIONS
-from sklearn.model_selection import train_test_split
 from tqdm import tqdm
+
+# scikit-learn is imported where the split is drawn: the loaders read this module's EDIT_REGIONS, and every
+# scoring process would otherwise pay for its import.
 
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)  # the report's train / valid / test
 EXTRACT_DIR = "images"  # OUT/images: where a zip is extracted
@@ -395,6 +397,8 @@ def _can_stratify(strata: list[str], n_out: int) -> bool:
 
 
 def _take(units: list[str], strata: list[str], n_out: int, seed: int, stratify: bool):
+    from sklearn.model_selection import train_test_split
+
     if n_out == 0:
         return units, strata, [], False
     use = stratify and _can_stratify(strata, n_out)
