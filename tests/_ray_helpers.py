@@ -1,7 +1,10 @@
-"""What the `score --ray` tests share: reading a run's parts and locks, the CLI in a subprocess, and the
-driver-imports / task-niceness check run against a running Ray and against a Ray the command starts."""
+"""What the `score --ray` tests share: a Ray held by a process of its own, reading a run's parts and locks,
+the CLI in a subprocess, and the driver-imports / task-niceness check run against a running Ray and against a
+Ray the command starts."""
+import contextlib
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -31,9 +34,67 @@ def lock_holder(lock: Path) -> int | None:
     return int(text[-1]) if len(text) >= 3 and text[-2] == "pid" else None
 
 
-def cli_command(folder, out, engine, address, shards, *extra):
-    return [sys.executable, "-c", LAUNCHER, "score", str(folder), "--out", str(out), "--engine", str(engine),
-            *CLI_FAST, "--batch-size", "1", "--json", "--ray", address, "--ray-shards", str(shards), *extra]
+# A local Ray of 2 CPUs, started by this process, which prints its address and holds it until its stdin
+# closes. The test process never joins it: a Ray driver exits when its node goes down, and a test process
+# that was one would end the whole run instead of failing one test.
+HOLD_RAY = """
+import sys, ray
+ray.init(address="local", num_cpus=2, include_dashboard=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def ray_held_elsewhere(timeout_s: float = 120):
+    """Start a local Ray in a process of its own; yields its address; shuts it down on exit. A local Ray
+    asks for Ray's token (~/.ray/auth_token), so RAY_AUTH_MODE=token is set for the processes that join
+    it while it runs."""
+    auth_mode = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "token"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_RAY], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([holder.stdout], [], [], timeout_s)
+        address = holder.stdout.readline().strip() if ready else ""
+        if not address:
+            holder.kill()
+            raise RuntimeError(f"the Ray for the tests did not start: {holder.stderr.read()[-3000:]}")
+        yield address
+    finally:
+        if auth_mode is None:
+            os.environ.pop("RAY_AUTH_MODE")
+        else:
+            os.environ["RAY_AUTH_MODE"] = auth_mode
+        if holder.poll() is None:
+            holder.stdin.close()  # ray.init's atexit shuts the node down
+            try:
+                holder.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                holder.kill()
+                holder.wait()
+
+
+def cli_command(folder, out, engine, address, shards, *extra, batch_size=1, patch=""):
+    """`realfake score FOLDER --ray ADDRESS` as a subprocess command; `patch` is Python run before the CLI
+    (e.g. to change a module constant of the driver)."""
+    launcher = f"{patch}\n{LAUNCHER}" if patch else LAUNCHER
+    shard_option = ["--ray-shards", str(shards)] if shards else []
+    return [sys.executable, "-c", launcher, "score", str(folder), "--out", str(out), "--engine", str(engine),
+            *CLI_FAST, "--batch-size", str(batch_size), "--json", "--ray", address, *shard_option, *extra]
+
+
+def score_on_ray(folder, out, engine, address, shards=0, *extra, batch_size=8, patch="", as_json=True,
+                 timeout_s=300):
+    """Run `realfake score --ray` in a subprocess: (exit code, the --json summary, or the text summary
+    without `as_json`, or None, stderr)."""
+    command = cli_command(folder, out, engine, address, shards, *extra, batch_size=batch_size, patch=patch)
+    result = subprocess.run([c for c in command if as_json or c != "--json"], capture_output=True, text=True,
+                            timeout=timeout_s)
+    if not as_json:
+        return result.returncode, result.stdout, result.stderr
+    summary = json.loads(result.stdout) if result.stdout.strip().startswith("{") else None
+    return result.returncode, summary, result.stderr
 
 
 def wait_rows(out, proc, at_least, timeout_s=120):

@@ -1,8 +1,8 @@
 """`realfake score --ray` on a running Ray: the same rows and errors as plain score, resume after kill -9 of a
 Ray worker and of the driver, the install hint, the token error, and a folder a task cannot see.
 
-One local Ray of 2 CPUs, started in this process, serves the tests (the drivers run here or in subprocesses
-that join it). The tests where the command starts a Ray of its own are in test_score_ray_local.py, which
+One local Ray of 2 CPUs, held by a process of its own, serves the tests; the drivers that join it run in
+subprocesses. The tests where the command starts a Ray of its own are in test_score_ray_local.py, which
 runs after this module's Ray is shut down.
 """
 import json
@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 from _ray_helpers import (
-    CLI_FAST,
     FAST,
     check_driver_imports_and_task_niceness,
     cli_command,
     lock_holder,
     part_rows,
+    ray_held_elsewhere,
     rows_of,
+    score_on_ray,
     wait_rows,
 )
 from _score_helpers import build_engines, make_good_folder, write_bad_files
@@ -38,13 +39,17 @@ from realfake.pipelines.walk import shard_of
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A local Ray of 2 CPUs for the module; yields its address for drivers in other processes."""
-    ray = pytest.importorskip("ray", reason="needs Ray: pip install 'realfake[cluster]'")
-    sigterm = signal.getsignal(signal.SIGTERM)
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    signal.signal(signal.SIGTERM, sigterm)  # ray.init makes SIGTERM exit; pytest's own handling stays
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    """A local Ray of 2 CPUs for the module, held by a process of its own; yields its address. Every run
+    that connects to it is a subprocess (see ray_held_elsewhere)."""
+    pytest.importorskip("ray", reason="needs Ray: pip install 'realfake[cluster]'")
+    with ray_held_elsewhere() as address:
+        yield address
+
+
+@pytest.fixture(autouse=True)
+def no_ray_in_this_process():
+    yield
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized(), "a test joined Ray in this process"
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +75,8 @@ def test_ray_gives_the_rows_and_errors_of_plain_score_and_resumes(tmp_path, clus
     bad = write_bad_files(folder / "bad")
     plain_out, ray_out = tmp_path / "plain.csv", tmp_path / "ray.csv"
     plain = run_score([str(folder)], plain_out, engine=engine, **FAST)
-    summary = run_score([str(folder)], ray_out, engine=engine, ray="local", ray_shards=4, **FAST)
+    code, summary, stderr = score_on_ray(folder, ray_out, engine, cluster, 4)
+    assert code == 1 and summary is not None, stderr[-3000:]  # 1: some files could not be scored
 
     for key in ("files", "scored", "skipped", "errors", "engine_id", "threshold", "image_size", "folders"):
         assert summary[key] == plain[key], key
@@ -88,41 +94,32 @@ def test_ray_gives_the_rows_and_errors_of_plain_score_and_resumes(tmp_path, clus
     assert errors_of(ray_out) == errors_of(plain_out)
 
     # a rerun resumes every part: nothing scored again, OUT rebuilt with the same rows
-    again = run_score([str(folder)], ray_out, engine=engine, ray="local", **FAST)
+    code, again, stderr = score_on_ray(folder, ray_out, engine, cluster)
+    assert code == 1 and again is not None, stderr[-3000:]
     assert again["scored"] == 0 and again["skipped"] == len(files) and again["ray_shards"] == 4
     assert again["retried_errors"] == len(bad) and errors_of(ray_out) == errors_of(plain_out)
     assert sorted(r["path"] for r in rows_of(ray_out)) == sorted(reference)
-    # what could count a file twice or mix engines is refused before anything runs
+    # what could count a file twice or mix engines is refused before Ray is joined
     with pytest.raises(ValueError, match="holds 4 shards of an earlier run"):
-        run_score([str(folder)], ray_out, engine=engine, ray="local", ray_shards=2, **FAST)
+        run_score([str(folder)], ray_out, engine=engine, ray=cluster, ray_shards=2, **FAST)
     with pytest.raises(ValueError, match="holds scores of engine"):
-        run_score([str(folder)], ray_out, engine=other, ray="local", **FAST)
+        run_score([str(folder)], ray_out, engine=other, ray=cluster, **FAST)
     with pytest.raises(ValueError, match="must score the same folders"):
-        run_score([str(folder / "sub")], ray_out, engine=engine, ray="local", **FAST)
+        run_score([str(folder / "sub")], ray_out, engine=engine, ray=cluster, **FAST)
     with pytest.raises(ValueError, match="was not written by `score --ray`"):
-        run_score([str(folder)], plain_out, engine=engine, ray="local", **FAST)
+        run_score([str(folder)], plain_out, engine=engine, ray=cluster, **FAST)
     # --no-resume starts over, with another shard count if asked
-    fresh = run_score([str(folder)], ray_out, engine=engine, ray="local", ray_shards=2, resume=False, **FAST)
+    code, fresh, stderr = score_on_ray(folder, ray_out, engine, cluster, 2, "--no-resume")
+    assert code == 1 and fresh is not None, stderr[-3000:]
     assert fresh["scored"] == len(files) and fresh["skipped"] == 0 and len(rows_of(ray_out)) == len(files)
     assert sorted(p.name for p in score_ray.shards_dir(ray_out).iterdir()) == [
         "driver.lock", "part-0-of-2.csv", "part-0-of-2.csv.errors.csv", "part-0-of-2.csv.lock",
         "part-1-of-2.csv", "part-1-of-2.csv.errors.csv", "part-1-of-2.csv.lock", "shards.json"]
 
 
-def test_cli_exit_codes_and_summary_line_with_ray(tmp_path, cluster, engine):
+def test_options_that_do_not_go_with_ray_are_refused(tmp_path, engine):
     folder = tmp_path / "in"
-    make_good_folder(folder, n=12)
-    ok = CliRunner().invoke(main, ["score", str(folder), "--out", str(tmp_path / "a.csv"), "--engine", str(engine),
-                                   *CLI_FAST, "--ray", "--ray-shards", "2"])
-    assert ok.exit_code == 0, ok.output
-    assert re.search(r"files 12  scored 12 \(real \d+  fake \d+  unknown \d+\)  skipped 0 ", ok.output), ok.output
-    assert "ray:     2 shards on 1 node(s)" in ok.output
-    bad = write_bad_files(folder / "bad")
-    parquet = tmp_path / "b.parquet"
-    with_errors = CliRunner().invoke(main, ["score", str(folder), "--out", str(parquet), "--engine", str(engine),
-                                            *CLI_FAST, "--ray", "--ray-shards", "3", "--json"])
-    assert with_errors.exit_code == 1, with_errors.output
-    assert len(rows_of(parquet)) == 12 and len(errors_of(parquet)) == len(bad)
+    make_good_folder(folder, n=2)
     shard_and_ray = CliRunner().invoke(main, ["score", str(folder), "--out", str(tmp_path / "c.csv"), "--engine",
                                               str(engine), "--shard", "0/2", "--ray"])
     assert shard_and_ray.exit_code == 2 and "error: --shard and --ray do not go together" in shard_and_ray.output
@@ -140,22 +137,27 @@ def test_the_driver_of_a_ray_run_never_imports_torch_and_its_tasks_run_at_the_no
 
 # ----------------------------------------------------------------------------------------------- failures
 
+# In the driver, after it has checked the folders and just before it submits the tasks: from there on the
+# tasks' node cannot see the folder.
+HIDE_FOLDER_FROM_TASKS = """
+import os
+from realfake.jobs.tasks.score import cluster
+real_resources = cluster.task_resources
+def hide_folder_from_tasks(*args):
+    os.rename(os.environ["FOLDER"], os.environ["FOLDER"] + ".elsewhere")
+    return real_resources(*args)
+cluster.task_resources = hide_folder_from_tasks
+"""
+
+
 def test_a_folder_a_task_cannot_see_is_one_clear_error(tmp_path, cluster, engine, monkeypatch):
     folder = tmp_path / "in"
     make_good_folder(folder, n=12)
-    real_resources = score_ray.task_resources
-
-    def hide_folder_from_tasks(*args):
-        # the driver has checked the folder; from here on the tasks' node cannot see it
-        folder.rename(tmp_path / "elsewhere")
-        return real_resources(*args)
-
-    monkeypatch.setattr(score_ray, "task_resources", hide_folder_from_tasks)
-    result = CliRunner().invoke(main, ["score", str(folder), "--out", str(tmp_path / "s.csv"), "--engine", str(engine),
-                                       *CLI_FAST, "--ray", "--ray-shards", "2"])
-    assert result.exit_code == 2, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in result.output
+    monkeypatch.setenv("FOLDER", str(folder))
+    code, _, stderr = score_on_ray(folder, tmp_path / "s.csv", engine, cluster, 2, patch=HIDE_FOLDER_FROM_TASKS)
+    assert code == 2, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-3000:]
     assert f"cannot see folder {folder}: every node must see it at the same path" in errors[0]
     assert errors[0].startswith("error: node ")
 
@@ -202,21 +204,25 @@ def test_a_part_has_one_writer_at_a_time(tmp_path):
         pass
 
 
-def test_a_task_waits_for_the_lock_of_its_part_and_names_the_holder(tmp_path, cluster, engine, monkeypatch):
+def test_a_task_waits_for_the_lock_of_its_part_and_names_the_holder(tmp_path, cluster, engine):
     folder = tmp_path / "in"
     make_good_folder(folder, n=12)
-    out = tmp_path / "scores.csv"
+    out = tmp_path / "scores.parquet"
     score_ray.shards_dir(out).mkdir()
-    monkeypatch.setattr(score_ray, "LOCK_WAIT_S", 1.0)
     lock = Path(str(score_ray.part_path(out, 0, 2)) + score_ray.LOCK_SUFFIX)
+    short_wait = "from realfake.jobs.tasks.score import cluster; cluster.LOCK_WAIT_S = 1.0"
     with score_ray.exclusive_lock(lock, wait_s=0, busy="held by the test"):  # as an orphaned task would
-        with pytest.raises(OSError, match=f"is locked by .* pid {os.getpid()}: an earlier task of shard 0/2"):
-            run_score([str(folder)], out, engine=engine, ray="local", ray_shards=2, **FAST)
+        code, _, stderr = score_on_ray(folder, out, engine, cluster, 2, patch=short_wait)
+    assert code == 2 and re.search(f"is locked by .* pid {os.getpid()}: an earlier task of shard 0/2", stderr), \
+        stderr[-3000:]
     assert not score_ray.part_path(out, 0, 2).exists()  # nothing written to the part while it was held
-    summary = run_score([str(folder)], out, engine=engine, ray="local", **FAST)
-    # shard 1 may have finished before the failure of shard 0 stopped the run: its rows are kept
-    assert summary["scored"] + summary["skipped"] == 12 and summary["scored"] >= len(rows_of(score_ray.part_path(
-        out, 0, 2)))
+    # the rerun finishes: exit code 0 and the text summary, with shard 1's rows kept if it had finished
+    code, text, stderr = score_on_ray(folder, out, engine, cluster, as_json=False)
+    assert code == 0, stderr[-3000:]
+    counts = re.search(r"files 12  scored (\d+) \(real \d+  fake \d+  unknown \d+\)  skipped (\d+) ", text)
+    assert counts and int(counts[1]) + int(counts[2]) == 12, text
+    assert int(counts[1]) >= len(rows_of(score_ray.part_path(out, 0, 2))), text
+    assert "ray:     2 shards on 1 node(s)" in text
     assert sorted(r["path"] for r in rows_of(out)) == sorted({r["path"] for r in rows_of(out)}) and len(rows_of(out)) == 12
 
 
@@ -289,7 +295,8 @@ def test_kill_9_of_the_driver_then_rerun_scores_every_file_once(tmp_path, cluste
         wait_for(lambda pid=pid: pid_gone(pid), timeout_s=60, what=f"task process {pid} to end with its driver")
     before = part_rows(out)
     assert 20 <= before < len(files)
-    summary = run_score([str(folder)], out, engine=engine, ray=cluster, **FAST)
+    code, summary, stderr = score_on_ray(folder, out, engine, cluster)
+    assert code == 0, stderr[-3000:]
     assert summary["skipped"] == before and summary["scored"] == len(files) - before
     rows = rows_of(out)
     assert len(rows) == len(files) and sorted(r["path"] for r in rows) == sorted(map(str, files))
