@@ -3,6 +3,9 @@ equal disjoint shards that cover the train split, both processes hold the same w
 metrics, validation is summed over the processes, resume is bit-exact with the same count and refused
 with another, ghost_cnn trains with its region loss, and a failing process stops the run with its error."""
 import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,6 +91,31 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_process_run
         assert two["valid_loss"] == pytest.approx(one["valid_loss"], abs=0.02)
         assert two["train_acc"] == pytest.approx(one["train_acc"], abs=2 / 16)
         assert two["valid_acc"] == pytest.approx(one["valid_acc"], abs=1 / 4)
+
+
+def test_torchrun_on_two_machines_trains_exactly_as_nproc_2(two_process_run, data_dir, tmp_path):
+    """docs/cluster.md's several-machines command, with this machine as both machines: two torchrun
+    launchers of one process each, meeting at one rendezvous endpoint, train the `--nproc 2` run bit for
+    bit (the same global batches, the same weights after every step)."""
+    _, _, nproc_run = two_process_run
+    with socket.socket() as probe:  # a port free now, for the rendezvous store
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-machines",
+               "-m", "realfake.jobs.cli", "train", str(data_dir), "--model", "simple_cnn", "--image-size", "32",
+               "--num-workers", "0", "--loader", "torch", "--no-progress", "--dropout", "0", "--batch-size", "4",
+               "--epochs", "2", "--out", str(tmp_path), "--name", "two"]
+    machines = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for _ in range(2)]
+    logs = [machine.communicate(timeout=300)[0] for machine in machines]
+    assert [m.returncode for m in machines] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["nproc"] == 2 and config["global_batch_size"] == 8
+    assert history(tmp_path / "two") == history(nproc_run)
+    a = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["model"]
+    b = torch.load(nproc_run / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
 def test_resume_on_two_processes_is_exact(data_dir, tmp_path):
