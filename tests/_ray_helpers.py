@@ -10,16 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from _score_helpers import LAUNCHER, make_good_folder
-from realfake.jobs.tasks.outputs.writers import read_rows
+from _score_helpers import LAUNCHER, make_good_folder, rows_of
 from realfake.jobs.tasks.score import cluster as score_ray
 
-FAST = dict(loader="torch", num_workers=0, batch_size=8, progress=False)
 CLI_FAST = ["--loader", "torch", "--num-workers", "0", "--no-progress"]
-
-
-def rows_of(path):
-    return list(read_rows(path))
 
 
 def part_rows(out):

@@ -1,4 +1,5 @@
-"""Image folders (good and every kind of bad file) and engines for the scoring tests."""
+"""Image folders (good and every kind of bad file), engines, fast options and output readers for the
+scoring tests."""
 from __future__ import annotations
 
 import io
@@ -6,6 +7,20 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from realfake.jobs.tasks.outputs.common import ERROR_COLUMNS, errors_path
+from realfake.jobs.tasks.outputs.writers import read_rows
+
+# run_score's options for small test folders: no worker processes, no progress bar.
+FAST = dict(loader="torch", num_workers=0, batch_size=8, progress=False)
+
+
+def rows_of(path) -> list[dict]:
+    return list(read_rows(path))
+
+
+def errors_of(out) -> dict[str, str]:
+    """path -> reason, from OUT's errors file."""
+    return {row["path"]: row["reason"] for row in read_rows(errors_path(out), ERROR_COLUMNS)}
 
 
 def save_image(path: Path, rng: np.random.Generator, size: int = 40, fmt: str | None = None) -> Path:

@@ -14,23 +14,24 @@ import time
 import numpy as np
 import pytest
 from _score_helpers import (
+    FAST,
     LAUNCHER,
     build_engines,
+    errors_of,
     make_good_folder,
+    rows_of,
     save_image,
     write_bad_files,
 )
 from click.testing import CliRunner
 from PIL import Image
 from realfake.jobs.cli import main
-from realfake.jobs.tasks.outputs.common import ERROR_COLUMNS, OutputMismatch, errors_path
+from realfake.jobs.tasks.outputs.common import OutputMismatch
 from realfake.jobs.tasks.outputs.parquet import parts_dir
 from realfake.jobs.tasks.outputs.writers import open_writer, read_existing, read_rows
 from realfake.jobs.tasks.score import concurrency, merge_outputs, run_score
 from realfake.pipelines import images
 from realfake.pipelines.provenance import usable_cores
-
-FAST = dict(loader="torch", num_workers=0, batch_size=8, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +48,6 @@ def engine(engines):
 def good(tmp_path_factory):
     root = tmp_path_factory.mktemp("good")
     return root, make_good_folder(root, n=24)
-
-
-def rows_of(path):
-    return list(read_rows(path))
-
-
-def errors_of(out):
-    return {row["path"]: row["reason"] for row in read_rows(errors_path(out), ERROR_COLUMNS)}
 
 
 def score(folders, out, engine, **kw):

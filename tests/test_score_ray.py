@@ -16,22 +16,18 @@ from pathlib import Path
 
 import pytest
 from _ray_helpers import (
-    FAST,
     check_driver_imports_and_task_niceness,
     cli_command,
     lock_holder,
     part_rows,
     ray_held_elsewhere,
-    rows_of,
     score_on_ray,
     wait_rows,
 )
-from _score_helpers import build_engines, make_good_folder, write_bad_files
+from _score_helpers import FAST, build_engines, errors_of, make_good_folder, rows_of, write_bad_files
 from _service_helpers import pid_gone, wait_for
 from click.testing import CliRunner
 from realfake.jobs.cli import main
-from realfake.jobs.tasks.outputs.common import ERROR_COLUMNS, errors_path
-from realfake.jobs.tasks.outputs.writers import read_rows
 from realfake.jobs.tasks.score import cluster as score_ray
 from realfake.jobs.tasks.score import run_score
 from realfake.pipelines.walk import shard_of
@@ -60,10 +56,6 @@ def engines(tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine(engines):
     return engines[0]
-
-
-def errors_of(out):
-    return {row["path"]: row["reason"] for row in read_rows(errors_path(out), ERROR_COLUMNS)}
 
 
 # ----------------------------------------------------------------------------------------------- same results
