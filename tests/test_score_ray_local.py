@@ -3,8 +3,8 @@ niceness, and a job's cancel stopping the tasks and that Ray.
 
 These tests are kept apart from test_score_ray.py, whose module-wide Ray is shut down before they run:
 Ray expects one instance per machine (a second one on the same node contends for its fixed ports, such as
-the dashboard agent's, and for the two CPUs), and the test process is a driver of that module-wide Ray, so
-anything that takes its node down ends the whole test run rather than one test.
+the dashboard agent's, and for the two CPUs). The test process never joins a Ray itself: the commands
+run in subprocesses, so a Ray that goes down fails one test rather than ending the test run.
 """
 import subprocess
 import sys
