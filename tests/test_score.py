@@ -524,6 +524,12 @@ def test_cli_exit_codes_and_summary(tmp_path, engine, good):
     assert cli(tmp_path / "missing", "--out", tmp_path / "c.csv", *options).exit_code == 2
     usage = cli(root, "--out", tmp_path / "d.csv", "--shard", "3/3", *options)
     assert usage.exit_code == 2 and "error: --shard '3/3' is out of range" in usage.output
+    (tmp_path / "no-images").mkdir()
+    (tmp_path / "no-images" / "notes.txt").write_text("not an image")
+    nothing = cli(tmp_path / "no-images", "--out", tmp_path / "e.csv", *options)
+    assert nothing.exit_code == 0 and "files 0  scored 0" in nothing.stdout
+    assert f"warning: no image files (.jpg, .jpeg, .png, .bmp, .webp, any letter case) under {tmp_path / 'no-images'}" \
+        in nothing.stderr
 
 
 def test_without_engine_the_promoted_one_is_used(tmp_path, engine, good, monkeypatch):
@@ -548,6 +554,11 @@ def test_cli_help_shows_scoring_and_merge():
         assert text in result.output, text
     merge_help = cli("merge", "--help")
     assert merge_help.exit_code == 0 and "Join the outputs" in merge_help.output
+    # a usage error names the command as typed, and its hint is a command that works
+    bad_option = cli("--bogus", "folder")
+    assert bad_option.exit_code == 2 and "score folders" not in bad_option.output
+    assert "Usage: realfake score [OPTIONS] FOLDERS..." in bad_option.output
+    assert "Try 'realfake score --help' for help." in bad_option.output
 
 
 def test_job_spec_accepts_score(tmp_path, good):

@@ -38,10 +38,16 @@ def _summary_lines(summary: dict) -> str:
             + (f"\nreport:  {summary['report']}" if summary.get("report") else ""))
 
 
+class _FoldersContext(click.Context):
+    @property
+    def command_path(self) -> str:
+        # The command is reached without a name of its own: usage lines and "Try ... --help" hints say
+        # `realfake score`, which is what the user typed.
+        return super().command_path.removesuffix(f" {_SCORE_FOLDERS}")
+
+
 class _FoldersCommand(JobCommand):
-    def format_usage(self, ctx, formatter):
-        # The command is reached without a name of its own: show `realfake score [OPTIONS] FOLDER...`.
-        formatter.write_usage(ctx.command_path.rstrip(), " ".join(self.collect_usage_pieces(ctx)))
+    context_class = _FoldersContext
 
 
 @click.command(_SCORE_FOLDERS, cls=_FoldersCommand, target="realfake.jobs.tasks.score:run_score",
@@ -68,6 +74,7 @@ def score_folders(ctx, as_json, **options):
       realfake score /shared/incoming --out /shared/scores.csv --ray auto   (on a Ray cluster)
     """
     from realfake.jobs.tasks.score import run_score  # torch loads when a command runs, not for --help
+    from realfake.pipelines.walk import IMAGE_EXTENSIONS
 
     try:
         summary = run_score(**as_arguments(options))
@@ -83,6 +90,9 @@ def score_folders(ctx, as_json, **options):
         ctx.exit(EXIT_FAILED)
     click.echo(json.dumps(summary, indent=2) if as_json else _summary_lines(summary))
     sys.stdout.flush()
+    if not summary["files"]:  # a mistyped folder, or images of a kind not scored, would pass unnoticed
+        click.echo(f"warning: no image files ({', '.join(IMAGE_EXTENSIONS)}, any letter case) under "
+                   f"{', '.join(summary['folders'])}: nothing was scored", err=True)
     ctx.exit(EXIT_ERRORS if summary["errors"] else EXIT_OK)
 
 
