@@ -92,6 +92,13 @@ def test_scores_of_two_engines_are_refused(prepared, tmp_path):
         run_evaluate_scores(scores, prepared, "test")
 
 
+def test_a_file_that_is_not_a_score_output_is_refused_as_an_input(prepared, tmp_path):
+    other = tmp_path / "other.csv"
+    other.write_text("name,value\na,1\n")
+    with pytest.raises(ValueError, match="not those of a score output .*: pass the --out of a `realfake score` run$"):
+        run_evaluate_scores(other, prepared, "test")
+
+
 def test_cli_prints_the_report_and_fails_clearly(prepared, tmp_path):
     rows, p = _split_scores(prepared, "test")
     scores = _write_scores(tmp_path / "scores.csv", [(r.path, v) for r, v in zip(rows, p, strict=True)])

@@ -257,7 +257,7 @@ def test_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="pass the --out of a `realfake score` run"):
         run_report(tmp_path / "nothing.csv", **QUIET)
     (tmp_path / "other.csv").write_text("name,value\na,1\n")
-    with pytest.raises(ValueError, match="not those of a score output"):
+    with pytest.raises(ValueError, match="not those of a score output .*: pass the --out of a `realfake score` run$"):
         run_report(tmp_path / "other.csv", **QUIET)
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(ValueError, match="is empty"):

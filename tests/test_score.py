@@ -345,9 +345,13 @@ def test_resume_refuses_a_file_damaged_in_the_middle_or_foreign(tmp_path, engine
         score([root], out, engine)
     foreign = tmp_path / "mine.csv"
     foreign.write_text("name,value\na,1\n")
-    with pytest.raises(OutputMismatch, match="not those of a score output"):
+    with pytest.raises(OutputMismatch, match="not those of a score output .*: choose another --out$"):
         score([root], foreign, engine)
     assert foreign.read_text() == "name,value\na,1\n"  # never truncated
+    # given as an input instead, the same file is refused with the fix for an input
+    with pytest.raises(OutputMismatch, match="not those of a score output .*: merge only the outputs of `realfake"):
+        merge_outputs(tmp_path / "m.csv", [str(foreign)])
+    assert not (tmp_path / "m.csv").exists()
 
 
 def test_parquet_resume_after_a_crash_before_and_during_the_combine(tmp_path, engine, good):

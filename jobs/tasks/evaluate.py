@@ -19,7 +19,7 @@ from realfake.engines.metrics import (
 from realfake.engines.recipes import TTA_MODES
 from realfake.engines.trainer import CHECKPOINTS, load_runs, predict
 from realfake.jobs.service.params import InputPath
-from realfake.jobs.tasks.outputs.common import errors_path, resolve_output
+from realfake.jobs.tasks.outputs.common import PASS_A_SCORE_OUTPUT, errors_path, resolve_output
 from realfake.jobs.tasks.outputs.writers import read_rows
 from realfake.pipelines.images import file_encoding
 from realfake.pipelines.launder_dataset import laundered_split, laundering_specs
@@ -182,7 +182,7 @@ def run_evaluate_scores(scores: InputPath, data_dir: InputPath, split: Literal[S
     rows = read_manifest(Path(data_dir), split)
     if not rows:
         raise ValueError(f"split {split!r} of {data_dir} is empty: evaluate another --split")
-    scored = {str(Path(r["path"]).resolve()): r for r in read_rows(scores_file)}
+    scored = {str(Path(r["path"]).resolve()): r for r in read_rows(scores_file, fix=PASS_A_SCORE_OUTPUT)}
     picked = [scored.get(str(Path(r.path).resolve())) for r in rows]
     missing = [r.path for r, s in zip(rows, picked, strict=True) if s is None]
     if missing:

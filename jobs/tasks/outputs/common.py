@@ -39,8 +39,21 @@ DEFAULT_NAME = "scores.csv"
 ERRORS_SUFFIX = ".errors.csv"
 
 
+# What to do about a file given as a score output that is not one (read_rows(..., fix=)).
+PASS_A_SCORE_OUTPUT = "pass the --out of a `realfake score` run"
+
+
 class OutputMismatch(ValueError):
-    """An existing file that cannot be resumed: not a score output, or damaged beyond a torn last line."""
+    """An existing file that cannot be resumed: not a score output, or damaged beyond a torn last line.
+    `problem` says what is wrong with the file, `fix` what to do (for an OUT about to be written: choose
+    another one); the message is both."""
+
+    def __init__(self, problem: str, fix: str = "choose another --out"):
+        super().__init__(f"{problem}: {fix}")
+        self.problem, self.fix = problem, fix
+
+    def __reduce__(self):  # pickled whole (a Ray task's error reaches its driver so)
+        return type(self), (self.problem, self.fix)
 
 
 @dataclass

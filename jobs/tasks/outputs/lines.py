@@ -69,7 +69,7 @@ class _Csv(_LineFormat):
             return
         if tuple(header) != tuple(columns):
             raise OutputMismatch(f"{path} has columns {','.join(header)}, not those of a score output "
-                                 f"({','.join(columns)}): choose another --out")
+                                 f"({','.join(columns)})")
         yield {}, consumed[0]  # the header alone
         while True:
             try:
@@ -123,7 +123,7 @@ class _Jsonl(_LineFormat):
             if tuple(row) != tuple(columns):
                 if first:
                     raise OutputMismatch(f"{path} holds rows with keys {','.join(row)}, not those of a score "
-                                         f"output ({','.join(columns)}): choose another --out")
+                                         f"output ({','.join(columns)})")
                 return
             first = False
             offset += len(raw)
@@ -176,7 +176,7 @@ class LineWriter:
         # The CSV header is written whole (renamed into place), so a CSV without one is not ours.
         if (good_end == 0 and self.fmt.name == "csv") or not self.fmt.is_torn_row(tail):
             # Complete lines that do not parse: the file was edited or damaged, not torn by a kill.
-            raise OutputMismatch(f"{self.path} is damaged at byte {good_end} (not just a partial last line): "
+            raise OutputMismatch(f"{self.path} is damaged at byte {good_end} (not just a partial last line)",
                                  "repair or remove it, or choose another --out")
         with open(self.path, "r+b") as f:  # a torn last line from a kill mid-write: cut it off
             f.truncate(good_end)

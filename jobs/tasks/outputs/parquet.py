@@ -66,10 +66,10 @@ def _check_schema(path: Path, columns: Sequence[str]) -> None:
     try:
         names = pq.read_schema(path).names
     except Exception as exc:  # pyarrow raises ArrowInvalid for a file that is not Parquet
-        raise OutputMismatch(f"{path} is not a readable Parquet file ({exc}): remove it or choose another --out") from exc
+        raise OutputMismatch(f"{path} is not a readable Parquet file ({exc})", "remove it or choose another --out") from exc
     if tuple(names) != tuple(columns):
         raise OutputMismatch(f"{path} has columns {','.join(names)}, not those of a score output "
-                             f"({','.join(columns)}): choose another --out")
+                             f"({','.join(columns)})")
 
 
 def _iter_parquet_rows(path: Path) -> Iterator[dict]:

@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from realfake.jobs.tasks.outputs.common import RESULT_COLUMNS, Existing, output_format
+from realfake.jobs.tasks.outputs.common import RESULT_COLUMNS, Existing, OutputMismatch, output_format
 from realfake.jobs.tasks.outputs.lines import LINE_FORMATS, LineWriter
 from realfake.jobs.tasks.outputs.parquet import ParquetWriter, parts_dir, read_parquet_rows
 
@@ -26,20 +26,28 @@ def open_writer(path: str | os.PathLike, columns: Sequence[str] = RESULT_COLUMNS
     return LineWriter(path, columns, LINE_FORMATS[fmt], resume=resume)
 
 
-def read_rows(path: str | os.PathLike, columns: Sequence[str] = RESULT_COLUMNS) -> Iterator[dict]:
+def read_rows(path: str | os.PathLike, columns: Sequence[str] = RESULT_COLUMNS, *,
+              fix: str | None = None) -> Iterator[dict]:
     """The rows of an output, typed, streamed; a torn last line is left out (the file is not changed).
-    For Parquet, OUT and its uncombined parts. A missing output has no rows."""
+    For Parquet, OUT and its uncombined parts. A missing output has no rows. `fix`: what a file that is
+    not a score output tells the user to do, where it was given as an input (the default speaks of an
+    OUT being resumed)."""
     path = Path(path)
-    fmt = output_format(path)
-    if fmt == "parquet":
-        yield from read_parquet_rows(path, columns)
-        return
-    if not path.exists():
-        return
-    with open(path, "rb") as f:
-        for row, _ in LINE_FORMATS[fmt].scan(f, columns, path):
-            if row:
-                yield row
+    try:
+        fmt = output_format(path)
+        if fmt == "parquet":
+            yield from read_parquet_rows(path, columns)
+            return
+        if not path.exists():
+            return
+        with open(path, "rb") as f:
+            for row, _ in LINE_FORMATS[fmt].scan(f, columns, path):
+                if row:
+                    yield row
+    except OutputMismatch as exc:
+        if fix is None:
+            raise
+        raise OutputMismatch(exc.problem, fix) from None
 
 
 def read_existing(path: str | os.PathLike, columns: Sequence[str] = RESULT_COLUMNS) -> Existing:

@@ -13,6 +13,7 @@ from pathlib import Path
 from realfake.jobs.tasks.outputs.common import (
     DECISIONS,
     ERROR_COLUMNS,
+    PASS_A_SCORE_OUTPUT,
     RESULT_COLUMNS,
     errors_path,
     resolve_output,
@@ -41,9 +42,9 @@ def read_scores(scores: str | os.PathLike) -> ScoreRun:
                                 "(a results file, or a job's output folder)")
     if scores_file.exists() and scores_file.stat().st_size == 0:
         raise ValueError(f"{scores_file} is empty: pass the --out of a `realfake score` run")
-    rows = list(read_rows(scores_file, RESULT_COLUMNS))
+    rows = list(read_rows(scores_file, RESULT_COLUMNS, fix=PASS_A_SCORE_OUTPUT))
     err_file = errors_path(scores_file)
-    errors = list(read_rows(err_file, ERROR_COLUMNS)) if err_file.exists() else []
+    errors = list(read_rows(err_file, ERROR_COLUMNS, fix=PASS_A_SCORE_OUTPUT)) if err_file.exists() else []
     stamps = [p.stat().st_mtime for p in (scores_file, err_file) if p.exists()]
     written = dt.datetime.fromtimestamp(max(stamps)).astimezone() if stamps else None
     return ScoreRun(scores_file=scores_file, rows=rows, errors=errors,

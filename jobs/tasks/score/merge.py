@@ -50,7 +50,7 @@ def merge_outputs(out: OutputPath, shard_outputs: list[InputPath]) -> dict:
         try:
             batch = []
             for k, path in files:
-                for row in read_rows(path, columns):
+                for row in read_rows(path, columns, fix="merge only the outputs of `realfake score` runs"):
                     check(row, k, path)
                     batch.append(row)
                     if len(batch) >= MERGE_BATCH_ROWS:
