@@ -58,8 +58,8 @@ def _weights_from_runs(engine_dir: Path, meta: Mapping[str, Any]) -> list[nn.Mod
 
     runs = _source_runs(meta)
     checkpoint = (meta.get("source") or {}).get("checkpoint") or "best"
-    why = (f"{engine_dir} is a {meta['backend']} engine: its artifact is compiled code, so its eager weights "
-           "come from the run it was built from")
+    why = (f"{engine_dir} is an engine of backend {meta['backend']}: its artifact is compiled code, so its "
+           "eager weights come from the run it was built from")
     fix = "explain an eager engine of the same run (`realfake engine build RUN --backend eager`)"
     if not runs:
         raise EngineError(f"{why}, and its engine.json names none (built from an in-memory model): {fix}")
