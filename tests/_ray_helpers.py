@@ -7,6 +7,7 @@ import os
 import select
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def lock_holder(lock: Path) -> int | None:
 # that was one would end the whole run instead of failing one test.
 HOLD_RAY = """
 import sys, ray
-ray.init(address="local", num_cpus=2, include_dashboard=False)
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 print(ray.get_runtime_context().gcs_address, flush=True)
 sys.stdin.read()
 """
@@ -46,27 +47,31 @@ def ray_held_elsewhere(timeout_s: float = 120):
     it while it runs."""
     auth_mode = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "token"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_RAY], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        ready, _, _ = select.select([holder.stdout], [], [], timeout_s)
-        address = holder.stdout.readline().strip() if ready else ""
-        if not address:
-            holder.kill()
-            raise RuntimeError(f"the Ray for the tests did not start: {holder.stderr.read()[-3000:]}")
-        yield address
-    finally:
-        if auth_mode is None:
-            os.environ.pop("RAY_AUTH_MODE")
-        else:
-            os.environ["RAY_AUTH_MODE"] = auth_mode
-        if holder.poll() is None:
-            holder.stdin.close()  # ray.init's atexit shuts the node down
-            try:
-                holder.wait(timeout=60)
-            except subprocess.TimeoutExpired:
+    # Ray's messages go to a file: a pipe nobody reads would block the holder once full.
+    with tempfile.TemporaryFile("w+") as messages:
+        holder = subprocess.Popen([sys.executable, "-c", HOLD_RAY], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=messages, text=True)
+        try:
+            ready, _, _ = select.select([holder.stdout], [], [], timeout_s)
+            address = holder.stdout.readline().strip() if ready else ""
+            if not address:
                 holder.kill()
                 holder.wait()
+                messages.seek(0)
+                raise RuntimeError(f"the Ray for the tests did not start: {messages.read()[-3000:]}")
+            yield address
+        finally:
+            if auth_mode is None:
+                os.environ.pop("RAY_AUTH_MODE")
+            else:
+                os.environ["RAY_AUTH_MODE"] = auth_mode
+            if holder.poll() is None:
+                holder.stdin.close()  # ray.init's atexit shuts the node down
+                try:
+                    holder.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    holder.kill()
+                    holder.wait()
 
 
 def cli_command(folder, out, engine, address, shards, *extra, batch_size=1, patch=""):
