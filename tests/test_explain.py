@@ -285,7 +285,7 @@ def test_without_its_run_an_aot_engine_cannot_be_explained_and_an_eager_one_lose
     moved = tmp_path / "moved"
     shutil.move(run_dir, moved)
     try:
-        with pytest.raises(EngineError, match=r"aot engine.*last\.pt, which is gone.*--backend eager"):
+        with pytest.raises(EngineError, match=r"an engine of backend aot.*last\.pt, which is gone.*--backend eager"):
             ex.load_explainer(ghost_engines["aot"])
         with caplog.at_level(logging.WARNING, logger="realfake.engines.explain"):
             explainer = ex.load_explainer(ghost_engines["eager"])
