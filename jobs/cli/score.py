@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 from realfake.jobs.cli.options import JobCommand, as_arguments
+from realfake.pipelines.walk import IMAGE_EXTENSIONS
 
 EXIT_OK, EXIT_ERRORS, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
 _SCORE_FOLDERS = "folders"  # the scoring command's internal name: never typed, chosen by ScoreGroup
@@ -74,7 +75,6 @@ def score_folders(ctx, as_json, **options):
       realfake score /shared/incoming --out /shared/scores.csv --ray auto   (on a Ray cluster)
     """
     from realfake.jobs.tasks.score import run_score  # torch loads when a command runs, not for --help
-    from realfake.pipelines.walk import IMAGE_EXTENSIONS
 
     try:
         summary = run_score(**as_arguments(options))
