@@ -105,8 +105,8 @@ def _decoded_inputs(files: list[str], device: str, exact: bool) -> list:
     import numpy as np
     import torch
     from PIL import Image
-    from realfake.pipelines.jpeg_ghosts_exact import ExactInput
-    from realfake.pipelines.jpeg_ghosts_torch import GhostInput, mcu_crop
+    from realfake.pipelines.ghost_inputs import decoded_input
+    from realfake.pipelines.jpeg_ghosts_torch import mcu_crop
     from realfake.pipelines.jpeg_headers import keep_tables, read_header
 
     inputs = []
@@ -116,8 +116,8 @@ def _decoded_inputs(files: list[str], device: str, exact: bool) -> list:
             rgb = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
         rgb = mcu_crop(rgb, IMAGE_SIZE).contiguous().to(device)
         tables = torch.tensor(keep_tables(header), dtype=torch.float32)
-        make = ExactInput if exact else GhostInput
-        inputs.append(make(rgb, tables, header.pil_subsampling, header.orientation))
+        inputs.append(decoded_input("pil" if exact else "dct", rgb, tables, header.pil_subsampling,
+                                    header.orientation))
     return inputs
 
 

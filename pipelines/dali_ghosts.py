@@ -33,10 +33,11 @@ from collections.abc import Iterator, Sequence
 import torch
 from realfake.pipelines import jpeg_ghosts_exact
 from realfake.pipelines.dali_loader import PREFETCH_QUEUE_DEPTH, READER, DaliLoader, fn, pipeline_def, types
+from realfake.pipelines.ghost_inputs import decoded_input
 from realfake.pipelines.ghost_loaders import CollateMaps, GhostMapDataset, log_fallbacks
 from realfake.pipelines.images import too_large
 from realfake.pipelines.jpeg_ghosts import BLOCK, CHANNELS, check_kind, grid_cells
-from realfake.pipelines.jpeg_ghosts_torch import GhostInput, maps_of_inputs, mcu_crop
+from realfake.pipelines.jpeg_ghosts_torch import maps_of_inputs, mcu_crop
 from realfake.pipelines.jpeg_headers import JpegHeaderError, fast_maps_problem, keep_tables, read_header
 from realfake.pipelines.spec import Batch
 from torch.utils.data import DataLoader
@@ -121,11 +122,10 @@ class DaliGhostLoader(DaliLoader):
         return pipe
 
     def _make_batch(self, images, indices: torch.Tensor, errors: tuple[tuple[int, str], ...]) -> Batch:
-        make = jpeg_ghosts_exact.ExactInput if self.kind == "pil" else GhostInput  # (pixels, tables, sampling, turn)
         inputs = []
         for image, position in zip(images, indices.tolist(), strict=True):
             rgb = mcu_crop(image.permute(2, 0, 1), self.image_size).contiguous()
-            inputs.append(make(rgb, *self.headers[position]))
+            inputs.append(decoded_input(self.kind, rgb, *self.headers[position]))
         if self.kind == "pil":
             maps = jpeg_ghosts_exact.maps_of_inputs(inputs, self.image_size, device=self.map_device)
         else:

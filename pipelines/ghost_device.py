@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Sequence
 
 import torch
-from realfake.pipelines.ghost_inputs import Prepared, configure_worker, finish, prepare_file
+from realfake.pipelines.ghost_inputs import Prepared, configure_worker, decoded_input, finish, prepare_file
 from realfake.pipelines.ghost_loaders import LaunderedSupply, augment_maps, laundered_items, regions_tensor
 from realfake.pipelines.images import InvalidImageError
 from realfake.pipelines.jpeg_ghosts import check_kind
@@ -109,9 +109,8 @@ class DeviceGhostLoader(InMemoryBatches):
 
     def _inputs(self, index: int) -> GhostInput | ExactInput:
         height, width = self.sizes[index]
-        make = ExactInput if self.kind == "pil" else GhostInput  # (pixels, tables, sampling, turn)
-        return make(self.planes[index, :, :height, :width], self.keep_tables[index], self.subsampling[index],
-                    self.orientation[index])
+        return decoded_input(self.kind, self.planes[index, :, :height, :width], self.keep_tables[index],
+                             self.subsampling[index], self.orientation[index])
 
     def maps(self, positions: Sequence[int], laundered: dict[int, Prepared] | None = None) -> torch.Tensor:
         """(N, CHANNELS, S/8, S/8) float32 maps on the device of the files at `positions`; `laundered`

@@ -53,6 +53,15 @@ class Prepared:
     fallback: str | None = None  # why a "dct" file got the reference maps
 
 
+def decoded_input(kind: str, pixels: torch.Tensor, keep_tables: torch.Tensor, keep_subsampling: int,
+                  orientation: int) -> GhostInput | ExactInput:
+    """What the maps of `kind` are computed from, for a file decoded elsewhere (DALI, a device cache):
+    `pixels` (3, h, w) uint8 cropped as `mcu_crop` crops (RGB; YCbCr planes for "dct" files decoded so),
+    the tables and sampling a keep re-save uses, and the EXIF orientation."""
+    make = ExactInput if jpeg_ghosts.check_kind(kind) == "pil" else GhostInput
+    return make(pixels, keep_tables, keep_subsampling, orientation)
+
+
 def prepare_file(path: str | os.PathLike, image_size: int, kind: str, *, data: bytes | None = None,
                  on_device: bool = False) -> Prepared:
     """The per-file step for maps of `kind`. `data`: the file's bytes held in memory (a laundered copy),
