@@ -9,8 +9,9 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+from realfake.jobs.service.options import Bounds, check_arguments
 from realfake.jobs.service.params import InputPath, OutputPath
 
 
@@ -51,10 +52,11 @@ def crash_job() -> dict:
     os._exit(9)
 
 
-def typed_job(folder: InputPath, *, count: int, ratio: float = 0.5, name: str = "x", flag: bool = False,
-              tags: list[str] | None = None, mode: Literal["fast", "slow"] = "fast",
-              limit: int | None = None, out: OutputPath) -> dict:
+def typed_job(folder: InputPath, *, count: int, ratio: Annotated[float, Bounds(min=0, max=1)] = 0.5,
+              name: str = "x", flag: bool = False, tags: list[str] | None = None, mode: Literal["fast", "slow"] = "fast",
+              limit: Annotated[int, Bounds(min=1)] | None = None, out: OutputPath) -> dict:
     """A job with one parameter of every supported type, for spec validation."""
+    check_arguments(typed_job, locals())
     return {"folder": folder, "count": count, "ratio": ratio, "name": name, "flag": flag, "tags": tags,
             "mode": mode, "limit": limit}
 

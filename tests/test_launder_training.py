@@ -150,7 +150,7 @@ def test_pixel_models_launder_the_bytes_before_the_torchvision_loader_decodes_th
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    (dict(model="ghost_cnn", launder=1.5), "--launder 1.5 must be a probability"),
+    (dict(model="ghost_cnn", launder=1.5), "--launder 1.5 must be between 0 and 1"),
     (dict(model="simple_cnn", launder=0.5, loader="dali"), "--launder on pixel models"),
     (dict(model="simple_cnn", launder=0.5, cache="memory"), "--launder on pixel models"),
 ])

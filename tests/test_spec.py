@@ -85,6 +85,8 @@ INVALID = [
     ("list of mixed", 'count = 3\ntags = ["a", 2]\n', ["'tags'", "must be a list of strings"]),
     ("literal", 'count = 3\nmode = "medium"\n', ["'mode'", "one of 'fast', 'slow'"]),
     ("optional int", 'count = 3\nlimit = "all"\n', ["'limit'", "an integer (or left out)"]),
+    ("below its range", "count = 3\nlimit = 0\n", ["'limit'", "must be at least 1, got 0"]),
+    ("outside its range", "count = 3\nratio = 1.5\n", ["'ratio'", "must be between 0 and 1, got 1.5"]),
     ("missing input path", 'count = 3\nfolder = "nowhere"\n', ["'folder'", "nowhere does not exist"]),
     ("table", "count = 3\n[name]\nx = 1\n", ["'name'", "must be a string", "a table"]),
 ]
@@ -116,7 +118,21 @@ def test_cli_flag_errors_name_the_flag(home, folder):
     assert wrong_type.exit_code == 2 and "'many' is not a valid integer" in wrong_type.stderr
     bad_choice = runner.invoke(cli, ["submit", "typed", str(folder), "--count", "1", "--mode", "medium"])
     assert bad_choice.exit_code == 2
+    out_of_range = runner.invoke(cli, ["submit", "typed", str(folder), "--count", "1", "--ratio", "2"])
+    assert out_of_range.exit_code == 2 and "--ratio" in out_of_range.stderr and "0<=x<=1" in out_of_range.stderr
     assert JobStore().list_jobs() == []
+
+
+def test_a_declared_range_also_holds_for_a_direct_call(folder, tmp_path):
+    from _service_helpers import typed_job
+
+    assert typed_job(folder, count=1, ratio=1.0, limit=None, out=tmp_path)["ratio"] == 1.0
+    with pytest.raises(ValueError, match=r"^--ratio 1\.5 must be between 0 and 1$"):
+        typed_job(folder, count=1, ratio=1.5, out=tmp_path)
+    with pytest.raises(ValueError, match=r"^--limit 0 must be at least 1$"):
+        typed_job(folder, count=1, limit=0, out=tmp_path)
+    with pytest.raises(ValueError, match=r"^unknown --mode 'medium': choose one of fast, slow$"):
+        typed_job(folder, count=1, mode="medium", out=tmp_path)
 
 
 @pytest.mark.parametrize("text, expected", [

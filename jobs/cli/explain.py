@@ -6,11 +6,15 @@ import sys
 from pathlib import Path
 
 import click
+from realfake.jobs.cli.options import JobCommand
 
 EXIT_OK, EXIT_ERRORS = 0, 1
 
 
-@click.command(epilog="\b\nExit codes: 0 every file explained, 1 some files are in DIR/errors.csv, 2 bad usage or "
+# recursive, batch size, workers, device, dpi and progress are run_explain's own options (run_explain_evaluate
+# takes the same); the files, the engines and --evaluate's are this command's, since it serves both functions.
+@click.command(cls=JobCommand, target="realfake.jobs.tasks.explain:run_explain", skip=("inputs", "engine", "out"),
+               epilog="\b\nExit codes: 0 every file explained, 1 some files are in DIR/errors.csv, 2 bad usage or "
                       "failure.")
 @click.argument("inputs", nargs=-1, metavar="[FILE_OR_FOLDER]...", type=click.Path(exists=True, path_type=Path))
 @click.option("--engine", "engines", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -26,13 +30,6 @@ EXIT_OK, EXIT_ERRORS = 0, 1
               help="Split of --evaluate's data set.")
 @click.option("--examples", type=click.IntRange(min=0), default=3, show_default=True,
               help="With --evaluate: PNG + evidence of this many fakes of each difficulty group and reals.")
-@click.option("--recursive/--no-recursive", default=True, show_default=True, help="Explain subfolders too.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--num-workers", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Decoding processes.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N] for the model.")
-@click.option("--dpi", type=click.IntRange(min=20), default=100, show_default=True, help="Resolution of the PNGs.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def explain(ctx, inputs, engines, out, data_dir, split, examples, recursive, as_json, **common):

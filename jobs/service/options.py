@@ -12,10 +12,12 @@ attribute; each field of it is declared with `option(default, help, ...)`:
     def run_train(data_dir: InputPath, out: OutputPath = Path("runs"), **options) -> dict: ...
     run_train.options = TrainConfig
 
+A plain keyword argument declares its range in its annotation, `Annotated[int, Bounds(min=1)]`.
 `function_params(run_train)` then lists data_dir, out and every field as `Param`s, and from those the
 job-spec validator checks TOML specs and `submit` flags, the CLI builds its commands, and a sweep
-writes the exact command line of each of its runs (`command_line`). Help text of plain keyword
-arguments comes from the function's Google-style `Args:` docstring section.
+writes the exact command line of each of its runs (`command_line`); `check_values` refuses a value
+out of its declared choices or range for a direct call that went through neither. Help text of plain
+keyword arguments comes from the function's Google-style `Args:` docstring section.
 
 Standard library only.
 """
@@ -61,6 +63,14 @@ class Param:
         return "--" + self.name.replace("_", "-")
 
 
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The range of a plain keyword argument, kept in its annotation: `Annotated[int, Bounds(min=1)]`."""
+
+    min: float | None = None
+    max: float | None = None
+
+
 def option(default: Any, help: str, *, choices: Sequence | None = None, min: float | None = None,
            max: float | None = None, inputs: Sequence[str] | None = None, applies: str | None = None):
     """A dataclass field that declares one option (see the module docstring)."""
@@ -87,6 +97,16 @@ def base_type(annotation: Any) -> Any:
     if typing.get_origin(inner) is typing.Annotated:
         inner = typing.get_args(inner)[0]
     return inner
+
+
+def annotated_bounds(annotation: Any) -> Bounds:
+    """The Bounds in an `Annotated` annotation (also inside `| None`), else no bounds."""
+    inner, _ = strip_optional(annotation)
+    if typing.get_origin(inner) is typing.Annotated:
+        for meta in typing.get_args(inner)[1:]:
+            if isinstance(meta, Bounds):
+                return meta
+    return Bounds()
 
 
 def path_role(annotation: Any) -> str | None:
@@ -207,13 +227,50 @@ def function_params(function: Callable) -> list[Param]:
         if p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY):
             continue  # cannot be given by name
         annotation = hints.get(p.name, Any)
+        bounds = annotated_bounds(annotation)
         params.append(Param(name=p.name, annotation=annotation, required=p.default is inspect.Parameter.empty,
                             default=None if p.default is inspect.Parameter.empty else p.default,
-                            help=docs.get(p.name, ""), choices=literal_choices(annotation)))
+                            help=docs.get(p.name, ""), choices=literal_choices(annotation), min=bounds.min,
+                            max=bounds.max))
     options_class = getattr(function, "options", None)
     if takes_options and options_class is not None:
         params += dataclass_params(options_class)
     return params
+
+
+def out_of_bounds(param: Param, value: Any) -> str | None:
+    """What `value` must be when it breaks its option's declared choices or range (e.g. "at least 1"),
+    else None. Lists and tables are checked item by item elsewhere, if at all."""
+    if value is None or isinstance(value, (list, tuple, dict)):
+        return None
+    if param.choices is not None and value not in param.choices:
+        return "one of " + ", ".join(repr(c) for c in param.choices)
+    if param.min is not None and param.max is not None and not param.min <= value <= param.max:
+        return f"between {param.min:g} and {param.max:g}"
+    if param.min is not None and value < param.min:
+        return f"at least {param.min:g}"
+    if param.max is not None and value > param.max:
+        return f"at most {param.max:g}"
+    return None
+
+
+def check_values(params: Sequence[Param], values: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the flag of the first value in `values` outside its declared choices or range.
+
+    The CLI (click ranges) and the job-spec validator enforce the same declarations; this is for the
+    calls that go through neither (Python callers, a sweep's runs)."""
+    for param in params:
+        value = values.get(param.name)
+        bound = out_of_bounds(param, value)
+        if bound and param.choices is not None and value not in param.choices:
+            raise ValueError(f"unknown {param.flag} {value!r}: choose one of {', '.join(map(str, param.choices))}")
+        if bound:
+            raise ValueError(f"{param.flag} {value!r} must be {bound}")
+
+
+def check_arguments(function: Callable, values: Mapping[str, Any]) -> None:
+    """`check_values` for a job function's own keyword arguments (pass its `locals()` on entry)."""
+    check_values(function_params(function), values)
 
 
 def flag_words(param: Param, value: Any) -> list[str]:

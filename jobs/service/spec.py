@@ -34,6 +34,7 @@ from realfake.jobs.service.options import (
     Param,
     describe,
     function_params,
+    out_of_bounds,
     path_role,
     strip_optional,
 )
@@ -126,19 +127,6 @@ def kind_params(kind: str) -> list[Param]:
         return function_params(function)
     except Exception as exc:  # a NameError in a string annotation is the kind author's bug
         raise SpecError(f"kind {kind!r} is not available: its annotations do not resolve ({exc})") from exc
-
-
-def _out_of_bounds(param: Param, value: Any) -> str | None:
-    """What `value` must be when it breaks its option's declared choices or range, else None."""
-    if value is None or isinstance(value, (list, dict)):
-        return None
-    if param.choices is not None and value not in param.choices:
-        return "one of " + ", ".join(repr(c) for c in param.choices)
-    if param.min is not None and value < param.min:
-        return f"at least {param.min}"
-    if param.max is not None and value > param.max:
-        return f"at most {param.max}"
-    return None
 
 
 def _type_name(value: Any) -> str:
@@ -268,7 +256,7 @@ def validate_spec(kind: str, args: Mapping[str, Any], *, base_dir: Path | None =
             raise SpecError(
                 f"{source}: {label(name)} of kind {kind!r}: {exc} does not exist: give an existing file or folder"
             ) from None
-        bound = _out_of_bounds(params[name], clean[name])
+        bound = out_of_bounds(params[name], clean[name])
         if bound:
             raise SpecError(f"{source}: {label(name)} of kind {kind!r} must be {bound}, got {value!r}")
     out_param = params.get(DEFAULT_OUT_PARAM)
@@ -308,7 +296,7 @@ def check_options(kind: str, options: Mapping[str, Any], *, fixed: tuple[str, ..
                             f"{describe(params[key].annotation)}") from None
         except FileNotFoundError as exc:
             raise SpecError(f"{source}: option {key!r}: {exc} does not exist: give an existing file or folder") from None
-        bound = _out_of_bounds(params[key], clean[key])
+        bound = out_of_bounds(params[key], clean[key])
         if bound:
             raise SpecError(f"{source}: option {key!r} must be {bound}, got {value!r}")
     return clean

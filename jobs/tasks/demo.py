@@ -15,10 +15,10 @@ import shlex
 import shutil
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from realfake.engines.backends import BACKEND_CHOICES
-from realfake.jobs.service.options import command_line, function_params
+from realfake.jobs.service.options import Bounds, check_arguments, command_line, function_params
 from realfake.jobs.service.params import OutputPath
 from realfake.jobs.tasks.engine import run_engine_build
 from realfake.jobs.tasks.evaluate import run_evaluate
@@ -104,8 +104,9 @@ def real_data_commands(data_source: str = "../shared/data/real_and_fake_face", d
     ]
 
 
-def run_demo(out: OutputPath = Path("demo"), n: int = 400, epochs: int = 12, image_size: int = 128, seed: int = 0,
-             backend: Literal[BACKEND_CHOICES] = "aot", device: str = "auto", progress: bool = True) -> dict:
+def run_demo(out: OutputPath = Path("demo"), n: int = 400, epochs: Annotated[int, Bounds(min=1)] = 12,
+             image_size: int = 128, seed: int = 0, backend: Literal[BACKEND_CHOICES] = "aot", device: str = "auto",
+             progress: bool = True) -> dict:
     """synth -> prepare -> train ghost_cnn -> evaluate -> engine build -> score new images under OUT,
     with heat maps of the highest scores and the report page.
 
@@ -124,10 +125,9 @@ def run_demo(out: OutputPath = Path("demo"), n: int = 400, epochs: int = 12, ima
     took, and the commands for the real data set. `backend` is the engine's; where it cannot build
     here, the engine is what `--backend auto` gives (the summary says so).
     """
+    check_arguments(run_demo, locals())
     if n < 20:
         raise ValueError(f"--n {n} is too small for a demo: each split needs both classes; use at least 20")
-    if epochs < 1:
-        raise ValueError(f"--epochs {epochs} must be at least 1")
     if image_size < 64 or image_size % 16:
         raise ValueError(f"--image-size {image_size}: ghost_cnn needs a multiple of 16, at least 64")
     out = Path(out).absolute()

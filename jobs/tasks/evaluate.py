@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from realfake.engines.devices import resolve_device
@@ -18,6 +18,7 @@ from realfake.engines.metrics import (
 )
 from realfake.engines.recipes import TTA_MODES
 from realfake.engines.trainer import CHECKPOINTS, load_runs, predict
+from realfake.jobs.service.options import Bounds, check_arguments
 from realfake.jobs.service.params import InputPath
 from realfake.jobs.tasks.outputs.common import PASS_A_SCORE_OUTPUT, errors_path, resolve_output
 from realfake.jobs.tasks.outputs.writers import read_rows
@@ -57,10 +58,10 @@ def run_evaluate(
     run_dir: InputPath,
     split: Literal[SPLITS] = "test",
     checkpoint: Literal[CHECKPOINTS] = "best",
-    threshold: float = 0.5,
+    threshold: Annotated[float, Bounds(min=0, max=1)] = 0.5,
     loader: Literal[LOADER_CHOICES] = "auto",
-    batch_size: int = 64,
-    num_workers: int = 2,
+    batch_size: Annotated[int, Bounds(min=1)] = 64,
+    num_workers: Annotated[int, Bounds(min=0)] = 2,
     device: str = "auto",
     progress: bool = True,
     tta: Literal[TTA_MODES] = "none",
@@ -86,11 +87,8 @@ def run_evaluate(
         ensemble: Another run of the same model and data set (repeatable, e.g. other seeds): p_fake is the mean over RUN_DIR and these, same checkpoint and TTA; the report files get an "_ensemble" suffix.
         launder: Also evaluate the split laundered by this transform (repeatable; a `realfake data launder` spec such as jpeg:q=85, resize:scale=0.75,q=85, crop:dx=3,dy=5,q=90, or `family` for the default family of docs/robustness.md), at the same threshold: one row each in the report. Laundered copies are kept in DATA_DIR/laundered/SPLIT/ and reused.
     """
+    check_arguments(run_evaluate, locals())
     run_dir = Path(run_dir)
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"--threshold {threshold} must be between 0 and 1")
-    if tta not in TTA_MODES:
-        raise ValueError(f"unknown --tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
     if calibrate and split == "valid":
         raise ValueError("--calibrate picks the threshold on the valid split: evaluate --split test (or train)")
     members = [run_dir, *(Path(p) for p in ensemble or ())]

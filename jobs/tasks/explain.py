@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
 
 from PIL import Image
 from realfake.engines.devices import resolve_device
@@ -37,6 +38,7 @@ from realfake.engines.explain import (
     write_evidence_json,
 )
 from realfake.engines.registry import promoted_engine
+from realfake.jobs.service.options import Bounds, check_arguments
 from realfake.jobs.service.params import InputPath, OutputPath
 from realfake.jobs.service.store import realfake_home
 from realfake.pipelines.images import InvalidImageError
@@ -163,10 +165,10 @@ def run_explain(
     out: OutputPath,
     engine: InputPath | None = None,
     recursive: bool = True,
-    batch_size: int = 16,
-    num_workers: int = 2,
+    batch_size: Annotated[int, Bounds(min=1)] = 16,
+    num_workers: Annotated[int, Bounds(min=0)] = 2,
     device: str = "cpu",
-    dpi: int = 100,
+    dpi: Annotated[int, Bounds(min=20)] = 100,
     progress: bool = True,
 ) -> dict:
     """Explain every image under INPUTS with an engine: per image a PNG of the evidence over the photo
@@ -185,18 +187,13 @@ def run_explain(
 
     Returns a summary: files, explained, errors, where everything went.
     """
+    check_arguments(run_explain, locals())
     inputs = [str(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
     if not inputs:
         raise ValueError("nothing to explain: pass image files or folders")
     for path in inputs:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} does not exist: pass existing image files or folders")
-    if batch_size < 1:
-        raise ValueError(f"--batch-size {batch_size} must be at least 1")
-    if num_workers < 0:
-        raise ValueError(f"--num-workers {num_workers} must be 0 or more")
-    if dpi < 20:
-        raise ValueError(f"--dpi {dpi} is too small for a legible figure: use 50 or more")
     engine_dir = _resolve_engine(engine)
     explainer = load_explainer(engine_dir, device=resolve_device(device))
     out = Path(out)
@@ -246,11 +243,11 @@ def run_explain_evaluate(
     engines: list[InputPath],
     out: OutputPath,
     split: str = "test",
-    examples: int = 3,
-    batch_size: int = 16,
-    num_workers: int = 2,
+    examples: Annotated[int, Bounds(min=0)] = 3,
+    batch_size: Annotated[int, Bounds(min=1)] = 16,
+    num_workers: Annotated[int, Bounds(min=0)] = 2,
     device: str = "cpu",
-    dpi: int = 100,
+    dpi: Annotated[int, Bounds(min=20)] = 100,
     progress: bool = True,
 ) -> dict:
     """The pointing game of each engine on a split of a prepared data set: how often the hottest face
@@ -269,14 +266,13 @@ def run_explain_evaluate(
         dpi: Resolution of the example PNGs.
         progress: Show a progress bar.
     """
+    check_arguments(run_explain_evaluate, locals())
     data_dir = Path(data_dir)
     rows = read_manifest(data_dir, split)
     if not rows:
         raise ValueError(f"split {split!r} of {data_dir} is empty: choose another --split")
     if not engines:
         raise ValueError("no engine to evaluate: pass --engine at least once")
-    if examples < 0:
-        raise ValueError(f"--examples {examples} must be 0 or more")
     if not any(r.label == 1 for r in rows):
         raise ValueError(f"split {split!r} of {data_dir} has no fakes: the pointing game needs CIPLAB-named fakes")
     out = Path(out)

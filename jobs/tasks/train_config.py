@@ -13,7 +13,7 @@ from typing import Any
 
 from realfake.engines.recipes import SCHEDULES
 from realfake.engines.trainer import OPTIMIZERS
-from realfake.jobs.service.options import dataclass_params, option
+from realfake.jobs.service.options import check_values, dataclass_params, option
 from realfake.jobs.service.params import InputPath
 from realfake.models import default_image_size, model_input
 from realfake.pipelines.gpu_cache import CACHE_CHOICES
@@ -145,17 +145,8 @@ class TrainConfig:
         """One-line errors for options out of range or that do not apply to the model, before any data
         is read."""
         by_name = {p.name: p for p in dataclass_params(type(self))}
-        for param in by_name.values():
-            value = getattr(self, param.name)
-            if param.choices is not None and value is not None and value not in param.choices:
-                raise ValueError(f"unknown {param.name} {value!r}: choose one of {', '.join(param.choices)}")
+        check_values(list(by_name.values()), dataclasses.asdict(self))
         model_input(self.model)  # an unknown model is one line naming the models there are
-        if self.epochs < 1:
-            raise ValueError("--epochs must be at least 1")
-        if self.nproc < 1:
-            raise ValueError(f"--nproc {self.nproc} must be at least 1")
-        if not 0.0 <= self.pseudo_fakes <= 1.0:
-            raise ValueError(f"--pseudo-fakes {self.pseudo_fakes} must be a fraction between 0 and 1 (e.g. 0.5)")
         if self.real_only and not self.pseudo_fakes:
             raise ValueError("--real-only trains on real images alone: give --pseudo-fakes RATE to make the fakes")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -166,12 +157,6 @@ class TrainConfig:
         if self.train_crop < 0 or self.train_crop > image_size:
             raise ValueError(f"--train-crop {self.train_crop} must be between 1 and --image-size {image_size} "
                              "(0 = off)")
-        if self.ghost_shift < 0:
-            raise ValueError(f"--ghost-shift {self.ghost_shift} must be 0 (off) or a number of cells")
-        if self.region_loss < 0:
-            raise ValueError(f"--region-loss {self.region_loss} must be 0 (off) or a positive weight (e.g. 1)")
-        if not 0.0 <= self.launder <= 1.0:
-            raise ValueError(f"--launder {self.launder} must be a probability between 0 and 1 (e.g. 0.5)")
         self._check_inputs(by_name)
         if self.input == "ghosts" and self.cache == "memory":
             raise ValueError(f"{self.model}'s JPEG ghost maps are held in memory (and cached on disk) anyway: drop "

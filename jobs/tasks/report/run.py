@@ -6,8 +6,9 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+from realfake.jobs.service.options import Bounds, check_arguments
 from realfake.jobs.service.params import InputPath, OutputPath
 from realfake.jobs.tasks.report.heatmaps import (
     HEATMAP_EMBED_MAX_BYTES,
@@ -36,10 +37,10 @@ def run_report(
     out: OutputPath | None = None,
     thumbnails: Literal[THUMBNAIL_MODES] = "auto",
     heatmaps: InputPath | None = None,
-    thumb_size: int = THUMB_SIZE,
-    page_size: int = PAGE_SIZE,
-    embed_max_rows: int = EMBED_MAX_ROWS,
-    workers: int = 0,
+    thumb_size: Annotated[int, Bounds(min=16, max=512)] = THUMB_SIZE,
+    page_size: Annotated[int, Bounds(min=1)] = PAGE_SIZE,
+    embed_max_rows: Annotated[int, Bounds(min=0)] = EMBED_MAX_ROWS,
+    workers: Annotated[int, Bounds(min=0)] = 0,
     title: str | None = None,
     progress: bool = True,
 ) -> dict:
@@ -63,16 +64,7 @@ def run_report(
     placeholders, heatmaps, problems, seconds.
     """
     started = time.perf_counter()
-    if thumbnails not in THUMBNAIL_MODES:
-        raise ValueError(f"unknown --thumbnails {thumbnails!r}: choose one of {', '.join(THUMBNAIL_MODES)}")
-    if not 16 <= thumb_size <= 512:
-        raise ValueError(f"--thumb-size {thumb_size} must be between 16 and 512 pixels")
-    if page_size < 1:
-        raise ValueError(f"--page-size {page_size} must be at least 1")
-    if embed_max_rows < 0:
-        raise ValueError(f"--embed-max-rows {embed_max_rows} must be 0 or more")
-    if workers < 0:
-        raise ValueError(f"--workers {workers} must be 0 (the usable cores) or more")
+    check_arguments(run_report, locals())
     run = read_scores(scores)
     report = resolve_report_out(out, run.scores_file).absolute()
     extra_dir = files_dir(report)

@@ -59,7 +59,7 @@ from realfake.engines.schema import engine_ghost_maps, read_engine_meta
 from realfake.jobs.service.store import realfake_home
 from realfake.jobs.tasks.outputs.common import ERROR_COLUMNS, errors_path, resolve_output
 from realfake.jobs.tasks.outputs.writers import read_existing, remove_output
-from realfake.jobs.tasks.score.files import check_options
+from realfake.jobs.tasks.score.files import check_folders
 from realfake.jobs.tasks.score.merge import merge_outputs
 from tqdm import tqdm
 
@@ -205,13 +205,11 @@ def score_shard(job: dict, index: int, count: int, counter) -> dict:
 
 # --------------------------------------------------------------------------- the driver side
 
-def _check_ray_options(num_shards: int, shard: str | None, device: str) -> None:
+def _check_ray_options(shard: str | None, device: str) -> None:
     """What --ray adds to the one-machine option checks, made before Ray starts rather than in every task."""
     if shard is not None:
         raise ValueError("--shard and --ray do not go together: --ray splits the files itself (--ray-shards N); "
                          "drop --shard")
-    if num_shards < 0:
-        raise ValueError(f"--ray-shards {num_shards} must be 0 (from the cluster) or more")
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"--device {device!r} with --ray: use auto, cpu or cuda (each task gets its GPU from Ray)")
 
@@ -393,8 +391,8 @@ def run_score_ray(folders: list, out, *, address: str, num_shards: int = 0, engi
     """
     address = check_address(address)
     folders = [os.path.abspath(str(f)) for f in ([folders] if isinstance(folders, (str, os.PathLike)) else folders)]
-    check_options(folders, batch_size, num_workers, engine_threads, loader)
-    _check_ray_options(num_shards, shard, device)
+    check_folders(folders)
+    _check_ray_options(shard, device)
     out_file = resolve_output(Path(out).absolute())
     engine_dir = Path(os.path.abspath(engine if engine is not None else promoted_engine(realfake_home())))
     meta = read_engine_meta(engine_dir, verify_artifact=False)  # each task checks it fully when it loads it

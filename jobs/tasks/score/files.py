@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from realfake.pipelines.images import sniff_problem
-from realfake.pipelines.pixel_loaders import LOADER_CHOICES
 from realfake.pipelines.walk import select_shard, walk_images
 
 
@@ -22,21 +21,13 @@ class WalkCounts:
     skipped: int = 0
 
 
-def check_options(folders: list[str], batch_size: int, num_workers: int, engine_threads: int, loader: str) -> None:
-    """Refuse a scoring run's bad options (a missing folder, an unknown loader...) before anything loads."""
+def check_folders(folders: list[str]) -> None:
+    """Refuse a scoring run without folders, or with one that does not exist, before anything loads."""
     if not folders:
         raise ValueError("no folder to score: pass at least one FOLDER")
     for folder in folders:
         if not os.path.exists(folder):
             raise FileNotFoundError(f"{folder} does not exist: pass existing folders to score")
-    if batch_size < 1:
-        raise ValueError(f"--batch-size {batch_size} must be at least 1")
-    if num_workers < 0:
-        raise ValueError(f"--num-workers {num_workers} must be 0 or more")
-    if engine_threads < 0:
-        raise ValueError(f"--engine-threads {engine_threads} must be 0 (auto) or more")
-    if loader not in LOADER_CHOICES:
-        raise ValueError(f"unknown loader {loader!r}: choose one of {', '.join(LOADER_CHOICES)}")
 
 
 def mtime_iso(st_mtime: float) -> str:

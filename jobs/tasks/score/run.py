@@ -6,8 +6,9 @@ neither torch nor matplotlib (its tasks do the scoring)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+from realfake.jobs.service.options import Bounds, check_arguments
 from realfake.jobs.service.params import InputPath, OutputPath
 from realfake.jobs.tasks.score.cluster import run_score_ray
 from realfake.pipelines.pixel_loaders import LOADER_CHOICES
@@ -18,18 +19,18 @@ def run_score(
     out: OutputPath,
     engine: InputPath | None = None,
     recursive: bool = True,
-    batch_size: int = 64,
+    batch_size: Annotated[int, Bounds(min=1)] = 64,
     loader: Literal[LOADER_CHOICES] = "auto",
     resume: bool = True,
     shard: str | None = None,
-    num_workers: int = 2,
-    engine_threads: int = 0,
+    num_workers: Annotated[int, Bounds(min=0)] = 2,
+    engine_threads: Annotated[int, Bounds(min=0)] = 0,
     device: str = "auto",
     progress: bool = True,
     report: bool = False,
     ray: str | None = None,
-    ray_shards: int = 0,
-    explain_top: int = 0,
+    ray_shards: Annotated[int, Bounds(min=0)] = 0,
+    explain_top: Annotated[int, Bounds(min=0)] = 0,
 ) -> dict:
     """Score every image under FOLDERS with an engine; one row per file in OUT, errors beside it.
 
@@ -55,8 +56,7 @@ def run_score(
     seconds (walking, decoding and scoring: not loading the engine), img_per_s (scored / seconds), and
     where everything went.
     """
-    if explain_top < 0:
-        raise ValueError(f"--explain-top {explain_top} must be 0 (no heat maps) or more")
+    check_arguments(run_score, locals())
     options = dict(engine=engine, recursive=recursive, batch_size=batch_size, loader=loader, resume=resume,
                    shard=shard, num_workers=num_workers, engine_threads=engine_threads, device=device,
                    progress=progress)

@@ -47,7 +47,7 @@ from realfake.jobs.tasks.outputs.common import (
 )
 from realfake.jobs.tasks.outputs.writers import open_writer, read_existing
 from realfake.jobs.tasks.score.concurrency import Ahead, MicroBatches, choose_engine_threads, chunked
-from realfake.jobs.tasks.score.files import WalkCounts, check_options, files_to_score
+from realfake.jobs.tasks.score.files import WalkCounts, check_folders, files_to_score
 from realfake.pipelines.loaders import get_loader
 from realfake.pipelines.pixel_loaders import dali_installed, resolve_backend
 from realfake.pipelines.walk import parse_shard
@@ -251,7 +251,7 @@ def score_here(folders: Sequence[str], out, *, engine=None, recursive: bool = Tr
     """`run_score` on this machine (a Ray task runs it for its shard): options checked, the engine
     loaded, one `Scorer` run. `on_progress(n)` is called after each batch with the files it settled."""
     folders = [str(f) for f in ([folders] if isinstance(folders, (str, os.PathLike)) else folders)]
-    check_options(folders, batch_size, num_workers, engine_threads, loader)
+    check_folders(folders)
     parse_shard(shard)
     out_file = resolve_output(Path(out).absolute())
     engine_dir = Path(engine) if engine is not None else promoted_engine(realfake_home())
