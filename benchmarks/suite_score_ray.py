@@ -8,11 +8,14 @@ Each pass is the `realfake score` command in a fresh process over the whole fold
 (`--no-resume`), timed from its start to its exit: interpreter, imports, engine load and, for Ray, its
 start-up, task processes and the merge all count, as they do for someone who runs the command.
   plain        realfake score FOLDER --engine E --out OUT
-  ray-local    ... --ray            starts a local Ray of this machine's cores in each pass (as alone)
-  ray-running  ... --ray ADDRESS    joins a local Ray that the suite started once (a cluster already up);
-                                    each pass is a new Ray job and still starts its own task processes
+  ray-local    ... --ray            starts a local Ray of this machine's cores in each pass
+  ray-running  ... --ray ADDRESS    joins a local Ray that the suite started before the pass (a cluster
+                                    already up); each pass is a new Ray job and still starts its own task
+                                    processes
 Full mode adds ray-running-4-shards (--ray-shards 4: what splitting costs on one machine).
-The passes take turns, repeat by repeat, so that a busy machine slows them alike.
+The passes take turns, repeat by repeat, so that a busy machine slows them alike. The suite's Ray is up
+only for the passes that join it: plain and ray-local run without a second Ray beside them, as they
+would for someone who has none (two Rays on one node contend for the cores and slow each other's start).
 
 Figures (model simple_cnn, 128 px):
   score-ray/e2e@128/simple_cnn/<pass>                  img/s of the whole command (files / wall seconds)
@@ -65,6 +68,7 @@ SUITE = "score-ray"
 MODEL = "simple_cnn"
 IMAGE_SIZE = 128
 RUNNING = "{running}"  # stands for the address of the Ray that the suite started
+SETTLE_S = 3.0  # after its start, Ray's agents keep a core busy for a moment: a cluster that is up is past that
 
 
 @dataclass(frozen=True)
@@ -105,21 +109,40 @@ def scoring_time(tasks: Sequence[dict]) -> float:
     return total
 
 
-def start_running_ray() -> str:
-    """A local Ray of this machine's usable cores, up for the suite's run; returns its address."""
-    import ray
+class RunningRay:
+    """The local Ray that the ray-running passes join: started before such a pass, shut down before a pass
+    that must run without it. A Ray that the caller of the suite initialised is used as it is, and kept."""
 
-    sigterm = signal.getsignal(signal.SIGTERM)
-    ray.init(address="local", num_cpus=usable_cores(), include_dashboard=False, log_to_driver=False)
-    signal.signal(signal.SIGTERM, sigterm)
-    return ray.get_runtime_context().gcs_address
+    def __init__(self):
+        import ray
+
+        self.ray = ray
+        self.callers = ray.is_initialized()
+        self.address = ray.get_runtime_context().gcs_address if self.callers else None
+
+    def needed(self, needed: bool) -> str | None:
+        """Start or stop the suite's Ray for the next pass; its address when up."""
+        if self.callers:
+            return self.address
+        if needed and self.address is None:
+            sigterm = signal.getsignal(signal.SIGTERM)
+            self.ray.init(address="local", num_cpus=usable_cores(), include_dashboard=False, log_to_driver=False)
+            signal.signal(signal.SIGTERM, sigterm)
+            self.address = self.ray.get_runtime_context().gcs_address
+            time.sleep(SETTLE_S)
+        elif not needed and self.address is not None:
+            self.close()
+        return self.address
+
+    def close(self) -> None:
+        if not self.callers and self.address is not None:
+            self.ray.shutdown()
+            self.address = None
 
 
 def run(quick: bool, device: str, *, n_files: int | None = None, repeats: int | None = None,
         copies: int = 1) -> list[Figure]:
     """The suite's figures (CPU only: on a GPU machine the engine still runs on the CPU here)."""
-    import ray
-
     if str(device).startswith("cuda"):
         log.warning("score-ray measures the CPU path; device %s is not used", device)
     cfg = QUICK if quick else FULL
@@ -130,8 +153,7 @@ def run(quick: bool, device: str, *, n_files: int | None = None, repeats: int | 
     engine = cached_engine(MODEL, "aot", "cpu", IMAGE_SIZE)
     log.info("score-ray suite: %d files from %s, engine %s", len(files), source, engine)
     scratch = Path(tempfile.mkdtemp(prefix="realfake-bench-ray-"))
-    started_ray = not ray.is_initialized()
-    address = start_running_ray() if started_ray else ray.get_runtime_context().gcs_address
+    running = RunningRay()
     walls: dict[str, list[float]] = {name: [] for name, _ in cfg.passes}
     in_run: dict[str, list[float]] = {name: [] for name, _ in cfg.passes}
     tasks: dict[str, list[float]] = {name: [] for name, _ in cfg.passes}
@@ -139,6 +161,7 @@ def run(quick: bool, device: str, *, n_files: int | None = None, repeats: int | 
     try:
         for repeat in range(1 + cfg.repeats):  # the first round warms the page cache and the engine: not kept
             for name, extra in cfg.passes:
+                address = running.needed(RUNNING in extra)
                 extra = tuple(address if a == RUNNING else a for a in extra)
                 seconds, summary = score_pass(folder, engine, scratch / f"{name}.csv", extra, cfg.timeout_s)
                 if summary["scored"] != len(files) or summary["errors"]:
@@ -154,8 +177,7 @@ def run(quick: bool, device: str, *, n_files: int | None = None, repeats: int | 
                     startup[name].append(summary.get("startup_s", 0.0))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        if started_ray:
-            ray.shutdown()
+        running.close()
     prefix = f"{SUITE}/e2e@{IMAGE_SIZE}/{MODEL}" + (f"/x{copies}" if copies > 1 else "")
     params = {"image_size": IMAGE_SIZE, "n_files": len(files), "copies": copies, "data": source, "engine": "aot fp32",
               "cores": usable_cores(), "batch_size": 64, "workers": 2}
