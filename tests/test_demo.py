@@ -100,9 +100,13 @@ def test_the_demo_refuses_a_folder_that_is_not_its_own_and_bad_options(tmp_path)
     result = CliRunner().invoke(main, ["demo", "--out", str(mine)])
     assert result.exit_code == 2 and result.output.startswith("error: --out") and "not a demo folder" in result.output
     assert (mine / "notes.txt").read_text() == "keep me"
-    for option, value in (("--n", "4"), ("--image-size", "72"), ("--epochs", "0")):
+    for option, value in (("--n", "4"), ("--image-size", "72")):
         result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "d"), option, value])
         assert result.exit_code == 2 and result.output.startswith(f"error: {option}"), result.output
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "d"), "--epochs", "0"])  # a declared range
+    assert result.exit_code == 2 and "Invalid value for '--epochs': 0 is not in the range x>=1" in result.output
+    with pytest.raises(ValueError, match="^--epochs 0 must be at least 1$"):
+        run_demo(out=tmp_path / "d", epochs=0)
 
 
 def _parse(words: list[str]) -> tuple[str, dict]:
