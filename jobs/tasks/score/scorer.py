@@ -248,8 +248,8 @@ def score_here(folders: Sequence[str], out, *, engine=None, recursive: bool = Tr
                loader: str = "auto", resume: bool = True, shard: str | None = None, num_workers: int = 2,
                engine_threads: int = 0, device: str = "auto", progress: bool = True,
                on_progress: Callable[[int], None] | None = None) -> dict:
-    """`run_score` on this machine (a Ray task runs it for its shard): options checked, the engine
-    loaded, one `Scorer` run. `on_progress(n)` is called after each batch with the files it settled."""
+    """`run_score` on this machine (a Ray task runs it for its shard), its options already checked there:
+    the folders and shard checked, the engine loaded, one `Scorer` run. `on_progress(n)` is called after each batch with the files it settled."""
     folders = [str(f) for f in ([folders] if isinstance(folders, (str, os.PathLike)) else folders)]
     check_folders(folders)
     parse_shard(shard)
