@@ -176,7 +176,7 @@ def run_evaluate_scores(scores: InputPath, data_dir: InputPath, split: Literal[S
     """
     scores_file = resolve_output(scores)
     if not scores_file.exists():
-        raise FileNotFoundError(f"{scores_file} does not exist: pass the --out of a `realfake score` run")
+        raise FileNotFoundError(f"{scores_file} does not exist: {PASS_A_SCORE_OUTPUT}")
     rows = read_manifest(Path(data_dir), split)
     if not rows:
         raise ValueError(f"split {split!r} of {data_dir} is empty: evaluate another --split")

@@ -38,10 +38,10 @@ def read_scores(scores: str | os.PathLike) -> ScoreRun:
     errors file. A file that is not a score output is refused with the reason (`read_rows`)."""
     scores_file = resolve_output(Path(scores)).absolute()
     if not scores_file.exists() and not parts_dir(scores_file).is_dir():
-        raise FileNotFoundError(f"{scores_file} does not exist: pass the --out of a `realfake score` run "
+        raise FileNotFoundError(f"{scores_file} does not exist: {PASS_A_SCORE_OUTPUT} "
                                 "(a results file, or a job's output folder)")
     if scores_file.exists() and scores_file.stat().st_size == 0:
-        raise ValueError(f"{scores_file} is empty: pass the --out of a `realfake score` run")
+        raise ValueError(f"{scores_file} is empty: {PASS_A_SCORE_OUTPUT}")
     rows = list(read_rows(scores_file, RESULT_COLUMNS, fix=PASS_A_SCORE_OUTPUT))
     err_file = errors_path(scores_file)
     errors = list(read_rows(err_file, ERROR_COLUMNS, fix=PASS_A_SCORE_OUTPUT)) if err_file.exists() else []
